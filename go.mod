@@ -1,0 +1,3 @@
+module github.com/shareless/shareless
+
+go 1.26

@@ -1,0 +1,63 @@
+// Package testenv lets tests that need a real component (tgtd, qemu-img,
+// RabbitMQ, ...) find it, and decides what happens when it is missing:
+// under `make test` (SHARELESS_STRICT=1) the test fails, elsewhere it skips.
+package testenv
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// Strict reports whether missing components fail tests instead of skipping.
+func Strict() bool { return os.Getenv("SHARELESS_STRICT") == "1" }
+
+// NeedCommands returns the paths of the named executables, or ends the test.
+func NeedCommands(t testing.TB, names ...string) []string {
+	t.Helper()
+	paths := make([]string, len(names))
+	for i, n := range names {
+		p, err := exec.LookPath(n)
+		if err != nil {
+			missing(t, "%s not found (scripts/deps.sh installs it)", n)
+		}
+		paths[i] = p
+	}
+	return paths
+}
+
+// NeedRoot ends the test unless it runs as root (network namespaces, tgtd).
+func NeedRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		missing(t, "needs root")
+	}
+}
+
+// SkipIfShort skips slow tests under -short, which make test never sets.
+func SkipIfShort(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("slow test skipped with -short")
+	}
+}
+
+func missing(t testing.TB, format string, a ...any) {
+	t.Helper()
+	if Strict() {
+		t.Fatalf(format, a...)
+	}
+	t.Skipf(format, a...)
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
