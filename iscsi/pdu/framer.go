@@ -1,0 +1,177 @@
+package pdu
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net"
+)
+
+// DefaultMaxRecvDataSegmentLength is the limit in force until login
+// negotiates another (§13.12).
+const DefaultMaxRecvDataSegmentLength = 8192
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// ConnError is a failure after which the byte stream cannot be trusted:
+// an I/O error, a short read, a header digest mismatch. The connection must
+// be dropped.
+type ConnError struct{ Err error }
+
+func (e *ConnError) Error() string { return "iscsi connection: " + e.Err.Error() }
+func (e *ConnError) Unwrap() error { return e.Err }
+
+// PDUError is an invalid PDU that was consumed whole: the stream is still
+// aligned and the peer can be answered with a Reject carrying Header.
+type PDUError struct {
+	Reason uint8 // a Reject reason (Reject* constants)
+	Header BHS
+	Err    error
+}
+
+func (e *PDUError) Error() string {
+	return fmt.Sprintf("invalid %v PDU (reject reason 0x%02x): %v", e.Header.Opcode(), e.Reason, e.Err)
+}
+func (e *PDUError) Unwrap() error { return e.Err }
+
+// Framer reads and writes PDUs on a byte stream. Reads and writes may run
+// concurrently with each other, but neither with itself. The Set methods
+// must not run concurrently with reads or writes; login calls them between
+// PDUs, once the new parameters take effect.
+type Framer struct {
+	r            *bufio.Reader
+	w            io.Writer
+	headerDigest bool
+	dataDigest   bool
+	maxRecvData  int
+}
+
+// NewFramer returns a Framer with no digests and the login-phase limit on
+// incoming data segments.
+func NewFramer(r io.Reader, w io.Writer) *Framer {
+	return &Framer{r: bufio.NewReaderSize(r, 64<<10), w: w, maxRecvData: DefaultMaxRecvDataSegmentLength}
+}
+
+// SetDigests turns CRC32C header and data digests on or off (§13.1).
+func (f *Framer) SetDigests(header, data bool) { f.headerDigest, f.dataDigest = header, data }
+
+// SetMaxRecvDataSegmentLength sets the largest data segment ReadMessage
+// accepts: the value this side declared (§13.12).
+func (f *Framer) SetMaxRecvDataSegmentLength(n int) {
+	f.maxRecvData = min(max(n, 512), MaxDataSegmentLength)
+}
+
+// ReadMessage reads one PDU. Errors are *ConnError or *PDUError.
+func (f *Framer) ReadMessage() (Message, error) {
+	var h BHS
+	if _, err := io.ReadFull(f.r, h[:]); err != nil {
+		return nil, &ConnError{err}
+	}
+	var ahs []byte
+	if n := h.TotalAHSLength(); n > 0 {
+		ahs = make([]byte, n)
+		if _, err := io.ReadFull(f.r, ahs); err != nil {
+			return nil, &ConnError{fmt.Errorf("reading AHS: %w", err)}
+		}
+	}
+	if f.headerDigest {
+		if err := f.checkDigest(h[:], ahs); err != nil {
+			return nil, &ConnError{fmt.Errorf("header digest: %w", err)}
+		}
+	}
+	dlen := h.DataSegmentLength()
+	segLen := dlen + padLen(dlen)
+	if dlen > f.maxRecvData {
+		// Consume the segment without allocating it, so that the stream
+		// stays aligned and the PDU can be rejected.
+		skip := int64(segLen)
+		if f.dataDigest && dlen > 0 {
+			skip += 4
+		}
+		if _, err := io.CopyN(io.Discard, f.r, skip); err != nil {
+			return nil, &ConnError{fmt.Errorf("skipping oversized data segment: %w", err)}
+		}
+		return nil, &PDUError{RejectProtocolError, h,
+			fmt.Errorf("data segment of %d bytes exceeds MaxRecvDataSegmentLength %d", dlen, f.maxRecvData)}
+	}
+	var data []byte
+	if dlen > 0 {
+		buf := make([]byte, segLen)
+		if _, err := io.ReadFull(f.r, buf); err != nil {
+			return nil, &ConnError{fmt.Errorf("reading data segment: %w", err)}
+		}
+		if f.dataDigest {
+			if err := f.checkDigest(buf); err != nil {
+				return nil, &PDUError{RejectDataDigest, h, fmt.Errorf("data digest: %w", err)}
+			}
+		}
+		data = buf[:dlen]
+	}
+	m := newMessage(h.Opcode())
+	if m == nil {
+		return nil, &PDUError{RejectNotSupported, h, errors.New("unknown opcode")}
+	}
+	if err := m.decode(&h, ahs, data); err != nil {
+		return nil, &PDUError{RejectProtocolError, h, err}
+	}
+	return m, nil
+}
+
+// checkDigest reads a 4-byte CRC32C and compares it with the CRC of parts.
+func (f *Framer) checkDigest(parts ...[]byte) error {
+	var d [4]byte
+	if _, err := io.ReadFull(f.r, d[:]); err != nil {
+		return err
+	}
+	var crc uint32
+	for _, p := range parts {
+		crc = crc32.Update(crc, castagnoli, p)
+	}
+	// Digests go on the wire least significant byte first (§13.1, as
+	// Linux and libiscsi send them).
+	got := uint32(d[0]) | uint32(d[1])<<8 | uint32(d[2])<<16 | uint32(d[3])<<24
+	if got != crc {
+		return fmt.Errorf("got 0x%08x, computed 0x%08x", got, crc)
+	}
+	return nil
+}
+
+// WriteMessage writes one PDU with the digests in force.
+func (f *Framer) WriteMessage(m Message) error {
+	var h BHS
+	ahs := m.encode(&h)
+	data := m.payload()
+	if len(data) > MaxDataSegmentLength {
+		return fmt.Errorf("data segment of %d bytes exceeds the 24-bit length field", len(data))
+	}
+	h.setLengths(len(ahs), len(data))
+
+	head := make([]byte, 0, BHSLen+len(ahs)+4)
+	head = append(append(head, h[:]...), ahs...)
+	if f.headerDigest {
+		head = appendDigest(head, crc32.Checksum(head, castagnoli))
+	}
+	bufs := net.Buffers{head}
+	if len(data) > 0 {
+		pad := make([]byte, padLen(len(data)), 8)
+		tail := pad
+		if f.dataDigest {
+			crc := crc32.Update(crc32.Checksum(data, castagnoli), castagnoli, pad)
+			tail = appendDigest(pad, crc)
+		}
+		bufs = append(bufs, data)
+		if len(tail) > 0 {
+			bufs = append(bufs, tail)
+		}
+	}
+	if _, err := bufs.WriteTo(f.w); err != nil {
+		return &ConnError{fmt.Errorf("writing %v: %w", m.Opcode(), err)}
+	}
+	return nil
+}
+
+func appendDigest(b []byte, crc uint32) []byte {
+	return append(b, byte(crc), byte(crc>>8), byte(crc>>16), byte(crc>>24))
+}
