@@ -51,3 +51,52 @@ func Inquiry(allocLen uint16) []byte {
 func InquiryVPD(page uint8, allocLen uint16) []byte {
 	return []byte{OpInquiry, 0x01, page, byte(allocLen >> 8), byte(allocLen), 0}
 }
+
+// WriteSame16 is WRITE SAME(16) (SBC-3 §5.43) with a one-block Data-Out
+// buffer, or none with ndob (the block is zeroes). With unmap the device
+// server may deallocate the blocks when the data is zero.
+func WriteSame16(lba uint64, blocks uint32, unmap, ndob bool) []byte {
+	b := blockCDB16(OpWriteSame16, lba, blocks, false)
+	if unmap {
+		b[1] |= writeSameUnmap
+	}
+	if ndob {
+		b[1] |= writeSameNDOB
+	}
+	return b
+}
+
+// UnmapDescriptor is one extent of an UNMAP parameter list.
+type UnmapDescriptor struct {
+	LBA    uint64
+	Blocks uint32
+}
+
+// Unmap is UNMAP (SBC-3 §5.28) for a parameter list of paramLen bytes.
+func Unmap(paramLen uint16) []byte {
+	return []byte{OpUnmap, 0, 0, 0, 0, 0, 0, byte(paramLen >> 8), byte(paramLen), 0}
+}
+
+// UnmapParameterList encodes the Data-Out buffer of UNMAP (SBC-3
+// §5.28.2). Callers keep len(descs) within the unit's MAXIMUM UNMAP BLOCK
+// DESCRIPTOR COUNT (VPD page 0xB0).
+func UnmapParameterList(descs []UnmapDescriptor) []byte {
+	b := make([]byte, unmapHeaderLen, unmapHeaderLen+unmapDescriptorLen*len(descs))
+	binary.BigEndian.PutUint16(b, uint16(6+unmapDescriptorLen*len(descs)))
+	binary.BigEndian.PutUint16(b[2:], uint16(unmapDescriptorLen*len(descs)))
+	for _, d := range descs {
+		b = binary.BigEndian.AppendUint64(b, d.LBA)
+		b = binary.BigEndian.AppendUint32(b, d.Blocks)
+		b = append(b, 0, 0, 0, 0)
+	}
+	return b
+}
+
+// GetLBAStatus is GET LBA STATUS (SBC-3 §5.5) from lba.
+func GetLBAStatus(lba uint64, allocLen uint32) []byte {
+	b := make([]byte, 16)
+	b[0], b[1] = OpServiceActionIn16, SAGetLBAStatus
+	binary.BigEndian.PutUint64(b[2:], lba)
+	binary.BigEndian.PutUint32(b[10:], allocLen)
+	return b
+}

@@ -19,7 +19,8 @@ func (lu *LogicalUnit) commandSet() []command {
 	rw16 := func(op, flags byte) []byte {
 		return []byte{op, flags, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, 0x1f, 0}
 	}
-	// Byte 1 flags: READ has RDPROTECT, DPO, FUA, RARC, FUA_NV; WRITE has
+	// Byte 1 flags: WRITE SAME has WRPROTECT, UNMAP and (16 only) NDOB;
+	// ANCHOR is refused as we do not support anchored blocks. READ has RDPROTECT, DPO, FUA, RARC, FUA_NV; WRITE has
 	// WRPROTECT, DPO, FUA, FUA_NV.
 	const readFlags, writeFlags = 0xfe, 0xfa
 	cmds := []command{
@@ -39,6 +40,11 @@ func (lu *LogicalUnit) commandSet() []command {
 		{usage: rw16(OpSynchronizeCache16, 0x06), run: (*LogicalUnit).synchronizeCache},
 		{usage: []byte{OpServiceActionIn16, 0x1f, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, 0x01, 0},
 			sa: SAReadCapacity16, hasSA: true, run: (*LogicalUnit).readCapacity16},
+		{usage: []byte{OpServiceActionIn16, 0x1f, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, 0, 0},
+			sa: SAGetLBAStatus, hasSA: true, run: (*LogicalUnit).getLBAStatus},
+		{usage: rw10(OpWriteSame10, 0xe8), run: (*LogicalUnit).writeSame},
+		{usage: rw16(OpWriteSame16, 0xe9), run: (*LogicalUnit).writeSame},
+		{usage: []byte{OpUnmap, 0, 0, 0, 0, 0, 0x1f, ff, ff, 0}, run: (*LogicalUnit).unmap},
 		{usage: rw12(OpRead12, readFlags), run: (*LogicalUnit).read},
 		{usage: rw12(OpWrite12, writeFlags), run: (*LogicalUnit).write},
 	}
