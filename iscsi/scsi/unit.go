@@ -259,6 +259,12 @@ func checkCondition(s Sense) Response {
 	return Response{Status: StatusCheckCondition, Sense: s.Fixed()}
 }
 
+// withDataOut records in r how many Data-Out bytes the command asked for.
+func withDataOut(r Response, n uint32) Response {
+	r.DataOutLength = n
+	return r
+}
+
 // invalidCDB is ILLEGAL REQUEST, INVALID FIELD IN CDB pointing at byte
 // off and bit (negative: the whole byte).
 func invalidCDB(off, bit int) Response {
