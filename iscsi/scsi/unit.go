@@ -207,15 +207,14 @@ type command struct {
 // have one (SPC-4 §4.2.5.2: bits 4-0 of byte 1 for all of ours).
 func serviceAction(cdb []byte) uint16 { return uint16(cdb[1] & 0x1f) }
 
-// lookup finds the command for cdb's opcode and service action.
-func (lu *LogicalUnit) lookup(cdb []byte) *command {
-	i := lu.byOp[cdb[0]]
+// find returns the command for op and, if op has service actions, sa.
+func (lu *LogicalUnit) find(op byte, sa uint16) *command {
+	i := lu.byOp[op]
 	if i == 0 {
 		return nil
 	}
-	for j := int(i) - 1; j < len(lu.cmds) && lu.cmds[j].usage[0] == cdb[0]; j++ {
-		cmd := &lu.cmds[j]
-		if !cmd.hasSA || len(cdb) > 1 && cmd.sa == serviceAction(cdb) {
+	for j := int(i) - 1; j < len(lu.cmds) && lu.cmds[j].usage[0] == op; j++ {
+		if cmd := &lu.cmds[j]; !cmd.hasSA || cmd.sa == sa {
 			return cmd
 		}
 	}
@@ -230,7 +229,11 @@ func (lu *LogicalUnit) Execute(ctx context.Context, c *Command) Response {
 	if len(cdb) == 0 {
 		return checkCondition(Sense{Key: SenseIllegalRequest, Code: ASCInvalidCommandOperationCode})
 	}
-	cmd := lu.lookup(cdb)
+	var sa uint16
+	if len(cdb) > 1 {
+		sa = serviceAction(cdb)
+	}
+	cmd := lu.find(cdb[0], sa)
 	if cmd == nil {
 		off := 0
 		if lu.byOp[cdb[0]] != 0 {
