@@ -29,7 +29,8 @@ type command struct {
 // commands lists the subcommands; each lives in its own file.
 func commands() map[string]command {
 	return map[string]command{
-		"help": {"describe the subcommands", nil},
+		"help":   {"describe the subcommands", nil},
+		"export": exportCommand(),
 	}
 }
 
