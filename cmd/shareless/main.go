@@ -29,8 +29,9 @@ type command struct {
 // commands lists the subcommands; each lives in its own file.
 func commands() map[string]command {
 	return map[string]command{
-		"help": {"describe the subcommands", nil},
-		"hook": {"libvirt qemu hook: asks the local agent, never libvirt", runHook},
+		"help":   {"describe the subcommands", nil},
+		"hook":   {"libvirt qemu hook: asks the local agent, never libvirt", runHook},
+		"export": exportCommand(),
 	}
 }
 
