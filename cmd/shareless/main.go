@@ -30,6 +30,7 @@ type command struct {
 func commands() map[string]command {
 	return map[string]command{
 		"help": {"describe the subcommands", nil},
+		"copy": {copySummary, runCopy},
 	}
 }
 

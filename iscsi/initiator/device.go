@@ -116,7 +116,7 @@ func (s *Session) probe(ctx context.Context) error {
 			}
 		}
 	}
-	s.log.Info("iSCSI logical unit", "lun", s.cfg.LUN, "vendor", g.inquiry.Vendor, "product", g.inquiry.Product,
+	s.log.Debug("iSCSI logical unit", "lun", s.cfg.LUN, "vendor", g.inquiry.Vendor, "product", g.inquiry.Product,
 		"size", g.blocks*g.blockSize, "block_size", g.blockSize, "thin", g.thin, "unmap", g.unmap,
 		"max_transfer_blocks", g.maxTransfer)
 	return nil

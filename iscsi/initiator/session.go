@@ -205,7 +205,7 @@ func (s *Session) connect(ctx context.Context) (*conn, error) {
 	s.cmdSN = res.expCmdSN
 	s.maxCmd = res.maxCmdSN
 	s.mu.Unlock()
-	s.log.Info("iSCSI login complete", "tsih", res.tsih, "alias", res.targetAlias,
+	s.log.Debug("iSCSI login complete", "tsih", res.tsih, "alias", res.targetAlias,
 		"max_burst", res.op.MaxBurstLength, "first_burst", res.op.FirstBurstLength,
 		"max_xmit_segment", res.op.MaxXmitDataSegmentLength, "immediate_data", res.op.ImmediateData,
 		"initial_r2t", res.op.InitialR2T)
