@@ -1,0 +1,161 @@
+package scsi
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// This file holds the parameter data that both sides of the wire use: the
+// target encodes it, the initiator decodes it with the same code, so the
+// two cannot disagree about a bit.
+
+// ErrShortData is returned by the parsers for data shorter than the fields
+// they must decode.
+var ErrShortData = errors.New("scsi: parameter data truncated")
+
+// Capacity is the READ CAPACITY(16) parameter data (SBC-3 §5.16.2).
+type Capacity struct {
+	// Blocks is the number of logical blocks (RETURNED LOGICAL BLOCK
+	// ADDRESS + 1).
+	Blocks    uint64
+	BlockSize uint32
+	// LBPME: the unit is thin provisioned and supports UNMAP/WRITE SAME
+	// with UNMAP; LBPRZ: unmapped blocks read as zeroes.
+	LBPME, LBPRZ bool
+}
+
+const readCapacity16Len = 32
+
+func (c Capacity) marshal16() []byte {
+	b := make([]byte, readCapacity16Len)
+	binary.BigEndian.PutUint64(b, c.Blocks-1)
+	binary.BigEndian.PutUint32(b[8:], c.BlockSize)
+	if c.LBPME {
+		b[14] |= 0x80
+	}
+	if c.LBPRZ {
+		b[14] |= 0x40
+	}
+	return b
+}
+
+// ParseReadCapacity16 decodes READ CAPACITY(16) parameter data.
+func ParseReadCapacity16(b []byte) (Capacity, error) {
+	if len(b) < 15 {
+		return Capacity{}, ErrShortData
+	}
+	return Capacity{
+		Blocks:    binary.BigEndian.Uint64(b) + 1,
+		BlockSize: binary.BigEndian.Uint32(b[8:]),
+		LBPME:     b[14]&0x80 != 0,
+		LBPRZ:     b[14]&0x40 != 0,
+	}, nil
+}
+
+// InquiryData is the part of standard INQUIRY data (SPC-4 §6.4.2) that an
+// initiator acts on.
+type InquiryData struct {
+	// Qualifier is the PERIPHERAL QUALIFIER: 0 connected, 3 no logical unit
+	// at this LUN.
+	Qualifier uint8
+	// DeviceType is the PERIPHERAL DEVICE TYPE: 0 for a block device.
+	DeviceType uint8
+	// Version is the claimed standard: 6 for SPC-4.
+	Version uint8
+	// CmdQue: the unit accepts more than one command at a time.
+	CmdQue                    bool
+	Vendor, Product, Revision string
+}
+
+// ParseInquiry decodes standard INQUIRY data; trailing spaces of the
+// identification strings are trimmed.
+func ParseInquiry(b []byte) (InquiryData, error) {
+	if len(b) < 36 {
+		return InquiryData{}, ErrShortData
+	}
+	return InquiryData{
+		Qualifier:  b[0] >> 5,
+		DeviceType: b[0] & 0x1f,
+		Version:    b[2],
+		CmdQue:     b[7]&0x02 != 0,
+		Vendor:     strings.TrimRight(string(b[8:16]), " "),
+		Product:    strings.TrimRight(string(b[16:32]), " "),
+		Revision:   strings.TrimRight(string(b[32:36]), " "),
+	}, nil
+}
+
+// BlockLimits is the Block Limits VPD page 0xB0 (SBC-3 §6.5.3). Lengths
+// are in logical blocks; zero means "no limit reported".
+type BlockLimits struct {
+	// WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 is refused.
+	WSNZ                     bool
+	MaxCompareAndWrite       uint8
+	OptimalGranularity       uint16
+	MaxTransfer              uint32
+	OptimalTransfer          uint32
+	MaxUnmapLBACount         uint32
+	MaxUnmapDescriptors      uint32
+	OptimalUnmapGranularity  uint32
+	UnmapGranularityAlign    uint32
+	UnmapGranularityAlignSet bool // UGAVALID
+	MaxWriteSame             uint64
+}
+
+const (
+	vpdBlockLimits = 0xb0
+	blockLimitsLen = 0x40
+)
+
+func (l BlockLimits) marshal() []byte {
+	b := make([]byte, blockLimitsLen)
+	b[1] = vpdBlockLimits
+	binary.BigEndian.PutUint16(b[2:], blockLimitsLen-4)
+	if l.WSNZ {
+		b[4] = 0x01
+	}
+	b[5] = l.MaxCompareAndWrite
+	binary.BigEndian.PutUint16(b[6:], l.OptimalGranularity)
+	binary.BigEndian.PutUint32(b[8:], l.MaxTransfer)
+	binary.BigEndian.PutUint32(b[12:], l.OptimalTransfer)
+	binary.BigEndian.PutUint32(b[20:], l.MaxUnmapLBACount)
+	binary.BigEndian.PutUint32(b[24:], l.MaxUnmapDescriptors)
+	binary.BigEndian.PutUint32(b[28:], l.OptimalUnmapGranularity)
+	binary.BigEndian.PutUint32(b[32:], l.UnmapGranularityAlign&0x7fffffff)
+	if l.UnmapGranularityAlignSet {
+		b[32] |= 0x80
+	}
+	binary.BigEndian.PutUint64(b[36:], l.MaxWriteSame)
+	return b
+}
+
+// ParseBlockLimits decodes VPD page 0xB0. Devices that return the shorter
+// SBC-2 page (up to byte 15) leave the later fields zero.
+func ParseBlockLimits(b []byte) (BlockLimits, error) {
+	if len(b) < 16 {
+		return BlockLimits{}, ErrShortData
+	}
+	if b[1] != vpdBlockLimits {
+		return BlockLimits{}, fmt.Errorf("scsi: VPD page 0x%02x is not Block Limits", b[1])
+	}
+	b = b[:min(len(b), 4+int(binary.BigEndian.Uint16(b[2:])))]
+	var l BlockLimits
+	if len(b) < 16 {
+		return BlockLimits{}, ErrShortData
+	}
+	l.WSNZ = b[4]&0x01 != 0
+	l.MaxCompareAndWrite = b[5]
+	l.OptimalGranularity = binary.BigEndian.Uint16(b[6:])
+	l.MaxTransfer = binary.BigEndian.Uint32(b[8:])
+	l.OptimalTransfer = binary.BigEndian.Uint32(b[12:])
+	if len(b) >= 44 {
+		l.MaxUnmapLBACount = binary.BigEndian.Uint32(b[20:])
+		l.MaxUnmapDescriptors = binary.BigEndian.Uint32(b[24:])
+		l.OptimalUnmapGranularity = binary.BigEndian.Uint32(b[28:])
+		l.UnmapGranularityAlignSet = b[32]&0x80 != 0
+		l.UnmapGranularityAlign = binary.BigEndian.Uint32(b[32:]) & 0x7fffffff
+		l.MaxWriteSame = binary.BigEndian.Uint64(b[36:])
+	}
+	return l, nil
+}
