@@ -5,11 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/shareless/shareless/blockdev"
+	"github.com/shareless/shareless/iscsi/scsi"
 )
 
 // Session serves its logical unit as a block device.
@@ -32,87 +32,79 @@ type geometry struct {
 	maxWriteSame     uint64
 	unmap            bool // LBPU: UNMAP supported
 	writeSameUnmap   bool // LBPWS: WRITE SAME 16 with UNMAP supported
-	inquiry          Inquiry
-	writeSameMissing bool
+	inquiry          scsi.InquiryData
+	writeSameMissing bool // guarded by Session.mu
 }
 
-// Inquiry is the standard INQUIRY data of the logical unit (SPC-4 §6.6.2).
-type Inquiry struct {
-	DeviceType uint8
-	Vendor     string
-	Product    string
-	Revision   string
-}
+// VPD pages the initiator reads (SPC-4 §7.8, SBC-3 §6.6).
+const (
+	vpdSupportedPages = 0x00
+	vpdBlockLimits    = 0xb0
+	vpdProvisioning   = 0xb2
+)
 
-// probe clears unit attentions and reads the geometry.
+// probe clears unit attentions and reads the geometry: standard INQUIRY,
+// READ CAPACITY 16, and the Block Limits and Logical Block Provisioning
+// VPD pages when the unit has them.
 func (s *Session) probe(ctx context.Context) error {
-	if _, err := s.command(ctx, cdbTestUnitReady(), nil, nil); err != nil {
+	if _, err := s.command(ctx, make([]byte, 6), nil, nil); err != nil { // TEST UNIT READY
 		return fmt.Errorf("TEST UNIT READY: %w", err)
 	}
-	inq := make([]byte, 96)
-	n, err := s.command(ctx, cdbInquiry(false, 0, uint16(len(inq))), inq, nil)
+	buf := make([]byte, 96)
+	n, err := s.command(ctx, scsi.Inquiry(uint16(len(buf))), buf, nil)
 	if err != nil {
 		return fmt.Errorf("INQUIRY: %w", err)
 	}
-	if n < 36 {
-		return fmt.Errorf("INQUIRY returned %d bytes, want at least 36", n)
-	}
 	g := &s.geom
-	g.inquiry = Inquiry{
-		DeviceType: inq[0] & 0x1f,
-		Vendor:     strings.TrimSpace(string(inq[8:16])),
-		Product:    strings.TrimSpace(string(inq[16:32])),
-		Revision:   strings.TrimSpace(string(inq[32:36])),
+	if g.inquiry, err = scsi.ParseInquiry(buf[:n]); err != nil {
+		return fmt.Errorf("INQUIRY: %w", err)
 	}
-	if inq[0]>>5 != 0 {
-		return fmt.Errorf("LUN %d is not connected (peripheral qualifier %d)", s.cfg.LUN, inq[0]>>5)
+	if g.inquiry.Qualifier != 0 {
+		return fmt.Errorf("LUN %d is not connected (peripheral qualifier %d)", s.cfg.LUN, g.inquiry.Qualifier)
 	}
 	if g.inquiry.DeviceType != 0 {
 		return fmt.Errorf("LUN %d is a device of type 0x%02x, not a block device", s.cfg.LUN, g.inquiry.DeviceType)
 	}
-	rc := make([]byte, 32)
-	if n, err = s.command(ctx, cdbReadCapacity16(uint32(len(rc))), rc, nil); err != nil {
+	buf = make([]byte, 32)
+	if n, err = s.command(ctx, scsi.ReadCapacity16(uint32(len(buf))), buf, nil); err != nil {
 		return fmt.Errorf("READ CAPACITY 16: %w", err)
 	}
-	if n < 16 {
-		return fmt.Errorf("READ CAPACITY 16 returned %d bytes", n)
+	capa, err := scsi.ParseReadCapacity16(buf[:n])
+	if err != nil {
+		return fmt.Errorf("READ CAPACITY 16: %w", err)
 	}
-	g.blocks = int64(binary.BigEndian.Uint64(rc[0:])) + 1
-	g.blockSize = int64(binary.BigEndian.Uint32(rc[8:]))
+	g.blocks, g.blockSize = int64(capa.Blocks), int64(capa.BlockSize)
 	if g.blockSize < 512 || g.blockSize > 1<<20 || g.blockSize&(g.blockSize-1) != 0 {
 		return fmt.Errorf("unsupported logical block size %d", g.blockSize)
 	}
-	g.thin = rc[14]&0x80 != 0
-	g.lbprz = rc[14]&0x40 != 0
-	pages, err := s.vpd(ctx, 0x00)
+	g.thin, g.lbprz = capa.LBPME, capa.LBPRZ
+	pages, err := s.vpd(ctx, vpdSupportedPages)
 	if err != nil {
 		return fmt.Errorf("INQUIRY supported VPD pages: %w", err)
 	}
-	for _, p := range pages {
+	for _, p := range pages[4:] {
 		switch p {
-		case 0xb0:
-			bl, err := s.vpd(ctx, 0xb0)
+		case vpdBlockLimits:
+			page, err := s.vpd(ctx, vpdBlockLimits)
 			if err != nil {
 				return fmt.Errorf("INQUIRY Block Limits VPD: %w", err)
 			}
-			if len(bl) >= 16 {
-				g.maxTransfer = binary.BigEndian.Uint32(bl[4:])
+			bl, err := scsi.ParseBlockLimits(page)
+			if err != nil {
+				return fmt.Errorf("INQUIRY Block Limits VPD: %w", err)
 			}
-			if len(bl) >= 24 {
-				g.maxUnmap = binary.BigEndian.Uint32(bl[16:])
-			}
-			if len(bl) >= 44 {
-				g.maxWriteSame = binary.BigEndian.Uint64(bl[36:])
-			}
-		case 0xb2:
-			lbp, err := s.vpd(ctx, 0xb2)
+			g.maxTransfer, g.maxUnmap, g.maxWriteSame = bl.MaxTransfer, bl.MaxUnmapLBACount, bl.MaxWriteSame
+		case vpdProvisioning:
+			// Logical Block Provisioning VPD (SBC-3 §6.6.4): byte 5
+			// holds LBPU, LBPWS and LBPRZ.
+			page, err := s.vpd(ctx, vpdProvisioning)
 			if err != nil {
 				return fmt.Errorf("INQUIRY Logical Block Provisioning VPD: %w", err)
 			}
-			if len(lbp) >= 2 {
-				g.unmap = lbp[1]&0x80 != 0
-				g.writeSameUnmap = lbp[1]&0x40 != 0
-				g.lbprz = g.lbprz || lbp[1]&0x04 != 0
+			if len(page) >= 6 {
+				g.unmap = page[5]&0x80 != 0
+				g.writeSameUnmap = page[5]&0x40 != 0
+				g.lbprz = g.lbprz || page[5]&0x04 != 0
 			}
 		}
 	}
@@ -122,18 +114,17 @@ func (s *Session) probe(ctx context.Context) error {
 	return nil
 }
 
-// vpd reads a VPD page and returns its payload (after the 4-byte header).
+// vpd reads a whole VPD page, header included.
 func (s *Session) vpd(ctx context.Context, page byte) ([]byte, error) {
-	buf := make([]byte, 252)
-	n, err := s.command(ctx, cdbInquiry(true, page, uint16(len(buf))), buf, nil)
+	buf := make([]byte, 255)
+	n, err := s.command(ctx, scsi.InquiryVPD(page, uint16(len(buf))), buf, nil)
 	if err != nil {
 		return nil, err
 	}
 	if n < 4 || buf[1] != page {
 		return nil, fmt.Errorf("VPD page 0x%02x: short or mismatched answer", page)
 	}
-	l := min(int(binary.BigEndian.Uint16(buf[2:])), n-4)
-	return buf[4 : 4+l], nil
+	return buf[:min(4+int(binary.BigEndian.Uint16(buf[2:])), n)], nil
 }
 
 // Size implements blockdev.Device.
@@ -147,7 +138,7 @@ func (s *Session) BlockSize() int { return int(s.geom.blockSize) }
 func (s *Session) Thin() bool { return s.geom.thin }
 
 // Inquiry returns the standard INQUIRY data read at login.
-func (s *Session) Inquiry() Inquiry { return s.geom.inquiry }
+func (s *Session) Inquiry() scsi.InquiryData { return s.geom.inquiry }
 
 // maxIO is the largest READ or WRITE in bytes.
 func (s *Session) maxIO() int64 {
@@ -177,7 +168,7 @@ func (s *Session) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 	return s.split(ctx, off, int64(len(p)), s.maxIO(), func(ctx context.Context, o, n int64) error {
 		buf := p[o-off : o-off+n]
-		got, err := s.command(ctx, cdbRead16(uint64(o/s.geom.blockSize), uint32(n/s.geom.blockSize)), buf, nil)
+		got, err := s.command(ctx, scsi.Read16(uint64(o/s.geom.blockSize), uint32(n/s.geom.blockSize), false), buf, nil)
 		if err != nil {
 			return deviceError("read", o, err)
 		}
@@ -195,7 +186,7 @@ func (s *Session) WriteAt(ctx context.Context, p []byte, off int64, fua bool) er
 	}
 	return s.split(ctx, off, int64(len(p)), s.maxIO(), func(ctx context.Context, o, n int64) error {
 		buf := p[o-off : o-off+n]
-		_, err := s.command(ctx, cdbWrite16(uint64(o/s.geom.blockSize), uint32(n/s.geom.blockSize), fua), nil, buf)
+		_, err := s.command(ctx, scsi.Write16(uint64(o/s.geom.blockSize), uint32(n/s.geom.blockSize), fua), nil, buf)
 		return deviceError("write", o, err)
 	})
 }
@@ -203,7 +194,7 @@ func (s *Session) WriteAt(ctx context.Context, p []byte, off int64, fua bool) er
 // Flush implements blockdev.Device with SYNCHRONIZE CACHE 16 (SBC-3
 // §5.25) over the whole logical unit.
 func (s *Session) Flush(ctx context.Context) error {
-	_, err := s.command(ctx, cdbSync16(), nil, nil)
+	_, err := s.command(ctx, scsi.SynchronizeCache16(0, 0), nil, nil)
 	return deviceError("flush", 0, err)
 }
 
@@ -219,8 +210,8 @@ func (s *Session) Discard(ctx context.Context, off, length int64) error {
 	}
 	chunk := s.unmapChunk(int64(g.maxUnmap))
 	return s.split(ctx, off, length, chunk, func(ctx context.Context, o, n int64) error {
-		cdb, param := cdbUnmap(uint64(o/g.blockSize), uint32(n/g.blockSize))
-		_, err := s.command(ctx, cdb, nil, param)
+		param := scsi.UnmapParameterList([]scsi.UnmapDescriptor{{LBA: uint64(o / g.blockSize), Blocks: uint32(n / g.blockSize)}})
+		_, err := s.command(ctx, scsi.Unmap(uint16(len(param))), nil, param)
 		return deviceError("unmap", o, err)
 	})
 }
@@ -247,11 +238,10 @@ func (s *Session) WriteZeroes(ctx context.Context, off, length int64, mayUnmap b
 	zero := make([]byte, g.blockSize)
 	if !s.noWriteSame() {
 		err := s.split(ctx, off, length, s.unmapChunk(int64(min(g.maxWriteSame, 1<<32-1))), func(ctx context.Context, o, n int64) error {
-			_, err := s.command(ctx, cdbWriteSame16(uint64(o/g.blockSize), uint32(n/g.blockSize), unmap), nil, zero)
+			_, err := s.command(ctx, scsi.WriteSame16(uint64(o/g.blockSize), uint32(n/g.blockSize), unmap, false), nil, zero)
 			return deviceError("write same", o, err)
 		})
-		var se *senseError
-		if !errors.As(err, &se) || se.key != 0x5 || se.asc != 0x20 {
+		if !errors.Is(err, scsi.ASCInvalidCommandOperationCode) {
 			return err
 		}
 		s.setNoWriteSame()
@@ -288,22 +278,19 @@ func (s *Session) Allocation(ctx context.Context, off int64) (bool, int64, error
 	}
 	lba := off / bs
 	buf := make([]byte, 8+16)
-	n, err := s.command(ctx, cdbGetLBAStatus(uint64(lba), uint32(len(buf))), buf, nil)
+	n, err := s.command(ctx, scsi.GetLBAStatus(uint64(lba), uint32(len(buf))), buf, nil)
 	if err != nil {
 		return false, 0, deviceError("get lba status", off, err)
 	}
-	if n < 24 {
-		return false, 0, fmt.Errorf("GET LBA STATUS returned %d bytes, want a descriptor", n)
+	ds, err := scsi.ParseLBAStatus(buf[:n])
+	if err != nil {
+		return false, 0, fmt.Errorf("GET LBA STATUS: %w", err)
 	}
-	d := buf[8:24]
-	start := int64(binary.BigEndian.Uint64(d[0:]))
-	count := int64(binary.BigEndian.Uint32(d[8:]))
-	status := d[12] & 0x0f
-	if start != lba || count == 0 {
-		return false, 0, fmt.Errorf("GET LBA STATUS for LBA %d answered LBA %d count %d", lba, start, count)
+	if len(ds) == 0 || int64(ds[0].LBA) != lba || ds[0].Blocks == 0 {
+		return false, 0, fmt.Errorf("GET LBA STATUS for LBA %d answered %+v", lba, ds)
 	}
-	end := min((start+count)*bs, size)
-	return status == 0, end - off, nil
+	end := min((lba+int64(ds[0].Blocks))*bs, size)
+	return ds[0].Status == scsi.Mapped, end - off, nil
 }
 
 // split runs fn over [off, off+length) in pieces of at most chunk bytes,
@@ -345,10 +332,9 @@ func (s *Session) command(ctx context.Context, cdb, read, write []byte) (int, er
 		if err != nil {
 			return 0, err
 		}
-		err = res.check(len(read))
-		var se *senseError
-		retry := errors.As(err, &se) && se.key == 0x6 ||
-			res.err == nil && (res.status == statusBusy || res.status == statusTaskSetFull)
+		err = res.check()
+		retry := errors.Is(err, scsi.SenseUnitAttention) ||
+			res.err == nil && (res.status == scsi.StatusBusy || res.status == scsi.StatusTaskSetFull)
 		if !retry || attempt >= 10 {
 			return res.transferred(len(read)), err
 		}
@@ -362,28 +348,22 @@ func (s *Session) command(ctx context.Context, cdb, read, write []byte) (int, er
 	}
 }
 
-const (
-	statusGood           = 0x00
-	statusCheckCondition = 0x02
-	statusBusy           = 0x08
-	statusTaskSetFull    = 0x28
-)
-
-// check turns a result into an error.
-func (r *result) check(readLen int) error {
+// check turns a result into an error: a *scsi.SenseError for CHECK
+// CONDITION with sense data, a *StatusError otherwise.
+func (r *result) check() error {
 	switch {
 	case r.err != nil:
 		return r.err
 	case r.response != 0:
 		return &StatusError{Response: r.response}
-	case r.status == statusGood:
+	case r.status == scsi.StatusGood:
 		if r.overflow {
 			return fmt.Errorf("target reported residual overflow of %d bytes", r.resid)
 		}
 		return nil
-	case r.status == statusCheckCondition:
-		if se := parseSense(r.sense); se != nil {
-			return se
+	case r.status == scsi.StatusCheckCondition:
+		if sense, err := scsi.ParseSense(r.sense); err == nil {
+			return &scsi.SenseError{Sense: sense}
 		}
 	}
 	return &StatusError{Status: r.status}
@@ -404,16 +384,13 @@ func deviceError(op string, off int64, err error) error {
 	if err == nil {
 		return nil
 	}
-	var se *senseError
-	if errors.As(err, &se) {
-		switch {
-		case se.key == 0x5 && se.asc == 0x21:
-			return fmt.Errorf("%s at %d: %w: %w", op, off, blockdev.ErrOutOfRange, err)
-		case se.key == 0x7:
-			return fmt.Errorf("%s at %d: %w: %w", op, off, blockdev.ErrReadOnly, err)
-		case se.key == 0x3:
-			return &blockdev.MediumError{Write: op != "read", Off: off, Err: err}
-		}
+	switch {
+	case errors.Is(err, scsi.ASCLBAOutOfRange):
+		return fmt.Errorf("%s at %d: %w: %w", op, off, blockdev.ErrOutOfRange, err)
+	case errors.Is(err, scsi.SenseDataProtect):
+		return fmt.Errorf("%s at %d: %w: %w", op, off, blockdev.ErrReadOnly, err)
+	case errors.Is(err, scsi.SenseMediumError):
+		return &blockdev.MediumError{Write: op != "read", Off: off, Err: err}
 	}
 	return fmt.Errorf("%s at %d: %w", op, off, err)
 }
