@@ -88,11 +88,13 @@ func (u *URL) parseHostPort(authority string) error {
 		if net.ParseIP(host) == nil {
 			return fmt.Errorf("iSCSI URL: %q is not an IPv6 address", host)
 		}
-	} else if i := strings.LastIndexByte(authority, ':'); i >= 0 {
-		host, port = authority[:i], authority[i+1:]
-	}
-	if host == "" || strings.ContainsAny(host, " /:[]%@") {
-		return fmt.Errorf("iSCSI URL: invalid host %q", host)
+	} else {
+		if i := strings.LastIndexByte(authority, ':'); i >= 0 {
+			host, port = authority[:i], authority[i+1:]
+		}
+		if host == "" || strings.ContainsAny(host, " /:[]%@") {
+			return fmt.Errorf("iSCSI URL: invalid host %q", host)
+		}
 	}
 	u.Host = host
 	if port != "" {
