@@ -32,6 +32,7 @@ func commands() map[string]command {
 		"help":   {"describe the subcommands", nil},
 		"hook":   {"libvirt qemu hook: asks the local agent, never libvirt", runHook},
 		"export": exportCommand(),
+		"copy":   {copySummary, runCopy},
 	}
 }
 

@@ -1,0 +1,197 @@
+package initiator
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shareless/shareless/internal/tgtd"
+	"github.com/shareless/shareless/iscsi/chap"
+)
+
+const (
+	testIQN    = "iqn.2026-11.io.shareless.test:disk"
+	testUser   = "shareless-user"
+	testSecret = "initiator-secret-1"
+	mutualUser = "shareless-target"
+	mutualPass = "target-secret-22"
+)
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
+
+func secret(t testing.TB, s string) chap.Secret {
+	sec, err := chap.NewSecret([]byte(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sec
+}
+
+// sparseFile creates a file of size bytes with no data.
+func sparseFile(t testing.TB, size int64) string {
+	p := filepath.Join(t.TempDir(), "lun.img")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	return p
+}
+
+// startTgtd serves one thin LUN with mutual CHAP.
+func startTgtd(t *testing.T, size int64) (*tgtd.Server, string) {
+	srv := tgtd.Start(t)
+	img := sparseFile(t, size)
+	srv.AddTarget(tgtd.Target{IQN: testIQN, LUNs: []string{img}, Thin: true,
+		User: testUser, Secret: testSecret, MutualUser: mutualUser, MutualSecret: mutualPass,
+		Params: map[string]string{"MaxRecvDataSegmentLength": "262144"}})
+	return srv, img
+}
+
+func creds(t testing.TB, mutual bool) Credentials {
+	c := Credentials{CHAP: chap.Credentials{User: testUser, Secret: secret(t, testSecret)}}
+	if mutual {
+		c.Mutual = chap.Credentials{User: mutualUser, Secret: secret(t, mutualPass)}
+	}
+	return c
+}
+
+func TestTgtdInterop(t *testing.T) {
+	const size = 64 << 20
+	srv, img := startTgtd(t, size)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	t.Run("SendTargets", func(t *testing.T) {
+		got, err := Discover(ctx, srv.Addr(), Config{Credentials: creds(t, false), Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[0].Name != testIQN || len(got[0].Addresses) == 0 {
+			t.Fatalf("discovered %+v", got)
+		}
+		if p := Portal(got[0].Addresses[0]); p != srv.Addr() {
+			t.Errorf("portal %q, want %q", p, srv.Addr())
+		}
+	})
+
+	t.Run("WrongSecret", func(t *testing.T) {
+		c := creds(t, false)
+		c.CHAP.Secret = secret(t, "not-the-secret")
+		_, err := Dial(ctx, Config{Addr: srv.Addr(), Target: testIQN, LUN: 1, Credentials: c, Logger: testLogger(t)})
+		if !errors.Is(err, ErrAuth) {
+			t.Fatalf("got %v, want ErrAuth", err)
+		}
+	})
+
+	t.Run("WrongMutualSecret", func(t *testing.T) {
+		c := creds(t, true)
+		c.Mutual.Secret = secret(t, "not-the-target-secret")
+		_, err := Dial(ctx, Config{Addr: srv.Addr(), Target: testIQN, LUN: 1, Credentials: c, Logger: testLogger(t)})
+		if !errors.Is(err, ErrAuth) {
+			t.Fatalf("got %v, want ErrAuth", err)
+		}
+	})
+
+	s, err := Dial(ctx, Config{Addr: srv.Addr(), Target: testIQN, LUN: 1, Credentials: creds(t, true), Depth: 16, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Size() != size || s.BlockSize() != 512 || !s.Thin() {
+		t.Fatalf("size %d block %d thin %v", s.Size(), s.BlockSize(), s.Thin())
+	}
+
+	t.Run("ReadWriteAtDepth", func(t *testing.T) {
+		want := make([]byte, 8<<20)
+		rand.Read(want)
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		const piece = 256 << 10
+		for i := 0; i < len(want)/piece; i++ {
+			wg.Go(func() {
+				errs <- s.WriteAt(ctx, want[i*piece:(i+1)*piece], int64(4<<20+i*piece), i%7 == 0)
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(want))
+		if err := s.ReadAt(ctx, got, 4<<20); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatal("read back differs from written data")
+		}
+		onDisk := make([]byte, len(want))
+		f, _ := os.Open(img)
+		f.ReadAt(onDisk, 4<<20)
+		f.Close()
+		if !bytes.Equal(onDisk, want) {
+			t.Fatal("backing file differs from written data")
+		}
+	})
+
+	t.Run("UnmapAndLBAStatus", func(t *testing.T) {
+		mapped, n, err := s.Allocation(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mapped || n != 4<<20 {
+			t.Fatalf("Allocation(0) = %v, %d; want unmapped 4 MiB", mapped, n)
+		}
+		mapped, n, err = s.Allocation(ctx, 4<<20)
+		if err != nil || !mapped || n != 8<<20 {
+			t.Fatalf("Allocation(4 MiB) = %v, %d, %v; want mapped 8 MiB", mapped, n, err)
+		}
+		if err := s.Discard(ctx, 5<<20, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		mapped, n, err = s.Allocation(ctx, 5<<20)
+		if err != nil || mapped || n != 1<<20 {
+			t.Fatalf("after UNMAP Allocation(5 MiB) = %v, %d, %v; want unmapped 1 MiB", mapped, n, err)
+		}
+		if err := s.WriteZeroes(ctx, 6<<20, 1<<20, true); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 2<<20)
+		if err := s.ReadAt(ctx, buf, 5<<20); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf, make([]byte, len(buf))) {
+			t.Fatal("unmapped range does not read as zeroes")
+		}
+	})
+
+	t.Run("OutOfRange", func(t *testing.T) {
+		if err := s.ReadAt(ctx, make([]byte, 512), size); err == nil {
+			t.Fatal("read past the end succeeded")
+		}
+	})
+}
