@@ -1,3 +1,5 @@
 module github.com/shareless/shareless
 
 go 1.26
+
+require gopkg.in/ini.v1 v1.67.3
