@@ -134,10 +134,10 @@ type ParseError struct {
 func (e *ParseError) Error() string {
 	var b strings.Builder
 	b.WriteString("nova notification: ")
-	b.WriteString(e.Kind.Error())
 	if e.Field != "" {
-		b.WriteString(" " + e.Field)
+		b.WriteString(e.Field + ": ")
 	}
+	b.WriteString(e.Kind.Error())
 	if e.Err != nil {
 		b.WriteString(": " + e.Err.Error())
 	}
