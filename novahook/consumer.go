@@ -92,6 +92,9 @@ func (e errFatal) Unwrap() error { return e.err }
 // Connection failures are retried with exponential backoff between
 // ReconnectMin and ReconnectMax, rotating through the brokers.
 func (c *Consumer) Run(ctx context.Context) error {
+	if len(c.cfg.Brokers) == 0 {
+		return errors.New("amqp consumer: no broker hosts")
+	}
 	delay := c.cfg.ReconnectMin
 	for attempt := 0; ; attempt++ {
 		broker := c.cfg.Brokers[attempt%len(c.cfg.Brokers)]

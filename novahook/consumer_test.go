@@ -337,10 +337,23 @@ func TestConsumerExchangeAsOsloDeclaresIt(t *testing.T) {
 	if err := ch2.ExchangeDeclare("nova", amqp.ExchangeTopic, cfg.ExchangeDurable, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
+	// oslo logs and drops a notification it cannot send, so check that it
+	// arrived rather than that the notifier succeeded.
+	probe, err := ch2.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch2.QueueBind(probe.Name, "versioned_notifications.info", "nova", false, nil); err != nil {
+		t.Fatal(err)
+	}
 	emit(t, s, "messagingv2", []planLine{lm("pre-start", "exchange-agent-first")})
+	waitFor(t, 10*time.Second, "oslo's notification on the agent's exchange", func() bool {
+		q, err := ch2.QueueDeclarePassive(probe.Name, false, true, true, false, nil)
+		return err == nil && q.Messages == 1
+	})
 
 	// The check can fail: a durable declaration conflicts with oslo's.
-	err := ch2.ExchangeDeclare("nova", amqp.ExchangeTopic, true, false, false, false, nil)
+	err = ch2.ExchangeDeclare("nova", amqp.ExchangeTopic, true, false, false, false, nil)
 	var ae *amqp.Error
 	if !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
 		t.Fatalf("durable redeclaration: %v, want PRECONDITION_FAILED", err)
