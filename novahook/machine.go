@@ -364,7 +364,12 @@ func (m *Machine) current(n Notification, e lmEvent, role Role, source, dest str
 	if r != nil && !r.Finished() {
 		switch {
 		case other && begins && n.Timestamp.After(r.LastEvent):
+			// Nova runs one migration of an instance at a time, so the old
+			// attempt ended without this host hearing of it.
 			m.notef("%s: new migration %s>%s replaces unfinished %s>%s in phase %s", n.Payload.InstanceUUID, source, dest, r.Source, r.Dest, r.Phase)
+			if role == RoleDestination && !r.Phase.switchedOver() {
+				m.act(DiscardReplicas{r.Instance, r.Source})
+			}
 			return m.begin(n, e, role, source, dest)
 		case other:
 			m.notef("%s: %s names %s>%s, not this host's migration %s>%s, ignored", n.Payload.InstanceUUID, n.EventType, source, dest, r.Source, r.Dest)
