@@ -29,7 +29,7 @@ type Config struct {
 	Store      Store             `ini:"store" help:"Where managed disk images live."`
 	Libvirt    Libvirt           `ini:"libvirt" help:"The local libvirtd."`
 	OpenStack  OpenStack         `ini:"openstack" help:"Credentials for Keystone, Nova and Cinder. Set either cloud or auth_url."`
-	Peers      map[string]string `ini:"peers" help:"Static map of Nova compute host name to the address of its agent's control API\n(host:port or host). Hosts not listed are looked up in Nova (hypervisor host_ip)."`
+	Peers      map[string]string `ini:"peers" help:"Static map of Nova compute host name to the address of its agent's control API:\nhost:port, or host alone for the port of [api] listen. Hosts not listed are\nlooked up in Nova (hypervisor host_ip)."`
 	API        API               `ini:"api" help:"The control API (agent to agent, storage network) and the local unix socket\n(hook and CLI)."`
 	Replicator Replicator        `ini:"replicator" help:"Post-copy replication (design.md section 2)."`
 }
