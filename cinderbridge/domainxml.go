@@ -28,6 +28,10 @@ type ISCSIDisk struct {
 	// one portal (libvirt's schema allows one <host> for protocol iscsi):
 	// Conn.Targets[0] is used, so the caller orders the targets by
 	// preference or reachability. There is no multipath inside QEMU.
+	// libvirt's parser takes any CHAP user name, but its schema
+	// (domaincommon.rng diskAuth, genericName) allows only [a-zA-Z0-9_+-]:
+	// user names that are IQNs, as Storwize's driver sends
+	// (storwize_svc_iscsi.py), fail virt-xml-validate while working.
 	Conn *ISCSI
 	// SecretUsage names the libvirt secret (usage type iscsi) holding the
 	// CHAP password; required when Conn.Auth is set. The secret must be

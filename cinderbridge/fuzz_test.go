@@ -1,6 +1,9 @@
 package cinderbridge
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"reflect"
 	"testing"
 )
@@ -37,6 +40,47 @@ func FuzzParse(f *testing.F) {
 			if !reflect.DeepEqual(again, c) {
 				t.Fatalf("%s round trip changed\n %+v\n to %+v", name, c, again)
 			}
+		}
+	})
+}
+
+// FuzzRewriteDomainXML checks that the rewriter never panics, that what it
+// returns is well formed, and that a second rewrite changes nothing.
+func FuzzRewriteDomainXML(f *testing.F) {
+	for name := range goldenCases {
+		in, err := os.ReadFile(filepath.Join("testdata", "domainxml", name+".in.xml"))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(in, "6b1e8a1c-39d0-4c6e-9a9b-2c3f8d9e0a11", true)
+	}
+	for _, s := range []string{
+		`<domain><devices><disk type='block'><source dev='/dev/sdb'/><serial>v</serial></disk></devices></domain>`,
+		`<domain><devices><disk type="block" xmlns:x="urn:x" x:type="y"><auth username='u'><secret type='iscsi' usage='x'/></auth><source dev="/d"><x:y/></source><serial><![CDATA[v]]></serial></disk></devices></domain>`,
+		"<domain>\r\n\t<devices>\r\n\t\t<disk type='block'>\r\n\t\t\t<source dev='/dev/sdb'/>\r\n\t\t\t<serial> v </serial>\r\n\t\t</disk>\r\n\t</devices>\r\n</domain>",
+		`<?xml version="1.0"?><!-- c --><domain><devices><!-- d --><disk type='network'><source protocol='iscsi' name='iqn.2000-01.x:a/1'/><serial>v</serial></disk></devices></domain>`,
+	} {
+		f.Add([]byte(s), "v", false)
+	}
+	f.Fuzz(func(t *testing.T, domain []byte, volumeID string, chap bool) {
+		d := ISCSIDisk{VolumeID: volumeID, DevicePath: "/dev/sdb",
+			Conn:         &ISCSI{Targets: []ISCSITarget{{Portal{"192.0.2.10", 3260}, "iqn.2000-01.x:a", 1}}},
+			InitiatorIQN: "iqn.1993-08.org.debian:01:h"}
+		if chap {
+			d.Conn.Auth = &CHAP{Username: "u<&'\">", Password: NewSecret("p")}
+			d.SecretUsage = "s&<'\""
+		}
+		out, err := RewriteDomainXML(domain, []ISCSIDisk{d})
+		if err != nil {
+			return
+		}
+		checkWellFormed(t, out)
+		again, err := RewriteDomainXML(out, []ISCSIDisk{d})
+		if err != nil {
+			t.Fatalf("second rewrite: %v\nfirst output:\n%q", err, out)
+		}
+		if !bytes.Equal(again, out) {
+			t.Fatalf("second rewrite changed\n%q\nto\n%q", out, again)
 		}
 	})
 }
