@@ -145,7 +145,7 @@ func (o osFile) PunchHole(off, length int64) error {
 	if errors.Is(err, syscall.EOPNOTSUPP) {
 		// No hole punching here (e.g. some tmpfs or overlay setups): zeroes
 		// read the same, they just stay allocated.
-		return writeZeroes(o.f, off, length)
+		return WriteZeroes(o.f, off, length)
 	}
 	if err != nil {
 		return &os.PathError{Op: "fallocate", Path: o.f.Name(), Err: err}
@@ -153,7 +153,8 @@ func (o osFile) PunchHole(off, length int64) error {
 	return nil
 }
 
-func writeZeroes(w io.WriterAt, off, length int64) error {
+// WriteZeroes writes length zero bytes at off, a MiB at a time.
+func WriteZeroes(w io.WriterAt, off, length int64) error {
 	zero := make([]byte, min(length, 1<<20))
 	for done := int64(0); done < length; {
 		n := min(int64(len(zero)), length-done)
