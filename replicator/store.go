@@ -115,6 +115,9 @@ type ReplicaOptions struct {
 	RemoteOnly bool
 	// Rate limits the background copy, in bytes per second (0: unlimited).
 	Rate int64
+	// Paused opens the disk with the background copy paused (the agent
+	// restores an operator's pause after a restart).
+	Paused bool
 }
 
 // Origin describes the image a new replica will copy, as its host reports
