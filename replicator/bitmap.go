@@ -95,8 +95,8 @@ func (b *Bitmap) MarshalBinary() ([]byte, error) {
 	return out, nil
 }
 
-// maxBits bounds a disk's block count (256 TiB at the 64 KiB grain) and so
-// what a corrupt length can make UnmarshalBinary allocate (512 MiB).
+// maxBits bounds a disk's block count (64 TiB at the default 16 KiB grain)
+// and so what a corrupt length can make UnmarshalBinary allocate (512 MiB).
 const maxBits = 1 << 32
 
 var errBadBitmap = errors.New("malformed bitmap encoding")

@@ -2,6 +2,7 @@ package replicator
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -24,7 +25,7 @@ func (r *Replica) copier(ctx context.Context) {
 		switch {
 		case ctx.Err() != nil:
 			return
-		case err == nil:
+		case err == nil || errors.Is(err, errPaused):
 			backoff = minBackoff
 		case r.State() == StateFailed:
 			return
@@ -140,6 +141,10 @@ func (r *Replica) invalidIn(c int64) bool {
 	return false
 }
 
+// errPaused ends a copy step that was waiting for its rate slot when the
+// copy was paused.
+var errPaused = errors.New("copy paused")
+
 // throttle waits until n more bytes may be copied under the rate limit. The
 // limit is a schedule: each copy pushes the earliest next start by n/rate,
 // so the average holds whatever the chunk sizes, and a rate change applies
@@ -161,7 +166,12 @@ func (r *Replica) throttle(ctx context.Context, n int64) error {
 			r.mu.Unlock()
 			return nil
 		}
+		paused := r.paused
 		r.mu.Unlock()
+		if paused {
+			// A chunk waiting for its slot is not in flight yet.
+			return errPaused
+		}
 		select {
 		case <-r.clock.After(wait):
 		case <-r.wake:

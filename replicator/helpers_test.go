@@ -85,9 +85,10 @@ func firstDiff(a, b []byte) int {
 // as a dead TCP peer does) or fail.
 type faultSource struct {
 	Source
-	mu   sync.Mutex
-	hang chan struct{} // non-nil: reads block until it is closed
-	err  error
+	started chan struct{} // if set, receives a value as each read starts
+	mu      sync.Mutex
+	hang    chan struct{} // non-nil: reads block until it is closed
+	err     error
 }
 
 func (f *faultSource) set(hang chan struct{}, err error) {
@@ -100,6 +101,9 @@ func (f *faultSource) ReadAt(ctx context.Context, p []byte, off int64) error {
 	f.mu.Lock()
 	hang, err := f.hang, f.err
 	f.mu.Unlock()
+	if f.started != nil {
+		f.started <- struct{}{}
+	}
 	if hang != nil {
 		<-hang
 	}

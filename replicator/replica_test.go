@@ -1,9 +1,11 @@
 package replicator
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/shareless/shareless/blockdev"
@@ -146,4 +148,182 @@ func TestWayBack(t *testing.T) {
 			b.Close()
 		})
 	}
+}
+
+// sealedReplica returns a base on host /a and its replica on host /b with
+// the source already sealed, reading through a faultSource.
+func sealedReplica(t *testing.T, size int64, opts StoreOptions, ro ReplicaOptions) (*Replica, *faultSource, []byte) {
+	t.Helper()
+	ctx := context.Background()
+	fsys := vfs.NewMem()
+	a, data := randomBase(t, testStore(t, fsys, "/a", StoreOptions{}), "d", size, 3)
+	if err := a.Seal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fault := &faultSource{Source: a}
+	r, _, err := testStore(t, fsys, "/b", opts).Replicate(ctx, "d", Origin{Image: a.ID()}, fault, ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.SourceSealed(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); a.Close() })
+	return r, fault, data
+}
+
+// TestCopierKeepsGuestWrite checks rule 3: a guest write to a block whose
+// chunk the copier is fetching proceeds (the fetch holds no lock) and is not
+// overwritten when the fetched chunk is stored.
+func TestCopierKeepsGuestWrite(t *testing.T) {
+	ctx := context.Background()
+	r, fault, data := sealedReplica(t, 64<<10, StoreOptions{}, ReplicaOptions{Paused: true})
+	hang := make(chan struct{})
+	fault.started = make(chan struct{}, 1)
+	fault.set(hang, nil)
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.copyStep(ctx)
+		done <- err
+	}()
+	<-fault.started // the copier is fetching chunk 0
+	fault.started = nil
+	mine := bytes.Repeat([]byte("guest"), 4096/5+1)[:4096]
+	copy(data[4096:], mine)
+	if err := r.WriteAt(ctx, mine, 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	fault.set(nil, nil)
+	close(hang)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if st := r.Stats(); st.BytesLocal != 16<<10 {
+		t.Fatalf("after one copy step %d bytes local, want the first 16 KiB chunk", st.BytesLocal)
+	}
+	got := make([]byte, 16<<10)
+	if err := r.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, "chunk 0 after the copier stored it", got, data[:16<<10])
+}
+
+// TestSourceTimeout checks rule 8: a source that hangs (ignoring its
+// context) or keeps failing fails the reads and partial writes that need it
+// with ErrUnavailable after the configured bound, not later; reads of local
+// blocks go on; the outage shows in Stats until the source answers.
+func TestSourceTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		const bound = 5 * time.Second
+		r, fault, data := sealedReplica(t, 64<<10, StoreOptions{SourceTimeout: bound}, ReplicaOptions{Paused: true})
+		if err := r.WriteAt(ctx, data[:4096], 0, false); err != nil { // block 0 local
+			t.Fatal(err)
+		}
+		hang := make(chan struct{})
+		defer close(hang)
+		for _, fault2 := range []struct {
+			name string
+			hang chan struct{}
+			err  error
+		}{{"hanging", hang, nil}, {"failing", nil, errors.New("connection refused")}} {
+			fault.set(fault2.hang, fault2.err)
+			start := time.Now()
+			err := r.ReadAt(ctx, make([]byte, 4096), 8192)
+			if !errors.Is(err, blockdev.ErrUnavailable) {
+				t.Fatalf("%s source: read error %v, want ErrUnavailable", fault2.name, err)
+			}
+			if el := time.Since(start); el > bound {
+				t.Fatalf("%s source: read failed after %v, bound %v", fault2.name, el, bound)
+			}
+			start = time.Now()
+			err = r.WriteAt(ctx, []byte{1}, 9000, false)
+			if !errors.Is(err, blockdev.ErrUnavailable) || time.Since(start) > bound {
+				t.Fatalf("%s source: partial write %v after %v", fault2.name, err, time.Since(start))
+			}
+			if err := r.ReadAt(ctx, make([]byte, 4096), 0); err != nil {
+				t.Fatalf("%s source: local read: %v", fault2.name, err)
+			}
+			if r.Stats().SourceDownSince.IsZero() {
+				t.Fatalf("%s source: outage not reported", fault2.name)
+			}
+		}
+		fault.set(nil, nil)
+		got := make([]byte, 4096)
+		if err := r.ReadAt(ctx, got, 8192); err != nil {
+			t.Fatal(err)
+		}
+		mustEqual(t, "read after the source came back", got, data[8192:8192+4096])
+		if !r.Stats().SourceDownSince.IsZero() {
+			t.Fatal("outage still reported after the source answered")
+		}
+	})
+}
+
+// TestRateLimit checks the copy's bandwidth limit and that changing it
+// applies while the copy runs, and the rate and ETA that Stats reports.
+func TestRateLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const size, rate = 4 << 20, 1 << 20
+		r, _, data := sealedReplica(t, size, StoreOptions{}, ReplicaOptions{Rate: rate})
+		start := time.Now()
+		time.Sleep(2 * time.Second)
+		st := r.Stats()
+		if want := int64(2 * rate); st.BytesCopied < want-32<<10 || st.BytesCopied > want+32<<10 {
+			t.Fatalf("after 2 s at 1 MiB/s copied %d bytes", st.BytesCopied)
+		}
+		if st.Rate < 0.95*rate || st.Rate > 1.05*rate || st.ETA < 1900*time.Millisecond || st.ETA > 2100*time.Millisecond {
+			t.Fatalf("stats: rate %.0f B/s, ETA %v; want about 1 MiB/s and 2 s", st.Rate, st.ETA)
+		}
+		r.SetRate(2 * rate)
+		waitState(t, r, StateComplete)
+		// 2 MiB at 1 MiB/s, then 2 MiB at 2 MiB/s.
+		if el := time.Since(start); el < 2900*time.Millisecond || el > 3100*time.Millisecond {
+			t.Fatalf("copy took %v, want about 3 s", el)
+		}
+		mustEqual(t, "copied disk", mustRead(t, r), data)
+	})
+}
+
+// TestPauseResume checks that a paused copy copies nothing (reads still
+// work) and that it completes once resumed.
+func TestPauseResume(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r, _, data := sealedReplica(t, 1<<20, StoreOptions{}, ReplicaOptions{Rate: 256 << 10})
+		time.Sleep(time.Second)
+		r.Pause()
+		synctest.Wait()
+		copied := r.Stats().BytesCopied
+		if copied == 0 || r.State() != StatePaused {
+			t.Fatalf("before the pause copied %d, state %v", copied, r.State())
+		}
+		time.Sleep(10 * time.Second)
+		if st := r.Stats(); st.BytesCopied != copied {
+			t.Fatalf("paused copy went from %d to %d bytes", copied, st.BytesCopied)
+		}
+		r.Resume()
+		waitState(t, r, StateComplete)
+		mustEqual(t, "copied disk", mustRead(t, r), data)
+	})
+}
+
+// TestRemoteOnly checks Method B: after the seal nothing is copied, in the
+// background or on read; writes stay local.
+func TestRemoteOnly(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		r, _, data := sealedReplica(t, 256<<10, StoreOptions{}, ReplicaOptions{RemoteOnly: true})
+		time.Sleep(time.Minute)
+		mustEqual(t, "remote read", mustRead(t, r), data)
+		mustEqual(t, "second remote read", mustRead(t, r), data)
+		copy(data[4096:], "local")
+		if err := r.WriteAt(ctx, data[4096:8192], 4096, true); err != nil {
+			t.Fatal(err)
+		}
+		mustEqual(t, "read after a local write", mustRead(t, r), data)
+		st := r.Stats()
+		if st.State != StateRemote || st.BytesCopied != 0 || st.BytesLocal != 4096 || st.SourceBytes != 3*int64(len(data))-4096 {
+			t.Fatalf("Method B stats %+v", st)
+		}
+	})
 }

@@ -25,26 +25,29 @@ import (
 	"github.com/shareless/shareless/replicator/vfs"
 )
 
-// Granularity. The way back moves whole tracking blocks, and the metadata
-// holds two bits per block, so the grain trades bytes moved against metadata
-// size. TestGranularity measures the way back for scattered 4 KiB guest
-// writes over a 4 GiB disk (the ratio is what matters; it does not depend on
-// the disk size):
+// Granularity. The way back moves whole tracking blocks and the metadata
+// holds two bits per block (valid, modified), so the grain trades bytes moved
+// against metadata held in memory and rewritten at each checkpoint.
+// TestGranularity measures the real way back after scattered 4 KiB guest
+// writes at distinct offsets (the worst case: for scattered writes the share
+// moved depends on writes per block, not on the disk size):
 //
-//	written   grain 4 KiB   grain 16 KiB   grain 64 KiB
-//	1%        41 MiB        162 MiB        626 MiB
-//	10%       410 MiB       1.5 GiB        2.8 GiB
+//	written here   grain 4 KiB   16 KiB   64 KiB   (share of the disk moved back)
+//	1%             1.0%          3.9%     14.6%
+//	10%            10.0%         34.8%    83.8%
+//	metadata/TiB   64 MiB        16 MiB   4 MiB
 //
-// Scattered writes are the worst case; real guests write in clusters
-// (filesystem journals, extents), where a coarse grain costs little. At
-// 64 KiB the metadata is 2 × 2 MiB per TiB (two bitmaps), small enough to
-// checkpoint in one write; at 4 KiB it would be 64 MiB per TiB. 64 KiB is
-// also QEMU's default dirty-bitmap granularity and qcow2 cluster size, so a
-// guest's own locality is tuned to it. The copy chunk is 1 MiB: large enough
-// that one source round trip carries many blocks, small enough that a guest
-// write waiting on the chunk lock waits for at most 1 MiB of local writes.
+// At 64 KiB a guest that rewrote 10% of its disk in scattered pages (a
+// database) would move most of the disk back, little better than a full
+// copy; at 4 KiB every TiB of managed disk costs 64 MiB of agent memory and
+// a 64 MiB checkpoint. DefaultGrain is therefore 16 KiB, which also bounds
+// the source read a partial write to an uncopied block waits for. Clustered
+// writes (filesystem journals, extents) move little at any grain. The copy
+// chunk is 1 MiB (64 blocks): large enough that one source round trip
+// carries many blocks, small enough that a guest write waiting on the chunk
+// lock waits for at most 1 MiB of local writes.
 const (
-	DefaultGrain = 64 << 10
+	DefaultGrain = 16 << 10
 	DefaultChunk = 1 << 20
 	// DefaultSourceTimeout bounds how long a read that needs the source
 	// waits for it (rule 8), below the guest's own SCSI timeout (30 s in
