@@ -45,7 +45,7 @@ func TestMain(m *testing.M) {
 func needBroker(t *testing.T) *rabbit.Server {
 	t.Helper()
 	testenv.SkipIfShort(t)
-	testenv.NeedCommands(t, rabbit.Commands...)
+	testenv.NeedCommands(t, rabbit.Commands()...)
 	shared.once.Do(func() {
 		shared.dir, shared.err = os.MkdirTemp("", "novahook-rabbit-")
 		if shared.err != nil {

@@ -107,10 +107,10 @@ type Payload struct {
 
 // BlockDevice is one BlockDevicePayload.
 type BlockDevice struct {
-	VolumeID     string
-	DeviceName   string
-	BootIndex    *int
-	DeleteOnTerm bool
+	VolumeID            string
+	DeviceName          string
+	BootIndex           *int
+	DeleteOnTermination bool
 }
 
 // Fault is an ExceptionPayload.
@@ -232,10 +232,10 @@ type wirePayload struct {
 }
 
 type wireBDM struct {
-	VolumeID     string  `json:"volume_id"`
-	DeviceName   *string `json:"device_name"`
-	BootIndex    *int    `json:"boot_index"`
-	DeleteOnTerm bool    `json:"delete_on_termination"`
+	VolumeID            string  `json:"volume_id"`
+	DeviceName          *string `json:"device_name"`
+	BootIndex           *int    `json:"boot_index"`
+	DeleteOnTermination bool    `json:"delete_on_termination"`
 }
 
 type wireFault struct {
@@ -333,7 +333,7 @@ func parsePayload(raw json.RawMessage) (Payload, error) {
 		if err := decodeField(*o.Data, &b, fmt.Sprintf("payload.nova_object.data.block_devices[%d]", i)); err != nil {
 			return Payload{}, err
 		}
-		p.BlockDevices = append(p.BlockDevices, BlockDevice{VolumeID: b.VolumeID, DeviceName: deref(b.DeviceName), BootIndex: b.BootIndex, DeleteOnTerm: b.DeleteOnTerm})
+		p.BlockDevices = append(p.BlockDevices, BlockDevice{VolumeID: b.VolumeID, DeviceName: deref(b.DeviceName), BootIndex: b.BootIndex, DeleteOnTermination: b.DeleteOnTermination})
 	}
 	fault, field := d.Fault, "fault"
 	if fault == nil {
