@@ -250,7 +250,7 @@ func (c *counter) appliedCount() int {
 
 func newNode(t *testing.T, host string, exec Executor) *Node {
 	t.Helper()
-	j, st, err := OpenJournal(t.TempDir(), 0)
+	j, st, err := OpenJournal(OSFS{}, t.TempDir(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -620,7 +620,7 @@ func TestConsumerAgentRestart(t *testing.T) {
 	cfg := consumerConfig(t, s, "host2")
 	stateDir := t.TempDir()
 	openNode := func(rec *recorder) (*Node, *Journal) {
-		j, st, err := OpenJournal(stateDir, 0)
+		j, st, err := OpenJournal(OSFS{}, stateDir, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
