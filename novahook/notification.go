@@ -1,11 +1,12 @@
 // Package novahook follows Nova's live migrations from the agent's side: it
-// parses Nova's versioned notifications, feeds them with libvirt hook calls
-// and replica progress to a pure migration state machine ([Machine]), keeps
-// the machine's state in a durable [Journal], and consumes the notifications
-// from RabbitMQ ([Consumer]).
+// parses Nova's versioned notifications ([Parse]), feeds them with libvirt
+// hook calls and replica progress to a pure migration state machine
+// ([Machine]), keeps the machine's state and dedup set in a durable
+// [Journal], and consumes the notifications from RabbitMQ ([Consumer]).
 //
-// The split follows etcd's raft: the machine does no I/O; the shell persists
-// what the machine returns, then runs the actions, then acknowledges.
+// The split follows etcd's raft: the machine does no I/O; [Node] persists
+// what the machine returns, then hands the actions to an [Executor]; only
+// then does the consumer acknowledge the message.
 package novahook
 
 import (
