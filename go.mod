@@ -2,6 +2,7 @@ module github.com/shareless/shareless
 
 go 1.26
 
-require gopkg.in/ini.v1 v1.67.3
-
-require github.com/rabbitmq/amqp091-go v1.16.0
+require (
+	github.com/rabbitmq/amqp091-go v1.16.0
+	gopkg.in/ini.v1 v1.67.3
+)

@@ -207,6 +207,14 @@ func (c *Config) Validate(file string) error {
 	if c.OpenStack.Cloud != "" && c.OpenStack.AuthURL != "" {
 		return bad("openstack", "auth_url", "set either cloud or auth_url, not both")
 	}
+	if c.OpenStack.AuthURL != "" {
+		if c.OpenStack.Username == "" {
+			return bad("openstack", "username", "required with auth_url")
+		}
+		if c.OpenStack.PasswordFile.Path == "" {
+			return bad("openstack", "password_file", "required with auth_url")
+		}
+	}
 	switch c.OpenStack.Interface {
 	case "public", "internal", "admin":
 	default:

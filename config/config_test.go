@@ -246,6 +246,8 @@ func TestErrors(t *testing.T) {
 		{"grain", url + "[replicator]\ngrain = 1000\n", "[replicator] grain: must be a power of two", false},
 		{"chunk", url + "[replicator]\nchunk = 96KiB\n", "[replicator] chunk: must be a multiple of grain", false},
 		{"cloud and auth_url", url + "[openstack]\ncloud = a\nauth_url = http://k/v3\n", "[openstack] auth_url: set either cloud or auth_url", false},
+		{"auth_url without user", url + "[openstack]\nauth_url = http://k/v3\n", "[openstack] username: required with auth_url", false},
+		{"auth_url without password", url + "[openstack]\nauth_url = http://k/v3\nusername = shareless\n", "[openstack] password_file: required with auth_url", false},
 		{"empty peer", url + "[peers]\ncompute2 =\n", "[peers] compute2: empty value", false},
 	}
 	for _, tt := range tests {

@@ -45,7 +45,7 @@ func TestMain(m *testing.M) {
 func needBroker(t *testing.T) *rabbit.Server {
 	t.Helper()
 	testenv.SkipIfShort(t)
-	testenv.NeedCommands(t, rabbit.Commands...)
+	testenv.NeedCommands(t, rabbit.Commands()...)
 	shared.once.Do(func() {
 		shared.dir, shared.err = os.MkdirTemp("", "novahook-rabbit-")
 		if shared.err != nil {
@@ -250,7 +250,7 @@ func (c *counter) appliedCount() int {
 
 func newNode(t *testing.T, host string, exec Executor) *Node {
 	t.Helper()
-	j, st, err := OpenJournal(t.TempDir(), 0)
+	j, st, err := OpenJournal(OSFS{}, t.TempDir(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -592,4 +592,87 @@ func TestConsumerHandlerErrorIsFatal(t *testing.T) {
 		q, err := ch.QueueDeclarePassive(cfg.Queue, true, false, false, false, nil)
 		return err == nil && q.Messages == 1
 	})
+}
+
+// crashAfter persists through the node, then fails before the consumer
+// can acknowledge: the agent dying between its journal write and its ack.
+type crashAfter struct {
+	node    *Node
+	crashAt int
+	seen    int
+}
+
+func (c *crashAfter) HandleNotification(ctx context.Context, n Notification) (Outcome, error) {
+	o, err := c.node.HandleNotification(ctx, n)
+	c.seen++
+	if err == nil && c.seen == c.crashAt {
+		return o, errors.New("simulated crash after the journal write")
+	}
+	return o, err
+}
+
+// TestConsumerAgentRestart: the agent dies after persisting a notification
+// and before acknowledging it; the next agent, started from the same
+// journal, gets the message again and recognises it by message_id.
+func TestConsumerAgentRestart(t *testing.T) {
+	s := needBroker(t)
+	needOslo(t)
+	cfg := consumerConfig(t, s, "host2")
+	stateDir := t.TempDir()
+	openNode := func(rec *recorder) (*Node, *Journal) {
+		j, st, err := OpenJournal(OSFS{}, stateDir, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := NewNode(DefaultMachineConfig("host2"), j, st, rec, time.Now, testLogger(t))
+		if err := n.Restart(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return n, j
+	}
+	rec1 := &recorder{}
+	node1, j1 := openNode(rec1)
+	done := runConsumer(t, s, cfg, &crashAfter{node: node1, crashAt: 3})
+	var plan []planLine
+	for _, e := range []string{"pre-start", "pre-end", "post-start", "post_dest-start", "post_dest-end", "post-end"} {
+		plan = append(plan, lm(e, "agent-restart"))
+	}
+	emit(t, s, "messagingv2", plan)
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "simulated crash") {
+			t.Fatalf("first agent: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("first agent did not stop")
+	}
+	j1.Close()
+
+	rec2 := &recorder{}
+	node2, j2 := openNode(rec2)
+	defer j2.Close()
+	// The restart repeats the step the first agent had begun: copying.
+	if n := rec2.count(); fmt.Sprint(n) != "map[StartCopy:1]" {
+		t.Fatalf("actions on restart %v", n)
+	}
+	cnt := newCounter(node2)
+	runConsumer(t, s, cfg, cnt)
+	waitFor(t, 30*time.Second, "the rest of the migration", func() bool { return cnt.appliedCount() == 3 })
+	ch := amqpChannel(t, s)
+	waitFor(t, 10*time.Second, "queue drained", func() bool {
+		q, err := ch.QueueDeclarePassive(cfg.Queue, true, false, false, false, nil)
+		return err == nil && q.Messages == 0
+	})
+	cnt.mu.Lock()
+	defer cnt.mu.Unlock()
+	if cnt.duplicates != 1 {
+		t.Fatalf("post.start redelivered to the new agent: %d duplicates, want 1", cnt.duplicates)
+	}
+	ms := node2.Migrations()
+	if len(ms) != 1 || ms[0].Phase != PhaseCopying || !ms[0].Home {
+		t.Fatalf("final state %+v", ms)
+	}
+	if n := rec2.count(); n["StartCopy"] != 1 || n["RecordHome"] != 1 || n["PrepareReplicas"] != 0 {
+		t.Fatalf("actions of the second agent %v", n)
+	}
 }

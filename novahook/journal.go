@@ -42,39 +42,43 @@ var ErrCorrupt = errors.New("journal corrupt")
 
 // Journal persists the machine's ops. It is not safe for concurrent use.
 type Journal struct {
+	fs          FS
 	dir         string
-	f           *os.File
+	f           File
 	size        int64
 	base        int64 // size right after the last compaction
 	compactSize int64
 	state       *State // mirror of what the file holds, for compaction
 }
 
-// OpenJournal opens (creating if needed) the journal in dir and returns it
-// with the state it holds. compactSize <= 0 means DefaultCompactSize.
-func OpenJournal(dir string, compactSize int64) (*Journal, *State, error) {
+// OpenJournal opens (creating if needed) the journal in dir on fsys and
+// returns it with the state it holds. compactSize <= 0 means
+// DefaultCompactSize.
+func OpenJournal(fsys FS, dir string, compactSize int64) (*Journal, *State, error) {
 	if compactSize <= 0 {
 		compactSize = DefaultCompactSize
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := fsys.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("journal: %w", err)
 	}
 	// A leftover temporary file is an interrupted compaction: the old
 	// journal is still complete.
-	if err := os.Remove(filepath.Join(dir, journalTmp)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := fsys.Remove(filepath.Join(dir, journalTmp)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, nil, fmt.Errorf("journal: %w", err)
 	}
 	path := filepath.Join(dir, journalName)
-	_, statErr := os.Stat(path)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, nil, fmt.Errorf("journal: %w", err)
-	}
-	if errors.Is(statErr, os.ErrNotExist) {
-		if err := syncDir(dir); err != nil {
-			f.Close()
-			return nil, nil, err
+	f, err := fsys.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		f, err = fsys.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		if err == nil {
+			err = fsys.SyncDir(dir)
 		}
+	}
+	if err != nil {
+		if f != nil {
+			f.Close()
+		}
+		return nil, nil, fmt.Errorf("journal: %w", err)
 	}
 	state := NewState()
 	good, err := replay(f, state)
@@ -94,12 +98,12 @@ func OpenJournal(dir string, compactSize int64) (*Journal, *State, error) {
 	// through Append.
 	caller := NewState()
 	caller.Apply(state.Snapshot())
-	return &Journal{dir: dir, f: f, size: good, compactSize: compactSize, state: state}, caller, nil
+	return &Journal{fs: fsys, dir: dir, f: f, size: good, compactSize: compactSize, state: state}, caller, nil
 }
 
 // replay applies every complete record of f to s and returns the offset
 // after the last good one.
-func replay(f *os.File, s *State) (int64, error) {
+func replay(f io.Reader, s *State) (int64, error) {
 	data, err := io.ReadAll(f)
 	if err != nil {
 		return 0, err
@@ -191,7 +195,7 @@ func (j *Journal) compact() error {
 		return fmt.Errorf("journal compaction: %w", err)
 	}
 	tmp := filepath.Join(j.dir, journalTmp)
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := j.fs.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("journal compaction: %w", err)
 	}
@@ -203,13 +207,13 @@ func (j *Journal) compact() error {
 		f.Close()
 		return fmt.Errorf("journal compaction: %w", err)
 	}
-	if err := os.Rename(tmp, filepath.Join(j.dir, journalName)); err != nil {
+	if err := j.fs.Rename(tmp, filepath.Join(j.dir, journalName)); err != nil {
 		f.Close()
 		return fmt.Errorf("journal compaction: %w", err)
 	}
-	if err := syncDir(j.dir); err != nil {
+	if err := j.fs.SyncDir(j.dir); err != nil {
 		f.Close()
-		return err
+		return fmt.Errorf("journal compaction: fsync %s: %w", j.dir, err)
 	}
 	j.f.Close()
 	j.f, j.size, j.base = f, int64(len(rec)), int64(len(rec))
@@ -218,15 +222,3 @@ func (j *Journal) compact() error {
 
 // Close closes the file.
 func (j *Journal) Close() error { return j.f.Close() }
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("journal: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("journal: fsync %s: %w", dir, err)
-	}
-	return nil
-}

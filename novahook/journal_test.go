@@ -37,7 +37,7 @@ func equalState(a, b *State) bool {
 
 func TestJournalReopen(t *testing.T) {
 	dir := t.TempDir()
-	j, s, err := OpenJournal(dir, 0)
+	j, s, err := OpenJournal(OSFS{}, dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func TestJournalReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	j.Close()
-	j, s, err = OpenJournal(dir, 0)
+	j, s, err = OpenJournal(OSFS{}, dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,11 +67,12 @@ func TestJournalReopen(t *testing.T) {
 }
 
 // TestJournalTornTail cuts the file at every byte offset, as a crash in the
-// middle of a write can: the journal must reopen with exactly the records
-// that were complete, and appending must work after it.
+// middle of a write can, and also zero-fills the rest (a tail the file
+// system extended but never wrote): the journal must reopen with exactly the
+// records that were complete, and appending must work after it.
 func TestJournalTornTail(t *testing.T) {
-	src := t.TempDir()
-	j, _, err := OpenJournal(src, 0)
+	src := newCrashFS()
+	j, _, err := OpenJournal(src, "/j", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,26 +83,20 @@ func TestJournalTornTail(t *testing.T) {
 		}
 		ends = append(ends, j.size)
 	}
-	j.Close()
-	full, err := os.ReadFile(filepath.Join(src, journalName))
-	if err != nil {
-		t.Fatal(err)
-	}
+	full := src.names["/j/"+journalName].data
 	for cut := 0; cut <= len(full); cut++ {
 		complete := 0
 		for complete < len(ends) && ends[complete] <= int64(cut) {
 			complete++
 		}
 		for _, tail := range []string{"cut", "zero-filled"} {
-			dir := t.TempDir()
+			fs := newCrashFS()
 			data := append([]byte(nil), full[:cut]...)
 			if tail == "zero-filled" {
 				data = append(data, make([]byte, len(full)-cut)...)
 			}
-			if err := os.WriteFile(filepath.Join(dir, journalName), data, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			j, s, err := OpenJournal(dir, 0)
+			fs.names["/j/"+journalName] = &inode{data: data, synced: data}
+			j, s, err := OpenJournal(fs, "/j", 0)
 			if err != nil {
 				t.Fatalf("cut at %d (%s): %v", cut, tail, err)
 			}
@@ -111,8 +106,7 @@ func TestJournalTornTail(t *testing.T) {
 			if err := j.Append(testOps(complete)); err != nil {
 				t.Fatal(err)
 			}
-			j.Close()
-			_, s, err = OpenJournal(dir, 0)
+			_, s, err = OpenJournal(fs, "/j", 0)
 			if err != nil || !equalState(s, stateAfter(complete+1)) {
 				t.Fatalf("cut at %d (%s): append after recovery lost: %v", cut, tail, err)
 			}
@@ -120,9 +114,58 @@ func TestJournalTornTail(t *testing.T) {
 	}
 }
 
+// TestJournalCrashAfterEveryOperation runs appends with compactions and
+// cuts the power after each file system operation in turn. Whatever a
+// reboot finds (synced or unsynced directory entries and contents), the
+// journal must open with every acknowledged append, plus at most the one
+// in progress, and accept appends again.
+func TestJournalCrashAfterEveryOperation(t *testing.T) {
+	const appends, compactSize = 30, 1500
+	run := func(fs *crashFS) (acked int) {
+		j, _, err := OpenJournal(fs, "/j", compactSize)
+		if err != nil {
+			return 0
+		}
+		for i := range appends {
+			if err := j.Append(testOps(i)); err != nil {
+				return i
+			}
+		}
+		return appends
+	}
+	clean := newCrashFS()
+	if run(clean) != appends {
+		t.Fatal("uncrashed run failed")
+	}
+	total := clean.ops
+	// Each append is a write and a sync; the rest is creation and compaction.
+	if total < 2*appends+2+5 {
+		t.Fatalf("only %d operations; did compaction run?", total)
+	}
+	for crashAt := 1; crashAt <= total; crashAt++ {
+		fs := newCrashFS()
+		fs.crashAt = crashAt
+		acked := run(fs)
+		for _, v := range []struct{ durableNames, syncedData bool }{{true, true}, {true, false}, {false, true}, {false, false}} {
+			rebooted := fs.after(v.durableNames, v.syncedData)
+			j, s, err := OpenJournal(rebooted, "/j", compactSize)
+			if err != nil {
+				t.Fatalf("crash after op %d %+v: %v", crashAt, v, err)
+			}
+			if !equalState(s, stateAfter(acked)) && !equalState(s, stateAfter(acked+1)) {
+				t.Fatalf("crash after op %d %+v: %d appends acknowledged, state is neither after %d nor %d", crashAt, v, acked, acked, acked+1)
+			}
+			if err := j.Append(testOps(99)); err != nil {
+				t.Fatalf("crash after op %d %+v: append after reboot: %v", crashAt, v, err)
+			}
+		}
+	}
+	t.Logf("crashed after each of %d operations", total)
+}
+
 func TestJournalCorruption(t *testing.T) {
 	dir := t.TempDir()
-	j, _, err := OpenJournal(dir, 0)
+	j, _, err := OpenJournal(OSFS{}, dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,14 +184,14 @@ func TestJournalCorruption(t *testing.T) {
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := OpenJournal(dir, 0); !errors.Is(err, ErrCorrupt) {
+	if _, _, err := OpenJournal(OSFS{}, dir, 0); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("corrupt first record: %v, want ErrCorrupt", err)
 	}
 }
 
 func TestJournalCompaction(t *testing.T) {
 	dir := t.TempDir()
-	j, _, err := OpenJournal(dir, 2048)
+	j, _, err := OpenJournal(OSFS{}, dir, 2048)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +209,7 @@ func TestJournalCompaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, s, err := OpenJournal(dir, 2048)
+	_, s, err := OpenJournal(OSFS{}, dir, 2048)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +224,7 @@ func TestJournalCompaction(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, journalTmp), []byte("partial"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, s, err = OpenJournal(dir, 2048)
+	_, s, err = OpenJournal(OSFS{}, dir, 2048)
 	if err != nil || !equalState(s, stateAfter(200)) {
 		t.Fatalf("with a leftover temporary file: %v", err)
 	}
@@ -195,7 +238,7 @@ func TestJournalCompaction(t *testing.T) {
 // message is a duplicate and the restart repeats the copy.
 func TestJournalDrivesMachine(t *testing.T) {
 	dir := t.TempDir()
-	j, s, err := OpenJournal(dir, 0)
+	j, s, err := OpenJournal(OSFS{}, dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +264,7 @@ func TestJournalDrivesMachine(t *testing.T) {
 		}
 	}
 	j.Close()
-	_, s, err = OpenJournal(dir, 0)
+	_, s, err = OpenJournal(OSFS{}, dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

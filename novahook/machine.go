@@ -327,6 +327,9 @@ func (m *Machine) stepNotification(n Notification) {
 	source, dest := e.hosts(n)
 	self := m.cfg.Host
 	switch {
+	case source != "" && source == dest:
+		// Nova refuses to live-migrate to the same host; not a migration.
+		m.notef("%s: %s names %s as both source and destination, ignored", n.Payload.InstanceUUID, n.EventType, source)
 	case dest == self:
 		m.applyDest(n, e, source)
 	case source == self:
@@ -586,8 +589,11 @@ func (m *Machine) stepReplica(u ReplicaUpdate) {
 			m.answerHooks(r.Instance, false, "replicas failed: "+u.Err)
 		}
 	case u.Role == RoleDestination && u.Kind == ReplicaProgress:
-		// Progress is for status only; the replicator persists its own counter.
-		r.Done, r.Total = u.Done, u.Total
+		// Progress is for status only, kept in memory: the replicator
+		// persists its own counter.
+		if r.Phase == PhaseCopying {
+			r.Done, r.Total = u.Done, u.Total
+		}
 	case u.Kind == ReplicaCopied:
 		if r.Phase == PhaseCopied {
 			return // repeated after a restart

@@ -1,11 +1,12 @@
 // Package novahook follows Nova's live migrations from the agent's side: it
-// parses Nova's versioned notifications, feeds them with libvirt hook calls
-// and replica progress to a pure migration state machine ([Machine]), keeps
-// the machine's state in a durable [Journal], and consumes the notifications
-// from RabbitMQ ([Consumer]).
+// parses Nova's versioned notifications ([Parse]), feeds them with libvirt
+// hook calls and replica progress to a pure migration state machine
+// ([Machine]), keeps the machine's state and dedup set in a durable
+// [Journal], and consumes the notifications from RabbitMQ ([Consumer]).
 //
-// The split follows etcd's raft: the machine does no I/O; the shell persists
-// what the machine returns, then runs the actions, then acknowledges.
+// The split follows etcd's raft: the machine does no I/O; [Node] persists
+// what the machine returns, then hands the actions to an [Executor]; only
+// then does the consumer acknowledge the message.
 package novahook
 
 import (
@@ -107,10 +108,10 @@ type Payload struct {
 
 // BlockDevice is one BlockDevicePayload.
 type BlockDevice struct {
-	VolumeID     string
-	DeviceName   string
-	BootIndex    *int
-	DeleteOnTerm bool
+	VolumeID            string
+	DeviceName          string
+	BootIndex           *int
+	DeleteOnTermination bool
 }
 
 // Fault is an ExceptionPayload.
@@ -232,10 +233,10 @@ type wirePayload struct {
 }
 
 type wireBDM struct {
-	VolumeID     string  `json:"volume_id"`
-	DeviceName   *string `json:"device_name"`
-	BootIndex    *int    `json:"boot_index"`
-	DeleteOnTerm bool    `json:"delete_on_termination"`
+	VolumeID            string  `json:"volume_id"`
+	DeviceName          *string `json:"device_name"`
+	BootIndex           *int    `json:"boot_index"`
+	DeleteOnTermination bool    `json:"delete_on_termination"`
 }
 
 type wireFault struct {
@@ -333,7 +334,7 @@ func parsePayload(raw json.RawMessage) (Payload, error) {
 		if err := decodeField(*o.Data, &b, fmt.Sprintf("payload.nova_object.data.block_devices[%d]", i)); err != nil {
 			return Payload{}, err
 		}
-		p.BlockDevices = append(p.BlockDevices, BlockDevice{VolumeID: b.VolumeID, DeviceName: deref(b.DeviceName), BootIndex: b.BootIndex, DeleteOnTerm: b.DeleteOnTerm})
+		p.BlockDevices = append(p.BlockDevices, BlockDevice{VolumeID: b.VolumeID, DeviceName: deref(b.DeviceName), BootIndex: b.BootIndex, DeleteOnTermination: b.DeleteOnTermination})
 	}
 	fault, field := d.Fault, "fault"
 	if fault == nil {

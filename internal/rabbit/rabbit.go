@@ -19,9 +19,9 @@ import (
 	"time"
 )
 
-// Commands are the executables a broker needs; tests pass them to
+// Commands returns the executables a broker needs; tests pass them to
 // testenv.NeedCommands to skip or fail cleanly when they are missing.
-var Commands = []string{"epmd", "erl"}
+func Commands() []string { return []string{"epmd", "erl"} }
 
 // serverScript is the broker's own start script. /usr/sbin/rabbitmq-server
 // is a wrapper that switches to the rabbitmq user and the system's data.

@@ -14,7 +14,7 @@ import (
 // a restart keeps a durable queue's persistent messages and the port.
 func TestRestartKeepsDurableMessages(t *testing.T) {
 	testenv.SkipIfShort(t)
-	testenv.NeedCommands(t, Commands...)
+	testenv.NeedCommands(t, Commands()...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	s, err := Start(ctx, t.TempDir())
