@@ -86,11 +86,8 @@ func (r *Replica) copyStep(ctx context.Context) (bool, error) {
 	}
 	r.mu.Unlock()
 
-	first, last := c*r.chunk/r.grain, min((c+1)*r.chunk, r.size)/r.grain
-	if last*r.grain < min((c+1)*r.chunk, r.size) {
-		last++ // a short last block
-	}
-	runs, valid := r.runs(first, last-1)
+	first, end := c*r.chunk/r.grain, (min((c+1)*r.chunk, r.size)+r.grain-1)/r.grain
+	runs, valid := r.runs(first, end-1)
 	var fetched []run
 	var bufs [][]byte
 	for i, x := range runs {
@@ -133,12 +130,7 @@ func (r *Replica) copyStep(ctx context.Context) (bool, error) {
 // r.mu.
 func (r *Replica) invalidIn(c int64) bool {
 	per := r.chunk / r.grain
-	for b := c * per; b < min((c+1)*per, r.blocks); b++ {
-		if !r.meta.Valid.Get(b) {
-			return true
-		}
-	}
-	return false
+	return !r.meta.Valid.AllSet(c*per, min((c+1)*per, r.blocks))
 }
 
 // errPaused ends a copy step that was waiting for its rate slot when the
