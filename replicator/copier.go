@@ -3,6 +3,7 @@ package replicator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -27,7 +28,8 @@ func (r *Replica) copier(ctx context.Context) {
 			return
 		case err == nil || errors.Is(err, errPaused):
 			backoff = minBackoff
-		case r.State() == StateFailed:
+		case r.State() == StateFailed || errors.Is(err, errInconsistent):
+			r.log.Error("copier stopped", "err", err)
 			return
 		default:
 			r.log.Warn("copy step failed, retrying", "err", err, "in", backoff)
@@ -56,9 +58,7 @@ func (r *Replica) shouldCopy() bool {
 }
 
 // copyStep copies the next chunk that has invalid blocks and commits it.
-// It returns whether a chunk was copied. When none is left it marks the
-// replica complete: the image becomes a base of its own, with a new
-// generation.
+// It returns whether a chunk was copied.
 func (r *Replica) copyStep(ctx context.Context) (bool, error) {
 	r.mu.Lock()
 	if !r.copying() {
@@ -66,31 +66,17 @@ func (r *Replica) copyStep(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	c := r.meta.Progress
-	for ; c < r.chunks; c++ {
-		if r.invalidIn(c) {
-			break
-		}
-	}
-	if c == r.chunks {
-		// Every chunk before Progress is valid, so this cannot be reached
-		// with blocks missing; completion is the only way out.
-		r.meta.Progress = c
-		r.meta.ID.Generation++
-		r.scalarsDirty = true
-		r.mu.Unlock()
-		if err := r.commit(commitData); err != nil {
-			return false, err
-		}
-		r.log.Info("replica complete", "id", r.ID())
-		return false, nil
+	for c < r.chunks && !r.invalidIn(c) {
+		c++
 	}
 	r.mu.Unlock()
-
-	first, last := c*r.chunk/r.grain, min((c+1)*r.chunk, r.size)/r.grain
-	if last*r.grain < min((c+1)*r.chunk, r.size) {
-		last++ // a short last block
+	if c == r.chunks {
+		// Every chunk before Progress is valid, yet blocks are missing.
+		return false, fmt.Errorf("disk %s: progress %d is past invalid blocks: %w", r.name, c, errInconsistent)
 	}
-	runs, valid := r.runs(first, last-1)
+
+	first, end := c*r.chunk/r.grain, (min((c+1)*r.chunk, r.size)+r.grain-1)/r.grain
+	runs, valid := r.runs(first, end-1)
 	var fetched []run
 	var bufs [][]byte
 	for i, x := range runs {
@@ -125,21 +111,30 @@ func (r *Replica) copyStep(ctx context.Context) (bool, error) {
 	if r.meta.Progress < c+1 {
 		r.meta.Progress, r.scalarsDirty = c+1, true
 	}
+	complete := r.validCount == r.blocks
+	if complete {
+		r.meta.Progress = r.chunks
+	}
 	r.mu.Unlock()
-	return true, r.commit(commitData)
+	if err := r.commit(commitData); err != nil {
+		return false, err
+	}
+	if complete {
+		r.log.Info("replica complete", "id", r.ID())
+	}
+	return true, nil
 }
 
 // invalidIn reports whether chunk c has an invalid block. The caller holds
 // r.mu.
 func (r *Replica) invalidIn(c int64) bool {
 	per := r.chunk / r.grain
-	for b := c * per; b < min((c+1)*per, r.blocks); b++ {
-		if !r.meta.Valid.Get(b) {
-			return true
-		}
-	}
-	return false
+	return !r.meta.Valid.AllSet(c*per, min((c+1)*per, r.blocks))
 }
+
+// errInconsistent: the in-memory state broke an invariant; the copier stops
+// rather than spin.
+var errInconsistent = errors.New("replica state inconsistent")
 
 // errPaused ends a copy step that was waiting for its rate slot when the
 // copy was paused.

@@ -32,9 +32,10 @@ const (
 )
 
 // ID identifies one version of a disk image's contents: Lineage is random per
-// image (a new base or a new replica), Generation is bumped whenever the image
-// becomes writable again after a seal and when a replica becomes complete. Two
-// images with equal IDs hold equal contents if both are sealed.
+// image (a new base or a new replica), Generation is bumped, durably, before
+// a sealed image can change again: when it is unsealed and when it becomes
+// the base of an incremental replica. Two sealed images with equal IDs hold
+// equal contents.
 type ID struct {
 	Lineage    [16]byte
 	Generation uint64

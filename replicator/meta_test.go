@@ -149,3 +149,29 @@ func TestDeltaEncoding(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreNames: a disk opens once at a time, and List shows it.
+func TestStoreNames(t *testing.T) {
+	ctx := context.Background()
+	s := testStore(t, vfs.NewMem(), "/s", StoreOptions{})
+	d, err := s.Create(ctx, "d", 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Open(ctx, "d", nil, ReplicaOptions{}); !errors.Is(err, ErrBusy) {
+		t.Fatalf("second open: %v, want ErrBusy", err)
+	}
+	if _, err := s.Create(ctx, "../x", 4096); err == nil {
+		t.Fatal("a name with a path separator was accepted")
+	}
+	d.Close()
+	if names, err := s.List(); err != nil || len(names) != 1 || names[0] != "d" {
+		t.Fatalf("List = %v, %v", names, err)
+	}
+	if err := s.Remove("d"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Open(ctx, "d", nil, ReplicaOptions{}); err == nil {
+		t.Fatal("a removed disk opened")
+	}
+}

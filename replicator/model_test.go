@@ -18,7 +18,7 @@ import (
 
 var (
 	flagSeed  = flag.Uint64("seed", 0, "TestModel: seed of the first case (0: from the clock)")
-	flagCases = flag.Int("cases", 0, "TestModel: number of cases (0: 4000, 400 with -short)")
+	flagCases = flag.Int("cases", 0, "TestModel: number of cases (0: 4000; 1000 with -race, 400 with -short)")
 )
 
 // memSource is the other host's image, kept outside the crashing filesystem.
@@ -396,9 +396,13 @@ func TestModel(t *testing.T) {
 		seed = uint64(time.Now().UnixNano())
 	}
 	if cases == 0 {
-		cases = 4000
-		if testing.Short() {
+		switch {
+		case testing.Short():
 			cases = 400
+		case raceBuild:
+			cases = 1000
+		default:
+			cases = 4000
 		}
 	}
 	t.Logf("seed %d, %d cases", seed, cases)

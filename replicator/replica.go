@@ -170,6 +170,14 @@ func (r *Replica) ID() ID {
 	return r.meta.ID
 }
 
+// Origin is what a host that replicates this disk needs to know before the
+// switch-over (see Store.Replicate).
+func (r *Replica) Origin() Origin {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Origin{Image: r.meta.ID, Base: r.meta.Source}
+}
+
 func (r *Replica) span(b int64) (start, end int64) {
 	return b * r.grain, min((b+1)*r.grain, r.size)
 }
@@ -462,6 +470,11 @@ func (r *Replica) Flush(ctx context.Context) error {
 	return r.commit(commitData)
 }
 
+// maxRecordRuns is the most runs a commit puts in a journal record; beyond
+// it (a seal after scattered writes on a large disk) the checkpoint, whose
+// size does not depend on the pattern, is rewritten instead.
+const maxRecordRuns = 1 << 16
+
 type commitKind int
 
 const (
@@ -491,7 +504,7 @@ func (r *Replica) commit(kind commitKind) error {
 		rec.valid = mergeRuns(r.pendValid)
 		r.pendValid = nil
 		rec.generation, rec.flags, rec.progress = r.meta.ID.Generation, r.meta.flags(), r.meta.Progress
-		if r.mlog.off >= r.journalLimit {
+		if r.mlog.off >= r.journalLimit || len(rec.valid)+len(rec.modified) > maxRecordRuns {
 			snapshot = r.meta.clone()
 		}
 	}

@@ -327,8 +327,8 @@ func (s *Store) Replicate(ctx context.Context, name string, from Origin, src Sou
 	if err != nil {
 		return nil, 0, err
 	}
-	if err := checkSource(src, src.Size()); err != nil {
-		return nil, 0, err
+	if src == nil {
+		return nil, 0, fmt.Errorf("replicate disk %s: no source", name)
 	}
 	if err := checkGeometry(src.Size(), s.opts.Grain, s.opts.Chunk); err != nil {
 		return nil, 0, fmt.Errorf("replicate disk %s: %w", name, err)

@@ -131,25 +131,6 @@ func (m *Mem) Rename(oldname, newname string) error {
 	return nil
 }
 
-// Remove implements FS.
-func (m *Mem) Remove(name string) error {
-	name = clean(name)
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	switch {
-	case m.files[name] != nil:
-		m.record(nsOp{name: name})
-	case m.dirs[name]:
-		if len(m.children(name)) > 0 {
-			return &fs.PathError{Op: "remove", Path: name, Err: errors.New("directory not empty")}
-		}
-		m.record(nsOp{name: name, dir: true})
-	default:
-		return notExist("remove", name)
-	}
-	return nil
-}
-
 // RemoveAll implements FS.
 func (m *Mem) RemoveAll(name string) error {
 	name = clean(name)

@@ -41,8 +41,6 @@ type FS interface {
 	Open(name string) (File, error)
 	// Rename atomically replaces newname with oldname.
 	Rename(oldname, newname string) error
-	// Remove removes a file or an empty directory.
-	Remove(name string) error
 	// RemoveAll removes a directory tree; a missing one is not an error.
 	RemoveAll(name string) error
 	// MkdirAll creates a directory and its missing parents.
@@ -78,9 +76,6 @@ func (OS) Open(name string) (File, error) {
 
 // Rename implements FS.
 func (OS) Rename(oldname, newname string) error { return os.Rename(oldname, newname) }
-
-// Remove implements FS.
-func (OS) Remove(name string) error { return os.Remove(name) }
 
 // RemoveAll implements FS.
 func (OS) RemoveAll(name string) error { return os.RemoveAll(name) }
