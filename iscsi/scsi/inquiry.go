@@ -196,10 +196,10 @@ func (lu *LogicalUnit) blockLimits() BlockLimits {
 		OptimalGranularity:      uint16(lu.cfg.OptimalGranularity >> lu.shift),
 		MaxTransfer:             lu.maxTransferBlocks(),
 		OptimalTransfer:         lu.cfg.OptimalTransfer >> lu.shift,
-		MaxUnmapLBACount:        maxUnmapBytes >> lu.shift,
+		MaxUnmapLBACount:        maxUnmapBlocks,
 		MaxUnmapDescriptors:     maxUnmapDescriptors,
 		OptimalUnmapGranularity: lu.cfg.OptimalGranularity >> lu.shift,
-		MaxWriteSame:            maxUnmapBytes >> lu.shift,
+		MaxWriteSame:            maxUnmapBlocks,
 	}
 }
 

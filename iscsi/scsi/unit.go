@@ -58,9 +58,11 @@ type UnitConfig struct {
 
 // Limits that are not configurable (VPD page 0xB0, SBC-3 §6.5.3).
 const (
-	// maxUnmapBytes bounds one UNMAP descriptor and one WRITE SAME so that a
-	// single command cannot hold the unit for long.
-	maxUnmapBytes = 1 << 30
+	// maxUnmapBlocks is the MAXIMUM UNMAP LBA COUNT of one UNMAP
+	// descriptor and the MAXIMUM WRITE SAME LENGTH, so that a single
+	// command cannot hold the unit for long. 1 Mi blocks is the largest
+	// explicit limit libiscsi's conformance tests accept as sane.
+	maxUnmapBlocks = 1 << 20
 	// maxUnmapDescriptors bounds the UNMAP parameter list we parse.
 	maxUnmapDescriptors = 256
 	// maxCompareAndWrite is the MAXIMUM COMPARE AND WRITE LENGTH in blocks.

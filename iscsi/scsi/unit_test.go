@@ -322,8 +322,8 @@ func TestVPDPages(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantBL := BlockLimits{WSNZ: true, MaxCompareAndWrite: 255, OptimalGranularity: 8, MaxTransfer: 16384,
-		OptimalTransfer: 2048, MaxUnmapLBACount: 1 << 21, MaxUnmapDescriptors: 256,
-		OptimalUnmapGranularity: 8, MaxWriteSame: 1 << 21}
+		OptimalTransfer: 2048, MaxUnmapLBACount: 1 << 20, MaxUnmapDescriptors: 256,
+		OptimalUnmapGranularity: 8, MaxWriteSame: 1 << 20}
 	if bl != wantBL {
 		t.Errorf("block limits %+v, want %+v", bl, wantBL)
 	}
