@@ -290,7 +290,11 @@ func UnsupportedLUN(c *Command) Response {
 			b[4] = byte(len(b) - 5)
 			return allocate(b, uint32(binary.BigEndian.Uint16(c.CDB[3:])))
 		case OpRequestSense:
-			return allocate(s.Fixed(), uint32(c.CDB[4]))
+			b := s.Fixed()
+			if c.CDB[1]&0x01 != 0 {
+				b = s.Descriptor()
+			}
+			return allocate(b, uint32(c.CDB[4]))
 		}
 	}
 	return checkCondition(s)

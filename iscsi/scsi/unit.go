@@ -168,10 +168,7 @@ func NewLogicalUnit(dev blockdev.Device, cfg UnitConfig) (*LogicalUnit, error) {
 		lu.log = slog.New(slog.DiscardHandler)
 	}
 	lu.alloc, _ = dev.(blockdev.AllocationReporter)
-	// NAA IEEE Registered would need an OUI of our own; NAA 3 (locally
-	// assigned, SPC-4 §7.8.6.6.2) is 60 bits of our choice: a hash of ID.
-	copy(lu.naa[:], sum[8:16])
-	lu.naa[0] = 0x30 | lu.naa[0]&0x0f
+	lu.naa = NAA(cfg.ID)
 	lu.cmds = lu.commandSet()
 	for i := len(lu.cmds) - 1; i >= 0; i-- {
 		lu.byOp[lu.cmds[i].usage[0]] = uint8(i + 1)
@@ -194,6 +191,19 @@ func log2(v uint32) int {
 		v >>= 1
 		n++
 	}
+	return n
+}
+
+// NAA is the NAA designator (VPD page 0x83) of the unit configured with
+// id. NAA IEEE Registered would need an OUI of our own; NAA 3 (locally
+// assigned, SPC-4 §7.8.6.6.2) is 60 bits of our choice: a hash of id. An
+// initiator compares it with what the target reports to make sure it
+// talks to the disk it means, not to another one behind a stale address.
+func NAA(id string) [8]byte {
+	sum := sha256.Sum256([]byte(id))
+	var n [8]byte
+	copy(n[:], sum[8:16])
+	n[0] = 0x30 | n[0]&0x0f
 	return n
 }
 
@@ -236,7 +246,9 @@ func (lu *LogicalUnit) find(op byte, sa uint16) *command {
 
 // Execute runs one command and returns its status, sense and Data-In. It
 // never returns BUSY: a command either completes, fails with sense data,
-// or (when ctx is canceled) ends with TASK ABORTED.
+// or (when ctx is canceled) ends with TASK ABORTED. REPORT LUNS is the
+// target's to answer (ReportLUNs), as it owns the LUN list; Execute
+// treats it as an unsupported operation code.
 func (lu *LogicalUnit) Execute(ctx context.Context, c *Command) Response {
 	cdb := c.CDB
 	if len(cdb) == 0 {

@@ -294,27 +294,29 @@ func TestVPDPages(t *testing.T) {
 	r := u.Execute(context.Background(), &Command{CDB: InquiryVPD(0x83, 1024),
 		Port: TargetPort{TargetName: "iqn.2026-01.org.shareless:vm1", TPGT: 1, RelativeID: 2}})
 	mustGood(t, r)
-	body := r.Data[4:]
-	var found []string
-	for len(body) >= 4 {
-		n := int(body[3])
-		d := body[4 : 4+n]
-		switch body[1] & 0x3f {
-		case 0x14:
-			found = append(found, fmt.Sprintf("relport=%d", binary.BigEndian.Uint16(d[2:])))
-		case 0x18:
-			found = append(found, "port="+string(bytes.TrimRight(d, "\x00")))
-			if n%4 != 0 {
-				t.Errorf("SCSI name string length %d not a multiple of 4", n)
-			}
-		case 0x28:
-			found = append(found, "target="+string(bytes.TrimRight(d, "\x00")))
-		}
-		body = body[4+n:]
+	ds, err := ParseDeviceIdentification(r.Data)
+	if err != nil {
+		t.Fatal(err)
 	}
-	want := []string{"relport=2", "port=iqn.2026-01.org.shareless:vm1,t,0x0001", "target=iqn.2026-01.org.shareless:vm1"}
-	if fmt.Sprint(found) != fmt.Sprint(want) {
-		t.Errorf("port designators %v, want %v", found, want)
+	naa := NAA("lineage-42")
+	want := []Designator{
+		{CodeSet: 1, Association: 0, Type: 3, ID: naa[:]},
+		{CodeSet: 2, Association: 0, Type: 1, ID: []byte("SHARELESSN1")},
+		{Protocol: 5, PIV: true, CodeSet: 1, Association: 1, Type: 4, ID: []byte{0, 0, 0, 2}},
+		{Protocol: 5, PIV: true, CodeSet: 3, Association: 1, Type: 8, ID: []byte("iqn.2026-01.org.shareless:vm1,t,0x0001\x00\x00")},
+		{Protocol: 5, PIV: true, CodeSet: 3, Association: 2, Type: 8, ID: []byte("iqn.2026-01.org.shareless:vm1\x00\x00\x00")},
+	}
+	if fmt.Sprintf("%+v", ds) != fmt.Sprintf("%+v", want) {
+		t.Errorf("designators\n%+v\nwant\n%+v", ds, want)
+	}
+	if _, err := ParseDeviceIdentification(r.Data[:len(r.Data)-3]); err == nil {
+		t.Error("ParseDeviceIdentification accepted a truncated page")
+	}
+	if body, err := VPDPage(vpd(0x80), 0x80); err != nil || string(body) != "SN1" {
+		t.Errorf("VPDPage(0x80) = %q, %v", body, err)
+	}
+	if _, err := VPDPage(vpd(0x80), 0x83); err == nil {
+		t.Error("VPDPage accepted the wrong page code")
 	}
 
 	bl, err := ParseBlockLimits(vpd(0xb0))
@@ -663,10 +665,12 @@ func TestUnsupportedLUN(t *testing.T) {
 	}
 	mustSense(t, UnsupportedLUN(&Command{CDB: Read16(0, 1, false)}), SenseIllegalRequest, ASCLUNotSupported)
 	mustSense(t, UnsupportedLUN(&Command{CDB: []byte{OpTestUnitReady, 0, 0, 0, 0, 0}}), SenseIllegalRequest, ASCLUNotSupported)
-	r = UnsupportedLUN(&Command{CDB: []byte{OpRequestSense, 0, 0, 0, 252, 0}})
-	mustGood(t, r)
-	if s, err := ParseSense(r.Data); err != nil || s.Code != ASCLUNotSupported {
-		t.Errorf("REQUEST SENSE to a missing LUN: %+v %v", s, err)
+	for _, desc := range []byte{0, 1} {
+		r = UnsupportedLUN(&Command{CDB: []byte{OpRequestSense, desc, 0, 0, 252, 0}})
+		mustGood(t, r)
+		if s, err := ParseSense(r.Data); err != nil || s.Code != ASCLUNotSupported || r.Data[0] != 0x70+2*desc {
+			t.Errorf("REQUEST SENSE (DESC %d) to a missing LUN: % x %v", desc, r.Data, err)
+		}
 	}
 }
 
