@@ -299,3 +299,13 @@ func UnsupportedLUN(c *Command) Response {
 	}
 	return checkCondition(s)
 }
+
+// readDefectData serves READ DEFECT DATA(10/12) (SBC-3 §5.17-5.18): the
+// defect list is empty, in the format asked for, with the REQ_PLIST and
+// REQ_GLIST bits echoed.
+func (lu *LogicalUnit) readDefectData(_ context.Context, c *Command) Response {
+	if c.CDB[0] == OpReadDefectData10 {
+		return allocate([]byte{0, c.CDB[2] & 0x1f, 0, 0}, uint32(binary.BigEndian.Uint16(c.CDB[7:])))
+	}
+	return allocate([]byte{0, c.CDB[1] & 0x1f, 0, 0, 0, 0, 0, 0}, binary.BigEndian.Uint32(c.CDB[6:]))
+}

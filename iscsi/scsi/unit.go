@@ -35,10 +35,11 @@ type UnitConfig struct {
 	ReadOnly bool
 	// BlockSize is the logical block size in bytes: 512 (default) or 4096.
 	BlockSize uint32
-	// PhysicalBlockSize is the unit in which the backing store allocates
-	// (default 4096, the file system block, or BlockSize if larger). READ
-	// CAPACITY(16) reports it so that guests align partitions and I/O to
-	// it, and unmaps of whole physical blocks really deallocate.
+	// PhysicalBlockSize is the unit in which the backing store allocates,
+	// reported by READ CAPACITY(16) (default: BlockSize). Linux already
+	// aligns I/O to OptimalGranularity, and libiscsi's GET LBA STATUS test
+	// mis-predicts descriptor LBAs when this is larger than BlockSize, so
+	// the default claims nothing beyond it.
 	PhysicalBlockSize uint32
 	// OptimalGranularity is the OPTIMAL TRANSFER LENGTH GRANULARITY in
 	// bytes (default 4096, the file system block: smaller writes cost a
@@ -124,7 +125,7 @@ func NewLogicalUnit(dev blockdev.Device, cfg UnitConfig) (*LogicalUnit, error) {
 	}
 	bs := cfg.BlockSize
 	if cfg.PhysicalBlockSize == 0 {
-		cfg.PhysicalBlockSize = max(4096, bs)
+		cfg.PhysicalBlockSize = bs
 	}
 	if p := cfg.PhysicalBlockSize; p < bs || p&(p-1) != 0 || p/bs > 1<<15 {
 		return nil, fmt.Errorf("scsi: physical block size %d: want a power of two from the block size %d up", p, bs)

@@ -350,7 +350,7 @@ func TestReadCapacity(t *testing.T) {
 			}
 			r = u.exec(ReadCapacity16(32), nil)
 			mustGood(t, r)
-			exp := map[uint32]uint8{512: 3, 4096: 0}[bs] // 4096-byte physical blocks
+			exp := uint8(0) // physical block = logical block by default
 			if len(r.Data) != 32 || r.Data[13] != exp || r.Data[14] != 0xc0 {
 				t.Errorf("READ CAPACITY(16) = % x (want 32 bytes, exponent %d, LBPME|LBPRZ)", r.Data, exp)
 			}
@@ -365,6 +365,12 @@ func TestReadCapacity(t *testing.T) {
 			}
 			mustSense(t, u.exec([]byte{OpReadCapacity10, 0, 0, 0, 0, 1, 0, 0, 0, 0}, nil), SenseIllegalRequest, ASCInvalidFieldInCDB)
 		})
+	}
+	u := newTestUnit(t, 1<<20, UnitConfig{PhysicalBlockSize: 4096})
+	r := u.exec(ReadCapacity16(32), nil)
+	mustGood(t, r)
+	if c, _ := ParseReadCapacity16(r.Data); c.LogicalPerPhysicalExp != 3 {
+		t.Errorf("4096-byte physical blocks of 512 bytes: exponent %d, want 3", c.LogicalPerPhysicalExp)
 	}
 }
 
