@@ -60,6 +60,10 @@ func (lu *LogicalUnit) commandSet() []command {
 		{usage: []byte{OpModeSense10, 0x18, ff, ff, 0, 0, 0, ff, ff, 0}, run: (*LogicalUnit).modeSense},
 		{usage: []byte{OpMaintenanceIn, 0x1f, 0x87, ff, ff, ff, ff, ff, ff, ff, 0, 0},
 			sa: SAReportSupportedOperationCode, hasSA: true, run: (*LogicalUnit).reportSupportedOpcodes},
+		{usage: rw10(OpPreFetch10, 0x02), run: (*LogicalUnit).preFetch},
+		{usage: rw16(OpPreFetch16, 0x02), run: (*LogicalUnit).preFetch},
+		{usage: []byte{OpReadDefectData10, 0, 0x1f, 0, 0, 0, 0, ff, ff, 0}, run: (*LogicalUnit).readDefectData},
+		{usage: []byte{OpReadDefectData12, 0x1f, 0, 0, 0, 0, ff, ff, ff, ff, 0, 0}, run: (*LogicalUnit).readDefectData},
 		{usage: rw12(OpRead12, readFlags), run: (*LogicalUnit).read},
 		{usage: rw12(OpWrite12, writeFlags), run: (*LogicalUnit).write},
 	}

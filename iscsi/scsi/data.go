@@ -21,6 +21,9 @@ type Capacity struct {
 	// ADDRESS + 1).
 	Blocks    uint64
 	BlockSize uint32
+	// LogicalPerPhysicalExp is the LOGICAL BLOCKS PER PHYSICAL BLOCK
+	// EXPONENT: a physical block holds 1<<LogicalPerPhysicalExp blocks.
+	LogicalPerPhysicalExp uint8
 	// LBPME: the unit is thin provisioned and supports UNMAP/WRITE SAME
 	// with UNMAP; LBPRZ: unmapped blocks read as zeroes.
 	LBPME, LBPRZ bool
@@ -32,6 +35,7 @@ func (c Capacity) marshal16() []byte {
 	b := make([]byte, readCapacity16Len)
 	binary.BigEndian.PutUint64(b, c.Blocks-1)
 	binary.BigEndian.PutUint32(b[8:], c.BlockSize)
+	b[13] = c.LogicalPerPhysicalExp & 0x0f
 	if c.LBPME {
 		b[14] |= 0x80
 	}
@@ -47,10 +51,11 @@ func ParseReadCapacity16(b []byte) (Capacity, error) {
 		return Capacity{}, ErrShortData
 	}
 	return Capacity{
-		Blocks:    binary.BigEndian.Uint64(b) + 1,
-		BlockSize: binary.BigEndian.Uint32(b[8:]),
-		LBPME:     b[14]&0x80 != 0,
-		LBPRZ:     b[14]&0x40 != 0,
+		Blocks:                binary.BigEndian.Uint64(b) + 1,
+		BlockSize:             binary.BigEndian.Uint32(b[8:]),
+		LogicalPerPhysicalExp: b[13] & 0x0f,
+		LBPME:                 b[14]&0x80 != 0,
+		LBPRZ:                 b[14]&0x40 != 0,
 	}, nil
 }
 
@@ -158,4 +163,60 @@ func ParseBlockLimits(b []byte) (BlockLimits, error) {
 		l.MaxWriteSame = binary.BigEndian.Uint64(b[36:])
 	}
 	return l, nil
+}
+
+// VPDPage checks the header of vital product data page code (SPC-4
+// §7.8.1) and returns its body, cut to the PAGE LENGTH.
+func VPDPage(b []byte, code uint8) ([]byte, error) {
+	if len(b) < 4 {
+		return nil, ErrShortData
+	}
+	if b[1] != code {
+		return nil, fmt.Errorf("scsi: VPD page 0x%02x, want 0x%02x", b[1], code)
+	}
+	n := int(binary.BigEndian.Uint16(b[2:]))
+	if len(b)-4 < n {
+		return nil, ErrShortData
+	}
+	return b[4 : 4+n], nil
+}
+
+// Designator is one designation descriptor of the Device Identification
+// VPD page (SPC-4 §7.8.6.1).
+type Designator struct {
+	// Protocol is the PROTOCOL IDENTIFIER (5 for iSCSI), valid with PIV.
+	Protocol uint8
+	PIV      bool
+	CodeSet  uint8 // 1 binary, 2 ASCII, 3 UTF-8
+	// Association: 0 the logical unit, 1 the target port, 2 the target
+	// device.
+	Association uint8
+	// Type: 1 T10 vendor ID, 3 NAA, 4 relative target port, 8 SCSI name
+	// string, ...
+	Type uint8
+	ID   []byte
+}
+
+// ParseDeviceIdentification decodes VPD page 0x83. The IDs alias b.
+func ParseDeviceIdentification(b []byte) ([]Designator, error) {
+	body, err := VPDPage(b, vpdDeviceID)
+	if err != nil {
+		return nil, err
+	}
+	var out []Designator
+	for len(body) > 0 {
+		if len(body) < 4 || len(body) < 4+int(body[3]) {
+			return nil, ErrShortData
+		}
+		out = append(out, Designator{
+			Protocol:    body[0] >> 4,
+			CodeSet:     body[0] & 0x0f,
+			PIV:         body[1]&piv != 0,
+			Association: body[1] >> 4 & 0x03,
+			Type:        body[1] & 0x0f,
+			ID:          body[4 : 4+int(body[3])],
+		})
+		body = body[4+int(body[3]):]
+	}
+	return out, nil
 }

@@ -237,3 +237,23 @@ func TestStartStopAndPreventAllow(t *testing.T) {
 	mustSense(t, u.exec([]byte{OpPreventAllowMediumRemove, 0, 0, 0, 2, 0}, nil), SenseIllegalRequest, ASCInvalidFieldInCDB)
 	mustSense(t, u.exec([]byte{OpStartStopUnit, 0, 0, 0, 0x08, 0}, nil), SenseIllegalRequest, ASCInvalidFieldInCDB)
 }
+
+func TestPreFetchAndReadDefectData(t *testing.T) {
+	u := newTestUnit(t, 1<<20, UnitConfig{})
+	mustGood(t, u.exec(cdb10(OpPreFetch10, 0x02, 0, 16), nil))
+	mustGood(t, u.exec(cdb16(OpPreFetch16, 0, 2047, 1), nil))
+	mustGood(t, u.exec(cdb16(OpPreFetch16, 0, 2048, 0), nil))
+	mustSense(t, u.exec(cdb10(OpPreFetch10, 0, 2047, 2), nil), SenseIllegalRequest, ASCLBAOutOfRange)
+	mustSense(t, u.exec(cdb16(OpPreFetch16, 0, 2049, 0), nil), SenseIllegalRequest, ASCLBAOutOfRange)
+
+	r := u.exec([]byte{OpReadDefectData10, 0, 0x18 | 0x05, 0, 0, 0, 0, 0, 32, 0}, nil)
+	mustGood(t, r)
+	if want := []byte{0, 0x1d, 0, 0}; !bytes.Equal(r.Data, want) {
+		t.Errorf("READ DEFECT DATA(10) = % x, want % x", r.Data, want)
+	}
+	r = u.exec([]byte{OpReadDefectData12, 0x10 | 0x04, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, nil)
+	mustGood(t, r)
+	if want := []byte{0, 0x14, 0, 0, 0, 0, 0, 0}; !bytes.Equal(r.Data, want) {
+		t.Errorf("READ DEFECT DATA(12) = % x, want % x", r.Data, want)
+	}
+}

@@ -15,8 +15,6 @@ const (
 // per device call.
 const patternChunk = 1 << 20
 
-func (lu *LogicalUnit) maxWriteSameBlocks() uint32 { return maxUnmapBytes >> lu.shift }
-
 // writeSame serves WRITE SAME(10/16) (SBC-3 §5.42-5.43). The data is
 // always really written: a zero block becomes WriteZeroes (deallocating
 // when UNMAP is set, since unmapped blocks read zero: LBPRZ), any other
@@ -38,14 +36,15 @@ func (lu *LogicalUnit) writeSameBlocks(ctx context.Context, c *Command, ndob boo
 	}
 	lba, n, lenOff := lbaAndLength(cdb)
 	switch {
-	case n == 0 || n > lu.maxWriteSameBlocks():
+	case n == 0 || n > maxUnmapBlocks:
 		return invalidCDB(lenOff, -1)
 	case !lu.inRange(lba, uint64(n)):
 		return illegalRequest(ASCLBAOutOfRange)
 	case lu.cfg.ReadOnly:
 		return writeProtected()
-	case !ndob && len(c.Data) < int(lu.cfg.BlockSize):
-		// A pattern block that did not arrive cannot be written in part.
+	case !ndob && len(c.Data) != int(lu.cfg.BlockSize):
+		// The Data-Out buffer is exactly one block: a partial one cannot
+		// be written, and with more it is unclear which is the pattern.
 		return illegalRequest(ASCInvalidFieldInInformationUnit)
 	}
 	off, length := int64(lba)<<lu.shift, int64(n)<<lu.shift
@@ -125,7 +124,7 @@ func (lu *LogicalUnit) unmapList(ctx context.Context, c *Command, paramLen uint3
 	for i := range count {
 		d := descs[i*unmapDescriptorLen:]
 		lba, n := binary.BigEndian.Uint64(d), binary.BigEndian.Uint32(d[8:])
-		if n > maxUnmapBytes>>lu.shift {
+		if n > maxUnmapBlocks {
 			return invalidParam(unmapHeaderLen+i*unmapDescriptorLen+8, -1)
 		}
 		if !lu.inRange(lba, uint64(n)) {

@@ -122,11 +122,12 @@ func TestWriteSameRefusals(t *testing.T) {
 	}{
 		{"zero blocks (WSNZ)", u, WriteSame16(0, 0, false, false), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
 		{"past the end", u, WriteSame16(2047, 2, false, false), block, SenseIllegalRequest, ASCLBAOutOfRange},
-		{"above MAXIMUM WRITE SAME LENGTH", u, WriteSame16(0, 1<<21+1, false, false), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
+		{"above MAXIMUM WRITE SAME LENGTH", u, WriteSame16(0, 1<<20+1, false, false), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
 		{"WRPROTECT", u, cdb16(OpWriteSame16, 0x20, 0, 1), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
 		{"ANCHOR", u, cdb16(OpWriteSame16, 0x10, 0, 1), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
 		{"NDOB on WRITE SAME(10) is reserved", u, cdb10(OpWriteSame10, 0x01, 0, 1), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
 		{"pattern block missing", u, WriteSame16(0, 1, false, false), block[:100], SenseIllegalRequest, ASCInvalidFieldInInformationUnit},
+		{"more than one pattern block", u, WriteSame16(0, 1, false, false), make([]byte, 1024), SenseIllegalRequest, ASCInvalidFieldInInformationUnit},
 		{"read-only", ro, WriteSame16(0, 1, true, false), block, SenseDataProtect, ASCWriteProtected},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -181,7 +182,7 @@ func TestUnmapRefusals(t *testing.T) {
 	}{
 		{"list shorter than its header", u, []byte{0, 6, 0, 0}, SenseIllegalRequest, ASCParameterListLengthError, -1},
 		{"descriptor past the end, after a good one", u, UnmapParameterList([]UnmapDescriptor{good, {LBA: 2040, Blocks: 9}}), SenseIllegalRequest, ASCLBAOutOfRange, -1},
-		{"descriptor above MAXIMUM UNMAP LBA COUNT", u, UnmapParameterList([]UnmapDescriptor{good, {LBA: 0, Blocks: 1<<21 + 1}}), SenseIllegalRequest, ASCInvalidFieldInParameterList, 32},
+		{"descriptor above MAXIMUM UNMAP LBA COUNT", u, UnmapParameterList([]UnmapDescriptor{good, {LBA: 0, Blocks: 1<<20 + 1}}), SenseIllegalRequest, ASCInvalidFieldInParameterList, 32},
 		{"too many descriptors", u, UnmapParameterList(many), SenseIllegalRequest, ASCInvalidFieldInParameterList, 2},
 		{"read-only", ro, UnmapParameterList([]UnmapDescriptor{good}), SenseDataProtect, ASCWriteProtected, -1},
 	} {

@@ -151,3 +151,14 @@ func (lu *LogicalUnit) synchronizeCache(ctx context.Context, c *Command) Respons
 	}
 	return Response{}
 }
+
+// preFetch serves PRE-FETCH(10/16) (SBC-3 §5.6-5.7). The unit keeps no
+// cache of its own to load, which SBC-3 answers with GOOD (CONDITION MET
+// would claim the blocks are now cached); only the range is checked.
+func (lu *LogicalUnit) preFetch(_ context.Context, c *Command) Response {
+	lba, n, _ := lbaAndLength(c.CDB)
+	if !lu.inRange(lba, uint64(n)) {
+		return illegalRequest(ASCLBAOutOfRange)
+	}
+	return Response{}
+}

@@ -76,7 +76,9 @@ const (
 	OpWrite10                  = 0x2a
 	OpWriteAndVerify10         = 0x2e
 	OpVerify10                 = 0x2f
+	OpPreFetch10               = 0x34
 	OpSynchronizeCache10       = 0x35
+	OpReadDefectData10         = 0x37
 	OpWriteSame10              = 0x41
 	OpUnmap                    = 0x42
 	OpModeSelect10             = 0x55
@@ -86,6 +88,7 @@ const (
 	OpWrite16                  = 0x8a
 	OpWriteAndVerify16         = 0x8e
 	OpVerify16                 = 0x8f
+	OpPreFetch16               = 0x90
 	OpSynchronizeCache16       = 0x91
 	OpWriteSame16              = 0x93
 	OpServiceActionIn16        = 0x9e
@@ -95,6 +98,7 @@ const (
 	OpWrite12                  = 0xaa
 	OpWriteAndVerify12         = 0xae
 	OpVerify12                 = 0xaf
+	OpReadDefectData12         = 0xb7
 )
 
 // Service actions (SBC-3 §5.16, §5.21; SPC-4 §6.35).

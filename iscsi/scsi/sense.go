@@ -339,3 +339,51 @@ func (e *SenseError) Is(target error) bool {
 	}
 	return false
 }
+
+// StatusError is a command that ended with a status other than GOOD and
+// CHECK CONDITION (e.g. TASK ABORTED, RESERVATION CONFLICT, BUSY), or with
+// CHECK CONDITION but no usable sense data.
+type StatusError struct {
+	Status uint8
+}
+
+func (e *StatusError) Error() string {
+	switch e.Status {
+	case StatusCheckCondition:
+		return "scsi: CHECK CONDITION without sense data"
+	case StatusConditionMet:
+		return "scsi: CONDITION MET"
+	case StatusBusy:
+		return "scsi: BUSY"
+	case StatusReservationConflict:
+		return "scsi: RESERVATION CONFLICT"
+	case StatusTaskSetFull:
+		return "scsi: TASK SET FULL"
+	case StatusACAActive:
+		return "scsi: ACA ACTIVE"
+	case StatusTaskAborted:
+		return "scsi: TASK ABORTED"
+	}
+	return fmt.Sprintf("scsi: status 0x%02x", e.Status)
+}
+
+// CheckStatus turns a command's status and sense data, as the initiator
+// receives them, into an error: nil for GOOD, a *SenseError for CHECK
+// CONDITION with sense data, a *StatusError otherwise. Sense data with
+// the RECOVERED ERROR or COMPLETED key is not an error (SPC-4 §4.5.6).
+func CheckStatus(status uint8, sense []byte) error {
+	switch status {
+	case StatusGood, StatusConditionMet:
+		return nil
+	case StatusCheckCondition:
+		s, err := ParseSense(sense)
+		if err != nil {
+			return &StatusError{Status: status}
+		}
+		if s.Key == SenseRecoveredError || s.Key == SenseCompleted {
+			return nil
+		}
+		return &SenseError{Sense: s}
+	}
+	return &StatusError{Status: status}
+}

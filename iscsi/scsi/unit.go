@@ -35,6 +35,12 @@ type UnitConfig struct {
 	ReadOnly bool
 	// BlockSize is the logical block size in bytes: 512 (default) or 4096.
 	BlockSize uint32
+	// PhysicalBlockSize is the unit in which the backing store allocates,
+	// reported by READ CAPACITY(16) (default: BlockSize). Linux already
+	// aligns I/O to OptimalGranularity, and libiscsi's GET LBA STATUS test
+	// mis-predicts descriptor LBAs when this is larger than BlockSize, so
+	// the default claims nothing beyond it.
+	PhysicalBlockSize uint32
 	// OptimalGranularity is the OPTIMAL TRANSFER LENGTH GRANULARITY in
 	// bytes (default 4096, the file system block: smaller writes cost a
 	// read-modify-write in the page cache).
@@ -53,9 +59,11 @@ type UnitConfig struct {
 
 // Limits that are not configurable (VPD page 0xB0, SBC-3 §6.5.3).
 const (
-	// maxUnmapBytes bounds one UNMAP descriptor and one WRITE SAME so that a
-	// single command cannot hold the unit for long.
-	maxUnmapBytes = 1 << 30
+	// maxUnmapBlocks is the MAXIMUM UNMAP LBA COUNT of one UNMAP
+	// descriptor and the MAXIMUM WRITE SAME LENGTH, so that a single
+	// command cannot hold the unit for long. 1 Mi blocks is the largest
+	// explicit limit libiscsi's conformance tests accept as sane.
+	maxUnmapBlocks = 1 << 20
 	// maxUnmapDescriptors bounds the UNMAP parameter list we parse.
 	maxUnmapDescriptors = 256
 	// maxCompareAndWrite is the MAXIMUM COMPARE AND WRITE LENGTH in blocks.
@@ -116,6 +124,12 @@ func NewLogicalUnit(dev blockdev.Device, cfg UnitConfig) (*LogicalUnit, error) {
 		return nil, fmt.Errorf("scsi: block size %d: want 512 or 4096", cfg.BlockSize)
 	}
 	bs := cfg.BlockSize
+	if cfg.PhysicalBlockSize == 0 {
+		cfg.PhysicalBlockSize = bs
+	}
+	if p := cfg.PhysicalBlockSize; p < bs || p&(p-1) != 0 || p/bs > 1<<15 {
+		return nil, fmt.Errorf("scsi: physical block size %d: want a power of two from the block size %d up", p, bs)
+	}
 	if cfg.OptimalGranularity == 0 {
 		cfg.OptimalGranularity = max(4096, bs)
 	}
@@ -155,10 +169,7 @@ func NewLogicalUnit(dev blockdev.Device, cfg UnitConfig) (*LogicalUnit, error) {
 		lu.log = slog.New(slog.DiscardHandler)
 	}
 	lu.alloc, _ = dev.(blockdev.AllocationReporter)
-	// NAA IEEE Registered would need an OUI of our own; NAA 3 (locally
-	// assigned, SPC-4 §7.8.6.6.2) is 60 bits of our choice: a hash of ID.
-	copy(lu.naa[:], sum[8:16])
-	lu.naa[0] = 0x30 | lu.naa[0]&0x0f
+	lu.naa = NAA(cfg.ID)
 	lu.cmds = lu.commandSet()
 	for i := len(lu.cmds) - 1; i >= 0; i-- {
 		lu.byOp[lu.cmds[i].usage[0]] = uint8(i + 1)
@@ -181,6 +192,19 @@ func log2(v uint32) int {
 		v >>= 1
 		n++
 	}
+	return n
+}
+
+// NAA is the NAA designator (VPD page 0x83) of the unit configured with
+// id. NAA IEEE Registered would need an OUI of our own; NAA 3 (locally
+// assigned, SPC-4 §7.8.6.6.2) is 60 bits of our choice: a hash of id. An
+// initiator compares it with what the target reports to make sure it
+// talks to the disk it means, not to another one behind a stale address.
+func NAA(id string) [8]byte {
+	sum := sha256.Sum256([]byte(id))
+	var n [8]byte
+	copy(n[:], sum[8:16])
+	n[0] = 0x30 | n[0]&0x0f
 	return n
 }
 
@@ -223,7 +247,9 @@ func (lu *LogicalUnit) find(op byte, sa uint16) *command {
 
 // Execute runs one command and returns its status, sense and Data-In. It
 // never returns BUSY: a command either completes, fails with sense data,
-// or (when ctx is canceled) ends with TASK ABORTED.
+// or (when ctx is canceled) ends with TASK ABORTED. REPORT LUNS is the
+// target's to answer (ReportLUNs), as it owns the LUN list; Execute
+// treats it as an unsupported operation code.
 func (lu *LogicalUnit) Execute(ctx context.Context, c *Command) Response {
 	cdb := c.CDB
 	if len(cdb) == 0 {

@@ -138,15 +138,18 @@ func (lu *LogicalUnit) compareAndWriteBlocks(ctx context.Context, c *Command, n 
 	if r, ok := lu.blockCheck(c.CDB, lba, n, 13, maxCompareAndWrite); !ok {
 		return r
 	}
+	size := int(n) << lu.shift
+	if len(c.Data) != 2*size {
+		// Where the compare half ends depends on the buffer being exact,
+		// so a NUMBER OF LOGICAL BLOCKS that disagrees with it is the
+		// invalid field (as with 256 blocks, which the byte wraps to 0).
+		return invalidCDB(13, -1)
+	}
 	if n == 0 {
 		return Response{}
 	}
 	if lu.cfg.ReadOnly {
 		return writeProtected()
-	}
-	size := int(n) << lu.shift
-	if len(c.Data) < 2*size {
-		return illegalRequest(ASCInvalidFieldInInformationUnit)
 	}
 	m := lu.locks.exclusive(lba, uint64(n))
 	defer lu.locks.unlockExclusive(m)
