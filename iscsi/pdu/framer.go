@@ -46,6 +46,7 @@ type Framer struct {
 	headerDigest bool
 	dataDigest   bool
 	maxRecvData  int
+	dataBuffer   func(h *BHS) []byte
 }
 
 // NewFramer returns a Framer with no digests and the login-phase limit on
@@ -62,6 +63,14 @@ func (f *Framer) SetDigests(header, data bool) { f.headerDigest, f.dataDigest = 
 func (f *Framer) SetMaxRecvDataSegmentLength(n int) {
 	f.maxRecvData = min(max(n, 512), MaxDataSegmentLength)
 }
+
+// SetDataBuffer installs fn, which ReadMessage asks for the buffer to read
+// a PDU's data segment into, once the header passed its checks. fn
+// returns nil to let ReadMessage allocate, or a slice of exactly
+// DataSegmentLength bytes, which the decoded message's data then is. An
+// initiator uses it to land Data-In straight in the command's buffer
+// instead of allocating and copying every segment.
+func (f *Framer) SetDataBuffer(fn func(h *BHS) []byte) { f.dataBuffer = fn }
 
 // ReadMessage reads one PDU. Errors are *ConnError or *PDUError.
 func (f *Framer) ReadMessage() (Message, error) {
@@ -98,12 +107,26 @@ func (f *Framer) ReadMessage() (Message, error) {
 	}
 	var data []byte
 	if dlen > 0 {
-		buf := make([]byte, segLen)
+		var buf, pad []byte
+		if f.dataBuffer != nil {
+			if b := f.dataBuffer(&h); b != nil {
+				if len(b) != dlen {
+					return nil, &ConnError{fmt.Errorf("data buffer of %d bytes for a %d-byte segment", len(b), dlen)}
+				}
+				buf, pad = b, make([]byte, segLen-dlen)
+			}
+		}
+		if buf == nil {
+			buf = make([]byte, segLen)
+		}
 		if _, err := io.ReadFull(f.r, buf); err != nil {
 			return nil, &ConnError{fmt.Errorf("reading data segment: %w", err)}
 		}
+		if _, err := io.ReadFull(f.r, pad); err != nil {
+			return nil, &ConnError{fmt.Errorf("reading data segment padding: %w", err)}
+		}
 		if f.dataDigest {
-			if err := f.checkDigest(buf); err != nil {
+			if err := f.checkDigest(buf, pad); err != nil {
 				return nil, &PDUError{RejectDataDigest, h, fmt.Errorf("data digest: %w", err)}
 			}
 		}
