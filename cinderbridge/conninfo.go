@@ -2,6 +2,7 @@ package cinderbridge
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -93,7 +94,8 @@ func Parse(b []byte) (Connection, error) {
 		// name among its data keys.
 		d, err = parseObject(raw, "data.", "data")
 		if err != nil {
-			if _, isField := err.(*FieldError); !isField {
+			var fe *FieldError
+			if !errors.As(err, &fe) {
 				err = &FieldError{Key: "data", Problem: WrongType, Detail: "want an object"}
 			}
 			return nil, err

@@ -45,9 +45,9 @@ type ISCSIDisk struct {
 
 // DiskError reports a volume whose disk could not be rewritten.
 type DiskError struct {
-	VolumeID string
-	Reason   DiskProblem
-	Detail   string
+	Disk    string // the volume id, or the device path when there is none
+	Problem DiskProblem
+	Detail  string
 }
 
 // DiskProblem says why a disk was not rewritten.
@@ -76,7 +76,15 @@ func (p DiskProblem) String() string {
 }
 
 func (e *DiskError) Error() string {
-	return fmt.Sprintf("volume %s: %s: %s", e.VolumeID, e.Reason, e.Detail)
+	return fmt.Sprintf("volume disk %s: %s: %s", e.Disk, e.Problem, e.Detail)
+}
+
+// ident names the disk in errors.
+func (d ISCSIDisk) ident() string {
+	if d.VolumeID != "" {
+		return d.VolumeID
+	}
+	return d.DevicePath
 }
 
 // span is a byte range [start, end) of the input.
@@ -123,7 +131,7 @@ func RewriteDomainXML(domain []byte, disks []ISCSIDisk) ([]byte, error) {
 		}
 		for _, e := range disks[:i] {
 			if e.VolumeID == d.VolumeID && d.VolumeID != "" {
-				return nil, &DiskError{VolumeID: d.VolumeID, Reason: DiskBadRequest, Detail: "listed twice"}
+				return nil, &DiskError{Disk: d.ident(), Problem: DiskBadRequest, Detail: "listed twice"}
 			}
 		}
 	}
@@ -149,24 +157,24 @@ func RewriteDomainXML(domain []byte, disks []ISCSIDisk) ([]byte, error) {
 		}
 		switch len(match) {
 		case 0:
-			return nil, &DiskError{VolumeID: d.VolumeID, Reason: DiskNotFound, Detail: fmt.Sprintf("no disk with serial %q or source dev %q", d.VolumeID, d.DevicePath)}
+			return nil, &DiskError{Disk: d.ident(), Problem: DiskNotFound, Detail: fmt.Sprintf("no disk with serial %q or source dev %q", d.VolumeID, d.DevicePath)}
 		case 1:
 		default:
-			return nil, &DiskError{VolumeID: d.VolumeID, Reason: DiskAmbiguous, Detail: fmt.Sprintf("%d disks match", len(match))}
+			return nil, &DiskError{Disk: d.ident(), Problem: DiskAmbiguous, Detail: fmt.Sprintf("%d disks match", len(match))}
 		}
 		e := elems[match[0]]
 		switch {
 		case e.typ == "block":
 		case e.typ == "network" && e.sourceProt == "iscsi": // rewritten before: rewrite again
 		default:
-			return nil, &DiskError{VolumeID: d.VolumeID, Reason: DiskUnsupported, Detail: fmt.Sprintf("disk type %q (protocol %q); only block disks become iSCSI", e.typ, e.sourceProt)}
+			return nil, &DiskError{Disk: d.ident(), Problem: DiskUnsupported, Detail: fmt.Sprintf("disk type %q (protocol %q); only block disks become iSCSI", e.typ, e.sourceProt)}
 		}
 		if !e.hasSource {
-			return nil, &DiskError{VolumeID: d.VolumeID, Reason: DiskUnsupported, Detail: "the disk has no <source>"}
+			return nil, &DiskError{Disk: d.ident(), Problem: DiskUnsupported, Detail: "the disk has no <source>"}
 		}
 		tag, err := setAttr(domain[e.tag.start:e.tag.end], "type", "network")
 		if err != nil {
-			return nil, &DiskError{VolumeID: d.VolumeID, Reason: DiskUnsupported, Detail: err.Error()}
+			return nil, &DiskError{Disk: d.ident(), Problem: DiskUnsupported, Detail: err.Error()}
 		}
 		edits = append(edits, edit{e.tag, tag}, edit{e.source, sourceXML(d, e, quoteOf(tag))})
 		for _, a := range e.auths {
@@ -187,7 +195,7 @@ func RewriteDomainXML(domain []byte, disks []ISCSIDisk) ([]byte, error) {
 
 func checkRequest(d ISCSIDisk) error {
 	bad := func(format string, args ...any) error {
-		return &DiskError{VolumeID: d.VolumeID, Reason: DiskBadRequest, Detail: fmt.Sprintf(format, args...)}
+		return &DiskError{Disk: d.ident(), Problem: DiskBadRequest, Detail: fmt.Sprintf(format, args...)}
 	}
 	if d.VolumeID == "" && d.DevicePath == "" {
 		return bad("neither a volume id nor a device path to match")
@@ -388,9 +396,9 @@ func sourceXML(d ISCSIDisk, e diskElem, q byte) []byte {
 	t := d.Conn.Targets[0]
 	nl, in1, in2 := "", "", ""
 	if e.srcPretty {
-		unit := strings.TrimPrefix(e.srcIndent, e.indent)
-		if unit == "" || unit == e.srcIndent && e.indent != "" {
-			unit = "  "
+		unit := "  "
+		if len(e.srcIndent) > len(e.indent) && strings.HasPrefix(e.srcIndent, e.indent) {
+			unit = e.srcIndent[len(e.indent):]
 		}
 		nl, in1, in2 = "\n", e.srcIndent+unit, e.srcIndent+unit+unit
 	}

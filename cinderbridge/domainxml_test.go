@@ -230,10 +230,10 @@ func TestRewriteDomainXMLErrors(t *testing.T) {
 	}
 	conn := &ISCSI{Targets: []ISCSITarget{{Portal{"192.0.2.10", 3260}, "iqn.2000-01.x:a", 1}}}
 	tests := []struct {
-		name   string
-		domain []byte
-		disks  []ISCSIDisk
-		reason DiskProblem
+		name    string
+		domain  []byte
+		disks   []ISCSIDisk
+		problem DiskProblem
 	}{
 		{"not found", in, []ISCSIDisk{{VolumeID: "nope", Conn: conn}}, DiskNotFound},
 		{"file disk", in, []ISCSIDisk{{DevicePath: "x", VolumeID: "", Conn: conn}}, DiskNotFound},
@@ -261,8 +261,8 @@ func TestRewriteDomainXMLErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := RewriteDomainXML(tt.domain, tt.disks)
 			var de *DiskError
-			if !errors.As(err, &de) || de.Reason != tt.reason {
-				t.Errorf("err = %v, want %v", err, tt.reason)
+			if !errors.As(err, &de) || de.Problem != tt.problem {
+				t.Errorf("err = %v, want %v", err, tt.problem)
 			}
 		})
 	}
