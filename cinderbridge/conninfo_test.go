@@ -243,6 +243,11 @@ func TestParseErrors(t *testing.T) {
 		{"chap method", is(`"target_portal": "192.0.2.1:3260", "target_iqn": "` + iqn + `", "target_lun": 0, "auth_method": "Kerberos"`), "data.auth_method", BadValue},
 		{"discovery chap no password", is(`"target_portal": "192.0.2.1:3260", "target_iqn": "` + iqn + `", "target_lun": 0, "discovery_auth_method": "CHAP", "discovery_auth_username": "u"`), "data.discovery_auth_password", Missing},
 		{"flat iscsi no lun", `{"driver_volume_type": "iscsi", "target_portal": "192.0.2.1:3260", "target_iqn": "` + iqn + `"}`, "target_lun", Missing},
+		// Captured from a real Cinder (osbox, fake volume driver, Zed):
+		// the attachment's flattened connection_info in volume.attach.end
+		// carries only the manager's keys, because that driver's
+		// initialize_connection answers an empty data dict.
+		{"osbox fake driver", `{"access_mode": "rw", "qos_specs": null, "encrypted": false, "cacheable": false, "driver_volume_type": "iscsi", "attachment_id": "05c2e7dd-bdaa-430a-bdf0-33e2d5fe60f7"}`, "target_portal", Missing},
 		{"local no path", `{"driver_volume_type": "local", "data": {}}`, "data.device_path", Missing},
 		{"local relative path", `{"driver_volume_type": "local", "data": {"device_path": "dev/sda"}}`, "data.device_path", BadValue},
 	}
