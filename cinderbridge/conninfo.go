@@ -342,7 +342,7 @@ func parseFC(o object, a Attrs) (*FibreChannel, error) {
 	}
 	if !ok || len(raw) == 0 {
 		wwnKey = "target_wwn"
-		if raw, ok, err = o.stringOrList(wwnKey); err != nil {
+		if raw, _, err = o.stringOrList(wwnKey); err != nil {
 			return nil, err
 		}
 	}
@@ -527,7 +527,7 @@ func (p Portal) String() string { return net.JoinHostPort(p.Host, strconv.Itoa(p
 func CheckIQN(s string) error {
 	l := strings.ToLower(s)
 	if !strings.HasPrefix(l, "iqn.") && !strings.HasPrefix(l, "eui.") && !strings.HasPrefix(l, "naa.") {
-		return fmt.Errorf("iSCSI name %q does not start with iqn., eui. or naa.", s)
+		return fmt.Errorf("iSCSI name %q: want an iqn, eui or naa name", s)
 	}
 	if len(s) > 223 { // RFC 3720 §3.2.6.1
 		return fmt.Errorf("iSCSI name %q longer than 223 bytes", s)
