@@ -222,6 +222,7 @@ func TestParseErrors(t *testing.T) {
 		{"fc itmap value not list", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "initiator_target_map": {"21000024ff3a2b10": "500a098280feeba5"}`), `data.initiator_target_map["21000024ff3a2b10"]`, WrongType},
 		{"fc itmap bad target", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "initiator_target_map": {"21000024ff3a2b10": ["x"]}`), `data.initiator_target_map["21000024ff3a2b10"][0]`, BadValue},
 		{"fc discard string", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "discard": "yes"`), "data.discard", WrongType},
+		{"addressing mode", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "addressing_mode": "SAM4"`), "data.addressing_mode", BadValue},
 		{"access mode", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "access_mode": "rx"`), "data.access_mode", BadValue},
 		{"qos not object", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "qos_specs": "fast"`), "data.qos_specs", WrongType},
 		{"qos nested", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "qos_specs": {"a": {}}`), `data.qos_specs["a"]`, WrongType},
@@ -320,6 +321,24 @@ func TestMarshalRevealsPasswordOnlyOnTheWire(t *testing.T) {
 	}
 	if s := fmt.Sprintf("%v %+v %#v %s %d %x %q", c.Auth, *c.Auth, c.Auth, c.Auth.Password, c.Auth.Password, c.Auth.Password, c.Auth.Password); strings.Contains(s, "hunter2") {
 		t.Errorf("fmt leaks the password: %s", s)
+	}
+}
+
+// The cases of os-brick's linuxscsi.lun_for_addressing docstring.
+func TestWireLUN(t *testing.T) {
+	for _, tt := range []struct {
+		lun  int
+		mode string
+		want int
+	}{
+		{1, "", 1}, {1, AddressingSAM, 1}, {1, AddressingTransparent, 1},
+		{1, AddressingSAM2, 1}, {1, AddressingSAM3Flat, 16385},
+		{255, AddressingSAM2, 255}, {256, AddressingSAM2, 16640}, {256, AddressingSAM3Flat, 16640},
+		{256, AddressingSAM, 256}, {MaxLUN, AddressingSAM2, 32767},
+	} {
+		if got := WireLUN(tt.lun, tt.mode); got != tt.want {
+			t.Errorf("WireLUN(%d, %q) = %d, want %d", tt.lun, tt.mode, got, tt.want)
+		}
 	}
 }
 

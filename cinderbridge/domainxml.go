@@ -151,7 +151,7 @@ func RewriteDomainXML(domain []byte, disks []ISCSIDisk) ([]byte, error) {
 				d.DevicePath != "" && e.sourceDev == d.DevicePath ||
 				// Already rewritten to this LUN: a hook that runs twice
 				// finds a device-path-matched disk again.
-				e.sourceProt == "iscsi" && e.sourceName == iscsiName(d.Conn.Targets[0]) {
+				e.sourceProt == "iscsi" && e.sourceName == iscsiName(d.Conn) {
 				match = append(match, i)
 			}
 		}
@@ -386,8 +386,12 @@ func escapeAttr(s string) string {
 	return b.String()
 }
 
-// iscsiName is libvirt's source name for an iSCSI LUN: "IQN/LUN".
-func iscsiName(t ISCSITarget) string { return t.IQN + "/" + strconv.Itoa(t.LUN) }
+// iscsiName is libvirt's source name for an iSCSI LUN: "IQN/LUN", with
+// the LUN number as libiscsi must send it (WireLUN).
+func iscsiName(c *ISCSI) string {
+	t := c.Targets[0]
+	return t.IQN + "/" + strconv.Itoa(WireLUN(t.LUN, c.AddressingMode))
+}
 
 // sourceXML writes the network source element, indented like the
 // document: one level deeper than <source> for its children, a level being
@@ -406,7 +410,7 @@ func sourceXML(d ISCSIDisk, e diskElem, q byte) []byte {
 		return " " + name + "=" + string(q) + escapeAttr(value) + string(q)
 	}
 	var b strings.Builder
-	b.WriteString("<source" + a("protocol", "iscsi") + a("name", iscsiName(t)) + ">" + nl)
+	b.WriteString("<source" + a("protocol", "iscsi") + a("name", iscsiName(d.Conn)) + ">" + nl)
 	b.WriteString(in1 + "<host" + a("name", t.Portal.Host) + a("port", strconv.Itoa(t.Portal.Port)) + "/>" + nl)
 	if c := d.Conn.Auth; c != nil {
 		b.WriteString(in1 + "<auth" + a("username", c.Username) + ">" + nl)

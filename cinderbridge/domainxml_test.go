@@ -39,7 +39,9 @@ var goldenCases = map[string][]ISCSIDisk{
 		Conn:       &ISCSI{Targets: []ISCSITarget{{Portal{"2001:db8::20", 3260}, "iqn.2010-06.com.purestorage:flasharray.b", 103}}},
 	}, {
 		VolumeID: "0d8f7e6a-1b2c-4d3e-8f9a-0b1c2d3e4f50",
-		Conn:     &ISCSI{Targets: []ISCSITarget{{Portal{"198.51.100.20", 3261}, "iqn.2010-06.com.purestorage:flasharray.b", 104}}, Auth: &CHAP{Username: "user-b", Password: NewSecret("x")}},
+		// SAM2 addressing and LUN 300: libiscsi must be given 16684.
+		Conn: &ISCSI{Attrs: Attrs{AddressingMode: AddressingSAM2},
+			Targets: []ISCSITarget{{Portal{"198.51.100.20", 3261}, "iqn.2010-06.com.purestorage:flasharray.b", 300}}, Auth: &CHAP{Username: "user-b", Password: NewSecret("x")}},
 		// A usage name with characters that need escaping.
 		SecretUsage: `b & "c" <d>`,
 	}},
