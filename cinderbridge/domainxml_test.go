@@ -21,8 +21,10 @@ var chapA = &CHAP{Username: "shareless", Password: NewSecret("0123456789abcdef")
 var goldenCases = map[string][]ISCSIDisk{
 	// A Nova guest: file root disk with a backing file, an FC volume
 	// through a by-path device (the os-brick name without multipath), a
-	// config drive, and the usual other devices. The volume becomes an
-	// iSCSI network disk with CHAP and the destination's initiator name.
+	// config drive, and the usual other devices. The volume is encrypted
+	// (Nova's native LUKS: _update_volume_xml adds <encryption> with the
+	// passphrase secret), which must survive. The volume becomes an iSCSI
+	// network disk with CHAP and the destination's initiator name.
 	"nova-fc-volume": {{
 		VolumeID: "6b1e8a1c-39d0-4c6e-9a9b-2c3f8d9e0a11",
 		Conn: &ISCSI{Targets: []ISCSITarget{
