@@ -94,6 +94,8 @@ type span struct{ start, end int64 }
 type diskElem struct {
 	tag        span // the start tag
 	typ        string
+	device     string
+	targetDev  string
 	serial     string
 	hasSerial  bool
 	sourceDev  string
@@ -105,6 +107,33 @@ type diskElem struct {
 	srcIndent  string
 	srcPretty  bool   // the source element starts a line of its own
 	auths      []span // disk-level <auth>, with the white space before it
+}
+
+// DiskRef describes one disk of a domain, as a hook needs it to decide
+// which disks are Cinder volumes and how to match them.
+type DiskRef struct {
+	Type           string // disk type: file, block, network, ...
+	Device         string // disk, lun, cdrom, ...
+	Serial         string // Nova sets it to the volume id (not for device='lun')
+	SourceDev      string // <source dev> of a block disk
+	SourceProtocol string // <source protocol> of a network disk
+	SourceName     string // <source name> of a network disk
+	TargetDev      string // <target dev>: vda, sdb, ...
+}
+
+// ListDisks returns the /domain/devices/disk elements of a domain XML in
+// document order.
+func ListDisks(domain []byte) ([]DiskRef, error) {
+	elems, err := scanDisks(domain)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DiskRef, len(elems))
+	for i, e := range elems {
+		out[i] = DiskRef{Type: e.typ, Device: e.device, Serial: strings.TrimSpace(e.serial),
+			SourceDev: e.sourceDev, SourceProtocol: e.sourceProt, SourceName: e.sourceName, TargetDev: e.targetDev}
+	}
+	return out, nil
 }
 
 // RewriteDomainXML rewrites the disks of the given volumes into
@@ -262,7 +291,7 @@ func scanDisks(domain []byte) ([]diskElem, error) {
 			}
 			switch {
 			case len(stack) == 3 && t.Name.Space == "" && stack[0] == "domain" && stack[1] == "devices" && stack[2] == "disk":
-				cur = &diskElem{tag: span{start, end}, typ: attr(t, "type"), indent: indentOf(domain[ws.start:ws.end])}
+				cur = &diskElem{tag: span{start, end}, typ: attr(t, "type"), device: attr(t, "device"), indent: indentOf(domain[ws.start:ws.end])}
 			case cur != nil && len(stack) == 4:
 				child, childAt = t.Name.Local, start
 				if t.Name.Space != "" {
@@ -275,6 +304,8 @@ func scanDisks(domain []byte) ([]diskElem, error) {
 					cur.srcPretty = bytes.ContainsAny(domain[ws.start:ws.end], "\n")
 				case "serial":
 					cur.hasSerial, inSerial = true, true
+				case "target":
+					cur.targetDev = attr(t, "dev")
 				case "auth":
 					childAt = ws.start
 				}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -302,5 +303,40 @@ func TestRewriteDomainXMLNothing(t *testing.T) {
 	}
 	if !bytes.Equal(got, in) {
 		t.Error("output differs from input")
+	}
+}
+
+func TestListDisks(t *testing.T) {
+	in, err := os.ReadFile(filepath.Join("testdata", "domainxml", "multipath-lun.in.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ListDisks(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []DiskRef{
+		{Type: "file", Device: "disk", TargetDev: "sda"},
+		{Type: "block", Device: "lun", SourceDev: "/dev/disk/by-id/dm-uuid-mpath-3600a098038303052342445", TargetDev: "sdb"},
+		{Type: "block", Device: "disk", Serial: "0d8f7e6a-1b2c-4d3e-8f9a-0b1c2d3e4f50", SourceDev: "/dev/dm-7", TargetDev: "sdc"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+	out, err := os.ReadFile(filepath.Join("testdata", "domainxml", "rerun-old-auth.want.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = ListDisks(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []DiskRef{{Type: "network", Device: "disk", Serial: "11111111-2222-3333-4444-555555555555",
+		SourceProtocol: "iscsi", SourceName: "iqn.2010-10.org.openstack:volume-new/2", TargetDev: "vdb"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+	if _, err := ListDisks([]byte("<domain>")); err == nil {
+		t.Error("malformed XML listed")
 	}
 }
