@@ -173,6 +173,7 @@ func RewriteDomainXML(domain []byte, disks []ISCSIDisk) ([]byte, error) {
 		text []byte
 	}
 	var edits []edit
+	taken := map[int]string{} // disk element -> the request that took it
 	for _, d := range disks {
 		var match []int
 		for i, e := range elems {
@@ -191,6 +192,10 @@ func RewriteDomainXML(domain []byte, disks []ISCSIDisk) ([]byte, error) {
 		default:
 			return nil, &DiskError{Disk: d.ident(), Problem: DiskAmbiguous, Detail: fmt.Sprintf("%d disks match", len(match))}
 		}
+		if other, ok := taken[match[0]]; ok {
+			return nil, &DiskError{Disk: d.ident(), Problem: DiskAmbiguous, Detail: fmt.Sprintf("the disk it matches is also matched by %s", other)}
+		}
+		taken[match[0]] = d.ident()
 		e := elems[match[0]]
 		switch {
 		case e.typ == "block":
@@ -241,6 +246,11 @@ func checkRequest(d ISCSIDisk) error {
 	}
 	if t.LUN < 0 || t.LUN > MaxLUN {
 		return bad("LUN %d out of [0, %d]", t.LUN, MaxLUN)
+	}
+	switch d.Conn.AddressingMode {
+	case "", AddressingSAM, AddressingTransparent, AddressingSAM2, AddressingSAM3Flat:
+	default:
+		return bad("addressing mode %q unknown", d.Conn.AddressingMode)
 	}
 	if d.Conn.Auth != nil {
 		if d.Conn.Auth.Username == "" {
