@@ -2,6 +2,7 @@ package cinderbridge
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -27,6 +28,30 @@ const (
 // Larger values are refused rather than silently truncated on the way to
 // QEMU's libiscsi.
 const MaxLUN = 16383
+
+// The addressing modes a driver may name in addressing_mode
+// (os_brick/constants.py SCSI_ADDRESSING_*): how the array encodes a LUN
+// number into the 8-byte SCSI LUN field.
+const (
+	AddressingSAM         = "SAM"         // the default: no translation
+	AddressingTransparent = "transparent" // like SAM
+	AddressingSAM2        = "SAM2"        // peripheral below 256, flat space from 256
+	AddressingSAM3Flat    = "SAM3-flat"   // flat space for every LUN
+)
+
+// WireLUN returns the LUN number an initiator must use to reach the
+// array's LUN lun: os-brick's linuxscsi.lun_for_addressing adds 16384 (the
+// flat space addressing method bits, 01b in the top two bits of the first
+// two bytes) under SAM3-flat, and under SAM2 from LUN 256 on. libiscsi, as
+// QEMU uses it, writes its LUN number into the first two bytes of the LUN
+// field as is (iscsi_pdu_set_lun), like the kernel's int_to_scsilun, so the
+// same translation applies to the name of a libvirt iSCSI disk.
+func WireLUN(lun int, addressingMode string) int {
+	if addressingMode == AddressingSAM3Flat || addressingMode == AddressingSAM2 && lun >= 256 {
+		return lun + 16384
+	}
+	return lun
+}
 
 // Connection is one parsed connection_info: a *FibreChannel, an *ISCSI or
 // a *Local. The interface is sealed; switch on the concrete type.
@@ -57,7 +82,7 @@ type Attrs struct {
 	QoSSpecs         map[string]string // qos_specs with front-end consumer; null reads as nil
 	PhysicalBlock    int               // physical_block_size (Cinder sends a string)
 	LogicalBlock     int               // logical_block_size
-	AddressingMode   string            // addressing_mode (os_brick.constants.SCSI_ADDRESSING_*)
+	AddressingMode   string            // addressing_mode: one of the Addressing* constants
 	DevicePath       string            // device_path: host-local, set by Nova's volume driver
 	MultipathID      string            // multipath_id: host-local
 	AttachmentID     string            // attachment_id: flattened attachments form
@@ -93,7 +118,8 @@ func Parse(b []byte) (Connection, error) {
 		// name among its data keys.
 		d, err = parseObject(raw, "data.", "data")
 		if err != nil {
-			if _, isField := err.(*FieldError); !isField {
+			var fe *FieldError
+			if !errors.As(err, &fe) {
 				err = &FieldError{Key: "data", Problem: WrongType, Detail: "want an object"}
 			}
 			return nil, err
@@ -170,6 +196,12 @@ func parseAttrs(o object) (Attrs, error) {
 	case "", "rw", "ro":
 	default:
 		return Attrs{}, &FieldError{Key: o.key("access_mode"), Problem: BadValue, Detail: fmt.Sprintf("%q, want rw or ro", a.AccessMode)}
+	}
+	switch a.AddressingMode {
+	case "", AddressingSAM, AddressingTransparent, AddressingSAM2, AddressingSAM3Flat:
+	default:
+		return Attrs{}, &FieldError{Key: o.key("addressing_mode"), Problem: BadValue,
+			Detail: fmt.Sprintf("%q is not one of os-brick's SCSI_ADDRESSING_MODES", a.AddressingMode)}
 	}
 	for _, bs := range []struct {
 		key string
@@ -340,7 +372,7 @@ func parseFC(o object, a Attrs) (*FibreChannel, error) {
 	}
 	if !ok || len(raw) == 0 {
 		wwnKey = "target_wwn"
-		if raw, ok, err = o.stringOrList(wwnKey); err != nil {
+		if raw, _, err = o.stringOrList(wwnKey); err != nil {
 			return nil, err
 		}
 	}
@@ -525,7 +557,7 @@ func (p Portal) String() string { return net.JoinHostPort(p.Host, strconv.Itoa(p
 func CheckIQN(s string) error {
 	l := strings.ToLower(s)
 	if !strings.HasPrefix(l, "iqn.") && !strings.HasPrefix(l, "eui.") && !strings.HasPrefix(l, "naa.") {
-		return fmt.Errorf("iSCSI name %q does not start with iqn., eui. or naa.", s)
+		return fmt.Errorf("iSCSI name %q: want an iqn, eui or naa name", s)
 	}
 	if len(s) > 223 { // RFC 3720 §3.2.6.1
 		return fmt.Errorf("iSCSI name %q longer than 223 bytes", s)

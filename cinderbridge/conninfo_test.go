@@ -222,6 +222,7 @@ func TestParseErrors(t *testing.T) {
 		{"fc itmap value not list", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "initiator_target_map": {"21000024ff3a2b10": "500a098280feeba5"}`), `data.initiator_target_map["21000024ff3a2b10"]`, WrongType},
 		{"fc itmap bad target", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "initiator_target_map": {"21000024ff3a2b10": ["x"]}`), `data.initiator_target_map["21000024ff3a2b10"][0]`, BadValue},
 		{"fc discard string", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "discard": "yes"`), "data.discard", WrongType},
+		{"addressing mode", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "addressing_mode": "SAM4"`), "data.addressing_mode", BadValue},
 		{"access mode", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "access_mode": "rx"`), "data.access_mode", BadValue},
 		{"qos not object", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "qos_specs": "fast"`), "data.qos_specs", WrongType},
 		{"qos nested", fc(`"target_wwn": "500a098280feeba5", "target_lun": 1, "qos_specs": {"a": {}}`), `data.qos_specs["a"]`, WrongType},
@@ -243,6 +244,11 @@ func TestParseErrors(t *testing.T) {
 		{"chap method", is(`"target_portal": "192.0.2.1:3260", "target_iqn": "` + iqn + `", "target_lun": 0, "auth_method": "Kerberos"`), "data.auth_method", BadValue},
 		{"discovery chap no password", is(`"target_portal": "192.0.2.1:3260", "target_iqn": "` + iqn + `", "target_lun": 0, "discovery_auth_method": "CHAP", "discovery_auth_username": "u"`), "data.discovery_auth_password", Missing},
 		{"flat iscsi no lun", `{"driver_volume_type": "iscsi", "target_portal": "192.0.2.1:3260", "target_iqn": "` + iqn + `"}`, "target_lun", Missing},
+		// Captured from a real Cinder (osbox, fake volume driver, Zed):
+		// the attachment's flattened connection_info in volume.attach.end
+		// carries only the manager's keys, because that driver's
+		// initialize_connection answers an empty data dict.
+		{"osbox fake driver", `{"access_mode": "rw", "qos_specs": null, "encrypted": false, "cacheable": false, "driver_volume_type": "iscsi", "attachment_id": "05c2e7dd-bdaa-430a-bdf0-33e2d5fe60f7"}`, "target_portal", Missing},
 		{"local no path", `{"driver_volume_type": "local", "data": {}}`, "data.device_path", Missing},
 		{"local relative path", `{"driver_volume_type": "local", "data": {"device_path": "dev/sda"}}`, "data.device_path", BadValue},
 	}
@@ -315,6 +321,24 @@ func TestMarshalRevealsPasswordOnlyOnTheWire(t *testing.T) {
 	}
 	if s := fmt.Sprintf("%v %+v %#v %s %d %x %q", c.Auth, *c.Auth, c.Auth, c.Auth.Password, c.Auth.Password, c.Auth.Password, c.Auth.Password); strings.Contains(s, "hunter2") {
 		t.Errorf("fmt leaks the password: %s", s)
+	}
+}
+
+// The cases of os-brick's linuxscsi.lun_for_addressing docstring.
+func TestWireLUN(t *testing.T) {
+	for _, tt := range []struct {
+		lun  int
+		mode string
+		want int
+	}{
+		{1, "", 1}, {1, AddressingSAM, 1}, {1, AddressingTransparent, 1},
+		{1, AddressingSAM2, 1}, {1, AddressingSAM3Flat, 16385},
+		{255, AddressingSAM2, 255}, {256, AddressingSAM2, 16640}, {256, AddressingSAM3Flat, 16640},
+		{256, AddressingSAM, 256}, {MaxLUN, AddressingSAM2, 32767},
+	} {
+		if got := WireLUN(tt.lun, tt.mode); got != tt.want {
+			t.Errorf("WireLUN(%d, %q) = %d, want %d", tt.lun, tt.mode, got, tt.want)
+		}
 	}
 }
 

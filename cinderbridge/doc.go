@@ -25,4 +25,23 @@
 //   - the connector: os_brick/initiator/connector.py get_connector_properties;
 //   - the disk rewrite: nova/virt/libvirt/migration.py _update_volume_xml,
 //     which matches a volume's disk by <serial>.
+//
+// Where Nova's own live migration breaks, and what the bridge supplies:
+//
+//  1. On the destination, nova/compute/manager.py pre_live_migration calls
+//     attachment_create (microversion 3.44) with the destination's
+//     connector. An FC-only driver's validate_connector wants wwpns and
+//     wwnns; a host without an FC HBA has none, Cinder answers 400 and Nova
+//     rolls the migration back. Connector.Validate reproduces that check;
+//     TransportMap.FCToISCSI computes the iSCSI answer for the same LUN.
+//  2. Nova then connects the volume with the driver for the answer's
+//     driver_volume_type (nova/virt/libvirt/driver.py VOLUME_DRIVERS):
+//     "iscsi" means LibvirtISCSIVolumeDriver, i.e. os-brick and iscsiadm, a
+//     kernel initiator on the destination. Nova has no QEMU-native iSCSI
+//     volume driver any more (volume/net.py handles rbd only).
+//  3. Nova rewrites the volume disks from the destination's
+//     connection_info on the source side, but only their children, never
+//     the disk's type attribute; the destination's "migrate begin" hook
+//     gets that XML on stdin. RewriteDomainXML turns the disk into a
+//     network disk that QEMU's libiscsi reaches by itself.
 package cinderbridge

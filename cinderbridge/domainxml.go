@@ -45,9 +45,9 @@ type ISCSIDisk struct {
 
 // DiskError reports a volume whose disk could not be rewritten.
 type DiskError struct {
-	VolumeID string
-	Reason   DiskProblem
-	Detail   string
+	Disk    string // the volume id, or the device path when there is none
+	Problem DiskProblem
+	Detail  string
 }
 
 // DiskProblem says why a disk was not rewritten.
@@ -76,7 +76,15 @@ func (p DiskProblem) String() string {
 }
 
 func (e *DiskError) Error() string {
-	return fmt.Sprintf("volume %s: %s: %s", e.VolumeID, e.Reason, e.Detail)
+	return fmt.Sprintf("volume disk %s: %s: %s", e.Disk, e.Problem, e.Detail)
+}
+
+// ident names the disk in errors.
+func (d ISCSIDisk) ident() string {
+	if d.VolumeID != "" {
+		return d.VolumeID
+	}
+	return d.DevicePath
 }
 
 // span is a byte range [start, end) of the input.
@@ -86,6 +94,8 @@ type span struct{ start, end int64 }
 type diskElem struct {
 	tag        span // the start tag
 	typ        string
+	device     string
+	targetDev  string
 	serial     string
 	hasSerial  bool
 	sourceDev  string
@@ -97,6 +107,33 @@ type diskElem struct {
 	srcIndent  string
 	srcPretty  bool   // the source element starts a line of its own
 	auths      []span // disk-level <auth>, with the white space before it
+}
+
+// DiskRef describes one disk of a domain, as a hook needs it to decide
+// which disks are Cinder volumes and how to match them.
+type DiskRef struct {
+	Type           string // disk type: file, block, network, ...
+	Device         string // disk, lun, cdrom, ...
+	Serial         string // Nova sets it to the volume id (not for device='lun')
+	SourceDev      string // <source dev> of a block disk
+	SourceProtocol string // <source protocol> of a network disk
+	SourceName     string // <source name> of a network disk
+	TargetDev      string // <target dev>: vda, sdb, ...
+}
+
+// ListDisks returns the /domain/devices/disk elements of a domain XML in
+// document order.
+func ListDisks(domain []byte) ([]DiskRef, error) {
+	elems, err := scanDisks(domain)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DiskRef, len(elems))
+	for i, e := range elems {
+		out[i] = DiskRef{Type: e.typ, Device: e.device, Serial: strings.TrimSpace(e.serial),
+			SourceDev: e.sourceDev, SourceProtocol: e.sourceProt, SourceName: e.sourceName, TargetDev: e.targetDev}
+	}
+	return out, nil
 }
 
 // RewriteDomainXML rewrites the disks of the given volumes into
@@ -123,7 +160,7 @@ func RewriteDomainXML(domain []byte, disks []ISCSIDisk) ([]byte, error) {
 		}
 		for _, e := range disks[:i] {
 			if e.VolumeID == d.VolumeID && d.VolumeID != "" {
-				return nil, &DiskError{VolumeID: d.VolumeID, Reason: DiskBadRequest, Detail: "listed twice"}
+				return nil, &DiskError{Disk: d.ident(), Problem: DiskBadRequest, Detail: "listed twice"}
 			}
 		}
 	}
@@ -136,6 +173,7 @@ func RewriteDomainXML(domain []byte, disks []ISCSIDisk) ([]byte, error) {
 		text []byte
 	}
 	var edits []edit
+	taken := map[int]string{} // disk element -> the request that took it
 	for _, d := range disks {
 		var match []int
 		for i, e := range elems {
@@ -143,30 +181,34 @@ func RewriteDomainXML(domain []byte, disks []ISCSIDisk) ([]byte, error) {
 				d.DevicePath != "" && e.sourceDev == d.DevicePath ||
 				// Already rewritten to this LUN: a hook that runs twice
 				// finds a device-path-matched disk again.
-				e.sourceProt == "iscsi" && e.sourceName == iscsiName(d.Conn.Targets[0]) {
+				e.sourceProt == "iscsi" && e.sourceName == iscsiName(d.Conn) {
 				match = append(match, i)
 			}
 		}
 		switch len(match) {
 		case 0:
-			return nil, &DiskError{VolumeID: d.VolumeID, Reason: DiskNotFound, Detail: fmt.Sprintf("no disk with serial %q or source dev %q", d.VolumeID, d.DevicePath)}
+			return nil, &DiskError{Disk: d.ident(), Problem: DiskNotFound, Detail: fmt.Sprintf("no disk with serial %q or source dev %q", d.VolumeID, d.DevicePath)}
 		case 1:
 		default:
-			return nil, &DiskError{VolumeID: d.VolumeID, Reason: DiskAmbiguous, Detail: fmt.Sprintf("%d disks match", len(match))}
+			return nil, &DiskError{Disk: d.ident(), Problem: DiskAmbiguous, Detail: fmt.Sprintf("%d disks match", len(match))}
 		}
+		if other, ok := taken[match[0]]; ok {
+			return nil, &DiskError{Disk: d.ident(), Problem: DiskAmbiguous, Detail: fmt.Sprintf("the disk it matches is also matched by %s", other)}
+		}
+		taken[match[0]] = d.ident()
 		e := elems[match[0]]
 		switch {
 		case e.typ == "block":
 		case e.typ == "network" && e.sourceProt == "iscsi": // rewritten before: rewrite again
 		default:
-			return nil, &DiskError{VolumeID: d.VolumeID, Reason: DiskUnsupported, Detail: fmt.Sprintf("disk type %q (protocol %q); only block disks become iSCSI", e.typ, e.sourceProt)}
+			return nil, &DiskError{Disk: d.ident(), Problem: DiskUnsupported, Detail: fmt.Sprintf("disk type %q (protocol %q); only block disks become iSCSI", e.typ, e.sourceProt)}
 		}
 		if !e.hasSource {
-			return nil, &DiskError{VolumeID: d.VolumeID, Reason: DiskUnsupported, Detail: "the disk has no <source>"}
+			return nil, &DiskError{Disk: d.ident(), Problem: DiskUnsupported, Detail: "the disk has no <source>"}
 		}
 		tag, err := setAttr(domain[e.tag.start:e.tag.end], "type", "network")
 		if err != nil {
-			return nil, &DiskError{VolumeID: d.VolumeID, Reason: DiskUnsupported, Detail: err.Error()}
+			return nil, &DiskError{Disk: d.ident(), Problem: DiskUnsupported, Detail: err.Error()}
 		}
 		edits = append(edits, edit{e.tag, tag}, edit{e.source, sourceXML(d, e, quoteOf(tag))})
 		for _, a := range e.auths {
@@ -187,7 +229,7 @@ func RewriteDomainXML(domain []byte, disks []ISCSIDisk) ([]byte, error) {
 
 func checkRequest(d ISCSIDisk) error {
 	bad := func(format string, args ...any) error {
-		return &DiskError{VolumeID: d.VolumeID, Reason: DiskBadRequest, Detail: fmt.Sprintf(format, args...)}
+		return &DiskError{Disk: d.ident(), Problem: DiskBadRequest, Detail: fmt.Sprintf(format, args...)}
 	}
 	if d.VolumeID == "" && d.DevicePath == "" {
 		return bad("neither a volume id nor a device path to match")
@@ -204,6 +246,11 @@ func checkRequest(d ISCSIDisk) error {
 	}
 	if t.LUN < 0 || t.LUN > MaxLUN {
 		return bad("LUN %d out of [0, %d]", t.LUN, MaxLUN)
+	}
+	switch d.Conn.AddressingMode {
+	case "", AddressingSAM, AddressingTransparent, AddressingSAM2, AddressingSAM3Flat:
+	default:
+		return bad("addressing mode %q unknown", d.Conn.AddressingMode)
 	}
 	if d.Conn.Auth != nil {
 		if d.Conn.Auth.Username == "" {
@@ -254,7 +301,7 @@ func scanDisks(domain []byte) ([]diskElem, error) {
 			}
 			switch {
 			case len(stack) == 3 && t.Name.Space == "" && stack[0] == "domain" && stack[1] == "devices" && stack[2] == "disk":
-				cur = &diskElem{tag: span{start, end}, typ: attr(t, "type"), indent: indentOf(domain[ws.start:ws.end])}
+				cur = &diskElem{tag: span{start, end}, typ: attr(t, "type"), device: attr(t, "device"), indent: indentOf(domain[ws.start:ws.end])}
 			case cur != nil && len(stack) == 4:
 				child, childAt = t.Name.Local, start
 				if t.Name.Space != "" {
@@ -267,6 +314,8 @@ func scanDisks(domain []byte) ([]diskElem, error) {
 					cur.srcPretty = bytes.ContainsAny(domain[ws.start:ws.end], "\n")
 				case "serial":
 					cur.hasSerial, inSerial = true, true
+				case "target":
+					cur.targetDev = attr(t, "dev")
 				case "auth":
 					childAt = ws.start
 				}
@@ -378,8 +427,12 @@ func escapeAttr(s string) string {
 	return b.String()
 }
 
-// iscsiName is libvirt's source name for an iSCSI LUN: "IQN/LUN".
-func iscsiName(t ISCSITarget) string { return t.IQN + "/" + strconv.Itoa(t.LUN) }
+// iscsiName is libvirt's source name for an iSCSI LUN: "IQN/LUN", with
+// the LUN number as libiscsi must send it (WireLUN).
+func iscsiName(c *ISCSI) string {
+	t := c.Targets[0]
+	return t.IQN + "/" + strconv.Itoa(WireLUN(t.LUN, c.AddressingMode))
+}
 
 // sourceXML writes the network source element, indented like the
 // document: one level deeper than <source> for its children, a level being
@@ -388,9 +441,9 @@ func sourceXML(d ISCSIDisk, e diskElem, q byte) []byte {
 	t := d.Conn.Targets[0]
 	nl, in1, in2 := "", "", ""
 	if e.srcPretty {
-		unit := strings.TrimPrefix(e.srcIndent, e.indent)
-		if unit == "" || unit == e.srcIndent && e.indent != "" {
-			unit = "  "
+		unit := "  "
+		if len(e.srcIndent) > len(e.indent) && strings.HasPrefix(e.srcIndent, e.indent) {
+			unit = e.srcIndent[len(e.indent):]
 		}
 		nl, in1, in2 = "\n", e.srcIndent+unit, e.srcIndent+unit+unit
 	}
@@ -398,7 +451,7 @@ func sourceXML(d ISCSIDisk, e diskElem, q byte) []byte {
 		return " " + name + "=" + string(q) + escapeAttr(value) + string(q)
 	}
 	var b strings.Builder
-	b.WriteString("<source" + a("protocol", "iscsi") + a("name", iscsiName(t)) + ">" + nl)
+	b.WriteString("<source" + a("protocol", "iscsi") + a("name", iscsiName(d.Conn)) + ">" + nl)
 	b.WriteString(in1 + "<host" + a("name", t.Portal.Host) + a("port", strconv.Itoa(t.Portal.Port)) + "/>" + nl)
 	if c := d.Conn.Auth; c != nil {
 		b.WriteString(in1 + "<auth" + a("username", c.Username) + ">" + nl)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -21,8 +22,10 @@ var chapA = &CHAP{Username: "shareless", Password: NewSecret("0123456789abcdef")
 var goldenCases = map[string][]ISCSIDisk{
 	// A Nova guest: file root disk with a backing file, an FC volume
 	// through a by-path device (the os-brick name without multipath), a
-	// config drive, and the usual other devices. The volume becomes an
-	// iSCSI network disk with CHAP and the destination's initiator name.
+	// config drive, and the usual other devices. The volume is encrypted
+	// (Nova's native LUKS: _update_volume_xml adds <encryption> with the
+	// passphrase secret), which must survive. The volume becomes an iSCSI
+	// network disk with CHAP and the destination's initiator name.
 	"nova-fc-volume": {{
 		VolumeID: "6b1e8a1c-39d0-4c6e-9a9b-2c3f8d9e0a11",
 		Conn: &ISCSI{Targets: []ISCSITarget{
@@ -39,7 +42,9 @@ var goldenCases = map[string][]ISCSIDisk{
 		Conn:       &ISCSI{Targets: []ISCSITarget{{Portal{"2001:db8::20", 3260}, "iqn.2010-06.com.purestorage:flasharray.b", 103}}},
 	}, {
 		VolumeID: "0d8f7e6a-1b2c-4d3e-8f9a-0b1c2d3e4f50",
-		Conn:     &ISCSI{Targets: []ISCSITarget{{Portal{"198.51.100.20", 3261}, "iqn.2010-06.com.purestorage:flasharray.b", 104}}, Auth: &CHAP{Username: "user-b", Password: NewSecret("x")}},
+		// SAM2 addressing and LUN 300: libiscsi must be given 16684.
+		Conn: &ISCSI{Attrs: Attrs{AddressingMode: AddressingSAM2},
+			Targets: []ISCSITarget{{Portal{"198.51.100.20", 3261}, "iqn.2010-06.com.purestorage:flasharray.b", 300}}, Auth: &CHAP{Username: "user-b", Password: NewSecret("x")}},
 		// A usage name with characters that need escaping.
 		SecretUsage: `b & "c" <d>`,
 	}},
@@ -230,10 +235,10 @@ func TestRewriteDomainXMLErrors(t *testing.T) {
 	}
 	conn := &ISCSI{Targets: []ISCSITarget{{Portal{"192.0.2.10", 3260}, "iqn.2000-01.x:a", 1}}}
 	tests := []struct {
-		name   string
-		domain []byte
-		disks  []ISCSIDisk
-		reason DiskProblem
+		name    string
+		domain  []byte
+		disks   []ISCSIDisk
+		problem DiskProblem
 	}{
 		{"not found", in, []ISCSIDisk{{VolumeID: "nope", Conn: conn}}, DiskNotFound},
 		{"file disk", in, []ISCSIDisk{{DevicePath: "x", VolumeID: "", Conn: conn}}, DiskNotFound},
@@ -245,6 +250,9 @@ func TestRewriteDomainXMLErrors(t *testing.T) {
 		{"bad initiator", in, []ISCSIDisk{{VolumeID: "6b1e8a1c-39d0-4c6e-9a9b-2c3f8d9e0a11", Conn: conn, InitiatorIQN: "host"}}, DiskBadRequest},
 		{"bad iqn", in, []ISCSIDisk{{VolumeID: "v", Conn: &ISCSI{Targets: []ISCSITarget{{Portal{"192.0.2.10", 3260}, "x'/>", 1}}}}}, DiskBadRequest},
 		{"bad portal", in, []ISCSIDisk{{VolumeID: "v", Conn: &ISCSI{Targets: []ISCSITarget{{Portal{"a'b", 3260}, "iqn.2000-01.x:a", 1}}}}}, DiskBadRequest},
+		{"two requests one disk", in, []ISCSIDisk{{VolumeID: "6b1e8a1c-39d0-4c6e-9a9b-2c3f8d9e0a11", Conn: conn},
+			{DevicePath: "/dev/disk/by-path/pci-0000:05:00.2-fc-0x500a098280feeba5-lun-1", Conn: conn}}, DiskAmbiguous},
+		{"addressing mode", in, []ISCSIDisk{{VolumeID: "v", Conn: &ISCSI{Attrs: Attrs{AddressingMode: "x"}, Targets: conn.Targets}}}, DiskBadRequest},
 		{"twice", in, []ISCSIDisk{{VolumeID: "v", Conn: conn}, {VolumeID: "v", Conn: conn}}, DiskBadRequest},
 		{"ambiguous", []byte(`<domain><devices><disk type='block'><source dev='/a'/><serial>v</serial></disk><disk type='block'><source dev='/b'/><serial>v</serial></disk></devices></domain>`),
 			[]ISCSIDisk{{VolumeID: "v", Conn: conn}}, DiskAmbiguous},
@@ -261,8 +269,8 @@ func TestRewriteDomainXMLErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := RewriteDomainXML(tt.domain, tt.disks)
 			var de *DiskError
-			if !errors.As(err, &de) || de.Reason != tt.reason {
-				t.Errorf("err = %v, want %v", err, tt.reason)
+			if !errors.As(err, &de) || de.Problem != tt.problem {
+				t.Errorf("err = %v, want %v", err, tt.problem)
 			}
 		})
 	}
@@ -298,5 +306,40 @@ func TestRewriteDomainXMLNothing(t *testing.T) {
 	}
 	if !bytes.Equal(got, in) {
 		t.Error("output differs from input")
+	}
+}
+
+func TestListDisks(t *testing.T) {
+	in, err := os.ReadFile(filepath.Join("testdata", "domainxml", "multipath-lun.in.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ListDisks(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []DiskRef{
+		{Type: "file", Device: "disk", TargetDev: "sda"},
+		{Type: "block", Device: "lun", SourceDev: "/dev/disk/by-id/dm-uuid-mpath-3600a098038303052342445", TargetDev: "sdb"},
+		{Type: "block", Device: "disk", Serial: "0d8f7e6a-1b2c-4d3e-8f9a-0b1c2d3e4f50", SourceDev: "/dev/dm-7", TargetDev: "sdc"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+	out, err := os.ReadFile(filepath.Join("testdata", "domainxml", "rerun-old-auth.want.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = ListDisks(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []DiskRef{{Type: "network", Device: "disk", Serial: "11111111-2222-3333-4444-555555555555",
+		SourceProtocol: "iscsi", SourceName: "iqn.2010-10.org.openstack:volume-new/2", TargetDev: "vdb"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+	if _, err := ListDisks([]byte("<domain>")); err == nil {
+		t.Error("malformed XML listed")
 	}
 }

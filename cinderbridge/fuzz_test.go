@@ -70,7 +70,13 @@ func FuzzRewriteDomainXML(f *testing.F) {
 			d.Conn.Auth = &CHAP{Username: "u<&'\">", Password: NewSecret("p")}
 			d.SecretUsage = "s&<'\""
 		}
-		out, err := RewriteDomainXML(domain, []ISCSIDisk{d})
+		// A second request by device path may hit the same disk: that
+		// must be an error, never overlapping edits.
+		out, err := RewriteDomainXML(domain, []ISCSIDisk{d, {DevicePath: "/dev/sdc", Conn: d.Conn, SecretUsage: d.SecretUsage}})
+		if err == nil {
+			checkWellFormed(t, out)
+		}
+		out, err = RewriteDomainXML(domain, []ISCSIDisk{d})
 		if err != nil {
 			return
 		}

@@ -3,6 +3,7 @@ package cinderbridge
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -45,11 +46,6 @@ func (o object) value(k string) (v any, ok bool, err error) {
 		return nil, false, &FieldError{Key: o.key(k), Problem: BadValue, Detail: err.Error()}
 	}
 	return v, v != nil, nil
-}
-
-func (o object) has(k string) bool {
-	_, ok, _ := o.value(k)
-	return ok
 }
 
 func typeName(v any) string {
@@ -166,7 +162,7 @@ func intValue(key string, v any) (int64, error) {
 	}
 	n, err := strconv.ParseInt(text, 10, 64)
 	if err != nil {
-		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
+		if errors.Is(err, strconv.ErrRange) {
 			return 0, &FieldError{Key: key, Problem: OutOfRange, Detail: fmt.Sprintf("%q", text)}
 		}
 		return 0, &FieldError{Key: key, Problem: BadValue, Detail: fmt.Sprintf("%q is not an integer", text)}

@@ -125,7 +125,7 @@ func (m *TransportMap) Validate() error {
 		}
 		seen[b.Name] = true
 		for _, w := range b.FCTargets {
-			if _, err := ParseWWN(string(w)); err != nil || WWN(strings.ToLower(string(w))) != w {
+			if canon, err := ParseWWN(string(w)); err != nil || canon != w {
 				return bad(b.Name, "FC target %q is not a canonical WWN (16 lower-case hex digits)", w)
 			}
 		}
