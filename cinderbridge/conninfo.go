@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/shareless/shareless/internal/secret"
 	"maps"
 	"net"
 	"slices"
@@ -582,7 +583,7 @@ type ISCSITarget struct {
 // discovery.sendtargets.auth.*).
 type CHAP struct {
 	Username string
-	Password Secret
+	Password secret.Secret
 }
 
 // ISCSI is an iscsi connection_info.
@@ -716,7 +717,7 @@ func parseCHAP(o object, prefix string) (*CHAP, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &CHAP{Username: user, Password: NewSecret(pass)}, nil
+	return &CHAP{Username: user, Password: secret.New(pass)}, nil
 }
 
 func (c *ISCSI) data() map[string]any {

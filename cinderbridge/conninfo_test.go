@@ -3,6 +3,7 @@ package cinderbridge
 import (
 	"errors"
 	"fmt"
+	"github.com/shareless/shareless/internal/secret"
 	"reflect"
 	"strings"
 	"testing"
@@ -124,7 +125,7 @@ func TestParseISCSI(t *testing.T) {
 			"auth_password": "s3cr3tpassw0rd", "encrypted": false, "discard": false}}`,
 		want: &ISCSI{Attrs: Attrs{VolumeID: "6b1e8a1c"},
 			Targets: []ISCSITarget{{p("192.0.2.10"), iqn, 0}},
-			Auth:    &CHAP{Username: "Xq7bVvYj", Password: NewSecret("s3cr3tpassw0rd")}},
+			Auth:    &CHAP{Username: "Xq7bVvYj", Password: secret.New("s3cr3tpassw0rd")}},
 	}, {
 		// _get_iscsi_properties with several portals (or multipath):
 		// lists plus the singular keys "for backward compatibility".
@@ -158,8 +159,8 @@ func TestParseISCSI(t *testing.T) {
 			"discovery_auth_method": "CHAP", "discovery_auth_username": "iqn.1993-08.org.debian:01:host2",
 			"discovery_auth_password": "d1d1d1d1d1d1"}}`,
 		want: &ISCSI{Targets: []ISCSITarget{{p("192.0.2.10"), iqn, 12}},
-			Auth:          &CHAP{"u1", NewSecret("p1p1p1p1p1p1")},
-			DiscoveryAuth: &CHAP{"iqn.1993-08.org.debian:01:host2", NewSecret("d1d1d1d1d1d1")}},
+			Auth:          &CHAP{"u1", secret.New("p1p1p1p1p1p1")},
+			DiscoveryAuth: &CHAP{"iqn.1993-08.org.debian:01:host2", secret.New("d1d1d1d1d1d1")}},
 	}, {
 		name: "flattened with auth_method None",
 		in: `{"driver_volume_type": "iscsi", "target_portal": "host.example:3260",
@@ -286,7 +287,7 @@ func TestMarshalRoundTrip(t *testing.T) {
 		&FibreChannel{Targets: []FCTarget{{"500a098280feeba5", 0}}},
 		&ISCSI{Attrs: Attrs{Encrypted: true, AttachmentID: "a", EnforceMultipath: true},
 			Targets: []ISCSITarget{{Portal{"2001:db8::1", 3260}, "iqn.2000-01.x:a", 1}, {Portal{"192.0.2.1", 3261}, "iqn.2000-01.x:b", 2}},
-			Auth:    &CHAP{"u", NewSecret("p")}, DiscoveryAuth: &CHAP{"du", NewSecret("dp")}},
+			Auth:    &CHAP{"u", secret.New("p")}, DiscoveryAuth: &CHAP{"du", secret.New("dp")}},
 		&ISCSI{Targets: []ISCSITarget{{Portal{"192.0.2.1", 3260}, "iqn.2000-01.x:a", 0}}},
 		&Local{Attrs: Attrs{DevicePath: "/dev/sdb", Cacheable: true}},
 	}
@@ -311,7 +312,7 @@ func TestMarshalRoundTrip(t *testing.T) {
 
 // The wire form must carry the password: Cinder and Nova exchange it.
 func TestMarshalRevealsPasswordOnlyOnTheWire(t *testing.T) {
-	c := &ISCSI{Targets: []ISCSITarget{{Portal{"192.0.2.1", 3260}, "iqn.2000-01.x:a", 0}}, Auth: &CHAP{"u", NewSecret("hunter2hunter2")}}
+	c := &ISCSI{Targets: []ISCSITarget{{Portal{"192.0.2.1", 3260}, "iqn.2000-01.x:a", 0}}, Auth: &CHAP{"u", secret.New("hunter2hunter2")}}
 	b, err := MarshalNested(c)
 	if err != nil {
 		t.Fatal(err)

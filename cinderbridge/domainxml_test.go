@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"flag"
+	"github.com/shareless/shareless/internal/secret"
 	"io"
 	"os"
 	"os/exec"
@@ -16,7 +17,7 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/domainxml")
 
-var chapA = &CHAP{Username: "shareless", Password: NewSecret("0123456789abcdef")}
+var chapA = &CHAP{Username: "shareless", Password: secret.New("0123456789abcdef")}
 
 // goldenCases name testdata/domainxml/<name>.in.xml and .want.xml.
 var goldenCases = map[string][]ISCSIDisk{
@@ -44,7 +45,7 @@ var goldenCases = map[string][]ISCSIDisk{
 		VolumeID: "0d8f7e6a-1b2c-4d3e-8f9a-0b1c2d3e4f50",
 		// SAM2 addressing and LUN 300: libiscsi must be given 16684.
 		Conn: &ISCSI{Attrs: Attrs{AddressingMode: AddressingSAM2},
-			Targets: []ISCSITarget{{Portal{"198.51.100.20", 3261}, "iqn.2010-06.com.purestorage:flasharray.b", 300}}, Auth: &CHAP{Username: "user-b", Password: NewSecret("x")}},
+			Targets: []ISCSITarget{{Portal{"198.51.100.20", 3261}, "iqn.2010-06.com.purestorage:flasharray.b", 300}}, Auth: &CHAP{Username: "user-b", Password: secret.New("x")}},
 		// A usage name with characters that need escaping.
 		SecretUsage: `b & "c" <d>`,
 	}},
@@ -54,7 +55,7 @@ var goldenCases = map[string][]ISCSIDisk{
 	"rerun-old-auth": {{
 		VolumeID: "11111111-2222-3333-4444-555555555555",
 		Conn: &ISCSI{Targets: []ISCSITarget{{Portal{"192.0.2.10", 3260}, "iqn.2010-10.org.openstack:volume-new", 2}},
-			Auth: &CHAP{Username: "newuser", Password: NewSecret("y")}},
+			Auth: &CHAP{Username: "newuser", Password: secret.New("y")}},
 		SecretUsage: "new-usage",
 	}},
 }

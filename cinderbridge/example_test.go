@@ -2,6 +2,7 @@ package cinderbridge_test
 
 import (
 	"fmt"
+	"github.com/shareless/shareless/internal/secret"
 	"log"
 
 	"github.com/shareless/shareless/cinderbridge"
@@ -29,7 +30,7 @@ func Example() {
 			Portal: cinderbridge.Portal{Host: "192.0.2.10", Port: 3260},
 			IQN:    "iqn.1992-08.com.netapp:sn.a1",
 		}},
-		CHAP: &cinderbridge.CHAP{Username: "shareless", Password: cinderbridge.NewSecret("0123456789abcdef")},
+		CHAP: &cinderbridge.CHAP{Username: "shareless", Password: secret.New("0123456789abcdef")},
 	}}}
 	if err := m.Validate(); err != nil {
 		log.Fatal(err)

@@ -2,6 +2,7 @@ package cinderbridge
 
 import (
 	"bytes"
+	"github.com/shareless/shareless/internal/secret"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -67,7 +68,7 @@ func FuzzRewriteDomainXML(f *testing.F) {
 			Conn:         &ISCSI{Targets: []ISCSITarget{{Portal{"192.0.2.10", 3260}, "iqn.2000-01.x:a", 1}}},
 			InitiatorIQN: "iqn.1993-08.org.debian:01:h"}
 		if chap {
-			d.Conn.Auth = &CHAP{Username: "u<&'\">", Password: NewSecret("p")}
+			d.Conn.Auth = &CHAP{Username: "u<&'\">", Password: secret.New("p")}
 			d.SecretUsage = "s&<'\""
 		}
 		// A second request by device path may hit the same disk: that

@@ -2,6 +2,7 @@ package cinderbridge
 
 import (
 	"errors"
+	"github.com/shareless/shareless/internal/secret"
 	"reflect"
 	"strings"
 	"testing"
@@ -25,7 +26,7 @@ func testMap() *TransportMap {
 			{Portal: Portal{"192.0.2.10", 3260}, IQN: iqnA1, FCTargets: []WWN{wA1}},
 			{Portal: Portal{"192.0.2.11", 3260}, IQN: iqnA2, FCTargets: []WWN{wA2}},
 		},
-		CHAP: &CHAP{Username: "shareless", Password: NewSecret("0123456789abcdef")},
+		CHAP: &CHAP{Username: "shareless", Password: secret.New("0123456789abcdef")},
 	}, {
 		Name:      "fc-b",
 		FCTargets: []WWN{wB1},
@@ -54,7 +55,7 @@ func TestTransportMapValidate(t *testing.T) {
 		"bad iqn":             func(m *TransportMap) { m.Backends[0].ISCSI[0].IQN = "target1" },
 		"no port":             func(m *TransportMap) { m.Backends[0].ISCSI[0].Portal.Port = 0 },
 		"path port unknown":   func(m *TransportMap) { m.Backends[0].ISCSI[0].FCTargets = []WWN{wB1} },
-		"chap no password":    func(m *TransportMap) { m.Backends[0].CHAP.Password = Secret{} },
+		"chap no password":    func(m *TransportMap) { m.Backends[0].CHAP.Password = secret.Secret{} },
 		"offset out of range": func(m *TransportMap) { m.Backends[1].LUN.Offset = 20000 },
 		"explicit range":      func(m *TransportMap) { m.Backends[2].LUN.Explicit[4] = 16384 },
 	}
@@ -69,7 +70,7 @@ func TestTransportMapValidate(t *testing.T) {
 }
 
 func TestFCToISCSI(t *testing.T) {
-	chap := &CHAP{Username: "shareless", Password: NewSecret("0123456789abcdef")}
+	chap := &CHAP{Username: "shareless", Password: secret.New("0123456789abcdef")}
 	tests := []struct {
 		name string
 		fc   *FibreChannel
@@ -192,7 +193,7 @@ func TestISCSIToFC(t *testing.T) {
 		name: "per-controller targets back to their ports, itmap from connector",
 		in: &ISCSI{Attrs: Attrs{VolumeID: "v1", DevicePath: "/dev/sdc"},
 			Targets: []ISCSITarget{{Portal{"192.0.2.11", 3260}, iqnA2, 5}, {Portal{"192.0.2.10", 3260}, strings.ToUpper(iqnA1), 5}},
-			Auth:    &CHAP{"u", NewSecret("p")}},
+			Auth:    &CHAP{"u", secret.New("p")}},
 		conn: host,
 		want: &FibreChannel{Attrs: Attrs{VolumeID: "v1"},
 			Targets: []FCTarget{{wA1, 5}, {wA2, 5}},

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/shareless/shareless/internal/secret"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -304,7 +305,7 @@ func TestSecretNeverPrinted(t *testing.T) {
 			t.Fatalf("secret %q printed:\n%s", s, out.String())
 		}
 	}
-	if !strings.Contains(out.String(), "rabbit://nova:[redacted]@h:5672/") {
+	if !strings.Contains(out.String(), "rabbit://nova:"+secret.Redacted+"@h:5672/") {
 		t.Fatalf("transport url not printed usefully:\n%s", out.String())
 	}
 	if c.ISCSI.CHAPSecretFile.Secret.Reveal() != "s3cr3t-chap" {

@@ -3,7 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
-	"io"
+	"github.com/shareless/shareless/internal/secret"
 	"log/slog"
 	"net"
 	"net/url"
@@ -11,41 +11,12 @@ import (
 	"strings"
 )
 
-// redacted is what a Secret prints instead of its value.
-const redacted = "[redacted]"
-
-// Secret is a password, key or CHAP secret. Every way of printing it (fmt
-// verbs, slog, JSON, text marshalling) shows [redacted]; only Reveal returns
-// the value, so a secret reaches a log only through a deliberate call.
-type Secret struct{ v string }
-
-// NewSecret wraps v.
-func NewSecret(v string) Secret { return Secret{v} }
-
-// Reveal returns the secret's value.
-func (s Secret) Reveal() string { return s.v }
-
-// IsZero reports whether the secret is empty.
-func (s Secret) IsZero() bool { return s.v == "" }
-
-func (s Secret) String() string   { return redacted }
-func (s Secret) GoString() string { return redacted }
-
-// Format makes every fmt verb, including %d and %#v, print [redacted].
-func (s Secret) Format(f fmt.State, _ rune) { io.WriteString(f, redacted) }
-
-// LogValue keeps the secret out of structured logs.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(redacted) }
-
-// MarshalText keeps the secret out of JSON and other encodings.
-func (s Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
-
 // SecretFile is an option naming a file that holds a secret. The file is
 // read when the configuration is parsed, so that a missing or unreadable file
 // is reported with the option that names it, at start-up.
 type SecretFile struct {
 	Path   string
-	Secret Secret
+	Secret secret.Secret
 }
 
 func parseSecretFile(s string, readFile func(string) ([]byte, error)) (SecretFile, error) {
@@ -60,7 +31,7 @@ func parseSecretFile(s string, readFile func(string) ([]byte, error)) (SecretFil
 	if v == "" {
 		return SecretFile{}, fmt.Errorf("%s is empty", s)
 	}
-	return SecretFile{Path: s, Secret: NewSecret(v)}, nil
+	return SecretFile{Path: s, Secret: secret.New(v)}, nil
 }
 
 // Size is a byte count written with an optional binary suffix (KiB, MiB, GiB,
@@ -104,7 +75,7 @@ func (z Size) String() string {
 // BrokerHost is one broker of a transport URL.
 type BrokerHost struct {
 	Username string
-	Password Secret
+	Password secret.Secret
 	Host     string
 	Port     int
 }
@@ -131,7 +102,7 @@ func (u TransportURL) String() string {
 		if h.Username != "" {
 			cred = url.User(h.Username).String()
 			if !h.Password.IsZero() {
-				cred += ":" + redacted
+				cred += ":" + secret.Redacted
 			}
 			cred += "@"
 		}
@@ -193,7 +164,7 @@ func parseBrokerHost(s string) (BrokerHost, error) {
 		if err := errors.Join(err1, err2); err != nil {
 			return BrokerHost{}, fmt.Errorf("credentials of a host: %w", err)
 		}
-		h.Password = NewSecret(p)
+		h.Password = secret.New(p)
 		hostport = s[i+1:]
 	}
 	if hostport == "" {
