@@ -28,6 +28,11 @@ type Command struct {
 	// Port names the target port the command arrived through, for the
 	// port designators of VPD page 0x83. The zero value leaves them out.
 	Port TargetPort
+	// Initiator is the iSCSI initiator port name of the I_T nexus
+	// ("iqn...,i,0x<ISID>", RFC 7143 §4.2.7.1). With Port it tells
+	// nexuses apart for persistent reservations; see
+	// UnitConfig.PersistentReservations.
+	Initiator string
 }
 
 // TargetPort identifies an iSCSI target port (SPC-4 §7.8.6, iSCSI names
@@ -83,6 +88,8 @@ const (
 	OpUnmap                    = 0x42
 	OpModeSelect10             = 0x55
 	OpModeSense10              = 0x5a
+	OpPersistentReserveIn      = 0x5e
+	OpPersistentReserveOut     = 0x5f
 	OpRead16                   = 0x88
 	OpCompareAndWrite          = 0x89
 	OpWrite16                  = 0x8a

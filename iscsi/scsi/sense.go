@@ -89,6 +89,7 @@ const (
 	ASCInvalidFieldInCDB             AdditionalSense = 0x2400
 	ASCLUNotSupported                AdditionalSense = 0x2500
 	ASCInvalidFieldInParameterList   AdditionalSense = 0x2600
+	ASCInvalidReleaseOfPR            AdditionalSense = 0x2604
 	ASCWriteProtected                AdditionalSense = 0x2700
 	ASCPowerOnOrReset                AdditionalSense = 0x2900
 	ASCSavingParametersNotSupported  AdditionalSense = 0x3900
@@ -131,6 +132,8 @@ func (a AdditionalSense) name() string {
 		return "LOGICAL UNIT NOT SUPPORTED"
 	case ASCInvalidFieldInParameterList:
 		return "INVALID FIELD IN PARAMETER LIST"
+	case ASCInvalidReleaseOfPR:
+		return "INVALID RELEASE OF PERSISTENT RESERVATION"
 	case ASCWriteProtected:
 		return "WRITE PROTECTED"
 	case ASCPowerOnOrReset:

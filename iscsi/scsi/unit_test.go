@@ -203,7 +203,7 @@ func TestInvalidOpcodeAndReservedBits(t *testing.T) {
 		bit     int
 	}{
 		{"unknown opcode", []byte{0xc0, 0, 0, 0, 0, 0}, ASCInvalidCommandOperationCode, 0, -1},
-		{"unknown service action", []byte{OpServiceActionIn16, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ASCInvalidCommandOperationCode, 1, -1},
+		{"unknown service action", []byte{OpServiceActionIn16, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ASCInvalidFieldInCDB, 1, 4},
 		{"NACA in control byte", []byte{OpTestUnitReady, 0, 0, 0, 0, 0x04}, ASCInvalidFieldInCDB, 5, 2},
 		{"reserved bit in TUR", []byte{OpTestUnitReady, 0x80, 0, 0, 0, 0}, ASCInvalidFieldInCDB, 1, 7},
 		{"CMDDT in INQUIRY", []byte{OpInquiry, 0x02, 0, 0, 36, 0}, ASCInvalidFieldInCDB, 1, 1},
