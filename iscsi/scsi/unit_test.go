@@ -714,3 +714,12 @@ func TestConcurrentExecute(t *testing.T) {
 		}
 	}
 }
+
+func TestDataOutLengthSaturates(t *testing.T) {
+	u := newTestUnit(t, 1<<20, UnitConfig{})
+	r := u.exec(Write16(0, 0xffffffff, false), nil)
+	mustSense(t, r, SenseIllegalRequest, ASCLBAOutOfRange)
+	if r.DataOutLength != 0xffffffff {
+		t.Errorf("DataOutLength %#x, want saturated", r.DataOutLength)
+	}
+}
