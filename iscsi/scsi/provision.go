@@ -71,7 +71,8 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// writePattern writes block repeatedly over [off, off+length).
+// writePattern writes block repeatedly over [off, off+length), stopping
+// between chunks when ctx is canceled (an aborted task).
 func (lu *LogicalUnit) writePattern(ctx context.Context, block []byte, off, length int64) error {
 	buf := lu.bufs.get(int(min(length, patternChunk)))
 	defer buf.release()
@@ -80,6 +81,9 @@ func (lu *LogicalUnit) writePattern(ctx context.Context, block []byte, off, leng
 		copy(p[i:], p[:i])
 	}
 	for done := int64(0); done < length; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		k := min(int64(len(p)), length-done)
 		if err := lu.dev.WriteAt(ctx, p[:k], off+done, false); err != nil {
 			return err
