@@ -44,6 +44,8 @@ func TestModeSense(t *testing.T) {
 			cat([]byte{3 + 44, 0, 0x10, 0}, cachingPage, controlPage, iePage)},
 		{"6 all pages and subpages", u, modeSense6(true, pcCurrent, 0x3f, 0xff, 255),
 			cat([]byte{3 + 44, 0, 0x10, 0}, cachingPage, controlPage, iePage)},
+		{"6 caching and all its subpages", u, modeSense6(true, pcCurrent, 0x08, 0xff, 255),
+			cat([]byte{3 + 20, 0, 0x10, 0}, cachingPage)},
 		{"6 changeable: nothing", u, modeSense6(false, pcChangeable, 0x08, 0, 255),
 			cat([]byte{3 + 8 + 20, 0, 0x10, 8}, make([]byte, 8), []byte{0x08, 18}, make([]byte, 18))},
 		{"6 control, allocation length 6", u, modeSense6(true, pcCurrent, 0x0a, 0, 6),
