@@ -3,6 +3,17 @@
 // both the target and the initiator speak. It knows nothing of iSCSI: the
 // transport hands it a CDB and the whole Data-Out buffer and sends back the
 // status, sense and Data-In it returns.
+//
+// For the target: a LogicalUnit executes commands concurrently
+// (Execute); the target answers REPORT LUNS itself (ReportLUNs) and
+// commands to LUNs it lacks (UnsupportedLUN), calls Response.Release once
+// the Data-In is sent, and reports residuals from Response.DataOutLength.
+// Setting Command.Initiator lets it enable persistent reservations.
+//
+// For the initiator: CDB builders (Read16, Write16, ...), parsers of the
+// parameter data they return (ParseReadCapacity16, ParseLBAStatus, ...),
+// and CheckStatus, which turns status and sense into a *SenseError that
+// errors.Is matches against a SenseKey or an AdditionalSense.
 package scsi
 
 // Status codes (SAM-5 §5.3).
