@@ -11,9 +11,9 @@ import (
 // target encodes it, the initiator decodes it with the same code, so the
 // two cannot disagree about a bit.
 
-// ErrShortData is returned by the parsers for data shorter than the fields
-// they must decode.
-var ErrShortData = errors.New("scsi: parameter data truncated")
+// ErrShortData is returned by the parsers (of sense data too) for data
+// shorter than the fields they must decode.
+var ErrShortData = errors.New("scsi: data truncated")
 
 // Capacity is the READ CAPACITY(16) parameter data (SBC-3 §5.16.2).
 type Capacity struct {
