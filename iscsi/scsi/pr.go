@@ -16,6 +16,12 @@ import (
 // under a mutex by PERSISTENT RESERVE OUT, so that the per-command
 // conflict check of Execute is one atomic load and, while nothing is
 // reserved, nothing more.
+//
+// Not implemented: the unit attentions SPC-4 §5.9.11 raises for other
+// registrants (REGISTRATIONS PREEMPTED, RESERVATIONS RELEASED), which
+// belong to the target's per-nexus unit attention queue; the task abort
+// of PREEMPT AND ABORT, which behaves as PREEMPT; REGISTER AND MOVE,
+// SPEC_I_PT, ALL_TG_PT and APTPL, which REPORT CAPABILITIES disclaims.
 
 // Persistent reservation types (SPC-4 table 212).
 const (
