@@ -18,8 +18,8 @@ type prInitiator struct {
 
 func prUnitAndInitiators(t *testing.T) (*testUnit, *prInitiator, *prInitiator) {
 	u := newTestUnit(t, 1<<20, UnitConfig{PersistentReservations: true})
-	return u, &prInitiator{t, u, "iqn.2026-01.org.example:a,i,0x23d000000001"},
-		&prInitiator{t, u, "iqn.2026-01.org.example:b,i,0x23d000000002"}
+	return u, &prInitiator{t, u, InitiatorPortName("iqn.2026-01.org.example:a", [6]byte{0x23, 0xd0, 0, 0, 0, 1})},
+		&prInitiator{t, u, InitiatorPortName("iqn.2026-01.org.example:b", [6]byte{0x23, 0xd0, 0, 0, 0, 2})}
 }
 
 func (p *prInitiator) exec(cdb, data []byte) Response {

@@ -16,6 +16,8 @@
 // errors.Is matches against a SenseKey or an AdditionalSense.
 package scsi
 
+import "fmt"
+
 // Status codes (SAM-5 §5.3).
 const (
 	StatusGood                = 0x00
@@ -40,10 +42,17 @@ type Command struct {
 	// port designators of VPD page 0x83. The zero value leaves them out.
 	Port TargetPort
 	// Initiator is the iSCSI initiator port name of the I_T nexus
-	// ("iqn...,i,0x<ISID>", RFC 7143 §4.2.7.1). With Port it tells
+	// (InitiatorPortName, RFC 7143 §4.2.7.1). With Port it tells
 	// nexuses apart for persistent reservations; see
 	// UnitConfig.PersistentReservations.
 	Initiator string
+}
+
+// InitiatorPortName is the iSCSI initiator port name of a session's
+// initiator, for Command.Initiator: "name,i,0x" and the ISID in twelve hex
+// digits (RFC 7143 §4.2.7.1, SPC-4 §7.6.4.6).
+func InitiatorPortName(name string, isid [6]byte) string {
+	return fmt.Sprintf("%s,i,0x%x", name, isid[:])
 }
 
 // TargetPort identifies an iSCSI target port (SPC-4 §7.8.6, iSCSI names
