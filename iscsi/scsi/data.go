@@ -11,9 +11,9 @@ import (
 // target encodes it, the initiator decodes it with the same code, so the
 // two cannot disagree about a bit.
 
-// ErrShortData is returned by the parsers for data shorter than the fields
-// they must decode.
-var ErrShortData = errors.New("scsi: parameter data truncated")
+// ErrShortData is returned by the parsers (of sense data too) for data
+// shorter than the fields they must decode.
+var ErrShortData = errors.New("scsi: data truncated")
 
 // Capacity is the READ CAPACITY(16) parameter data (SBC-3 §5.16.2).
 type Capacity struct {
@@ -217,6 +217,42 @@ func ParseDeviceIdentification(b []byte) ([]Designator, error) {
 			ID:          body[4 : 4+int(body[3])],
 		})
 		body = body[4+int(body[3]):]
+	}
+	return out, nil
+}
+
+// ProvisioningStatus is the state of an LBA extent in GET LBA STATUS data
+// (SBC-3 §5.5.2).
+type ProvisioningStatus uint8
+
+// Provisioning status values.
+const (
+	Mapped      ProvisioningStatus = 0
+	Deallocated ProvisioningStatus = 1
+	Anchored    ProvisioningStatus = 2
+)
+
+// LBAStatus is one LBA status descriptor.
+type LBAStatus struct {
+	LBA    uint64
+	Blocks uint32
+	Status ProvisioningStatus
+}
+
+// ParseLBAStatus decodes GET LBA STATUS parameter data, as much of it as
+// both the PARAMETER DATA LENGTH and len(b) hold.
+func ParseLBAStatus(b []byte) ([]LBAStatus, error) {
+	if len(b) < lbaStatusHeaderLen {
+		return nil, ErrShortData
+	}
+	b = b[:min(len(b), 4+int(binary.BigEndian.Uint32(b)))]
+	var out []LBAStatus
+	for d := b[lbaStatusHeaderLen:]; len(d) >= lbaStatusDescLen; d = d[lbaStatusDescLen:] {
+		out = append(out, LBAStatus{
+			LBA:    binary.BigEndian.Uint64(d),
+			Blocks: binary.BigEndian.Uint32(d[8:]),
+			Status: ProvisioningStatus(d[12] & 0x0f),
+		})
 	}
 	return out, nil
 }

@@ -306,3 +306,52 @@ func (d *extentDevice) Allocation(_ context.Context, off int64) (bool, int64, er
 	}
 	return false, next - off, nil
 }
+
+// cancelAfterWrites is a device whose context is canceled after a number
+// of writes, like a task aborted while a long WRITE SAME runs.
+type cancelAfterWrites struct {
+	fakeDevice
+	cancel func()
+	left   int
+}
+
+func (d *cancelAfterWrites) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if d.left--; d.left == 0 {
+		d.cancel()
+	}
+	return d.fakeDevice.WriteAt(ctx, p, off, fua)
+}
+
+func TestWriteSamePatternStopsWhenAborted(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	dev := &cancelAfterWrites{fakeDevice: fakeDevice{size: 64 << 20}, cancel: cancel, left: 2}
+	lu, err := NewLogicalUnit(dev, UnitConfig{ID: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := lu.Execute(ctx, &Command{CDB: WriteSame16(0, 1<<17, false, false), Data: pattern(512, 1)})
+	if r.Status != StatusTaskAborted {
+		t.Errorf("status 0x%02x, want TASK ABORTED", r.Status)
+	}
+	if len(dev.fuaSeen) != 2 {
+		t.Errorf("%d chunks written after the abort, want 2", len(dev.fuaSeen))
+	}
+}
+
+// TestGetLBAStatusWithoutAllocationReporter: a device that cannot tell
+// reports every block mapped, never deallocated.
+func TestGetLBAStatusWithoutAllocationReporter(t *testing.T) {
+	dev := &fakeDevice{size: 1 << 20}
+	lu, err := NewLogicalUnit(dev, UnitConfig{ID: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lu.Blocks() != 2048 || lu.BlockSize() != 512 {
+		t.Errorf("Blocks %d BlockSize %d", lu.Blocks(), lu.BlockSize())
+	}
+	r := lu.Execute(context.Background(), &Command{CDB: GetLBAStatus(100, 1024)})
+	mustGood(t, r)
+	if got, _ := ParseLBAStatus(r.Data); fmt.Sprint(got) != fmt.Sprint([]LBAStatus{{100, 1948, Mapped}}) {
+		t.Errorf("got %v", got)
+	}
+}

@@ -52,6 +52,10 @@ type UnitConfig struct {
 	// Longer READ/WRITE commands fail with INVALID FIELD IN CDB (SBC-3
 	// §6.5.3); it bounds the buffer a single command may allocate.
 	MaxTransfer uint32
+	// PersistentReservations enables PERSISTENT RESERVE IN/OUT (SPC-4
+	// §5.9), held in memory. Enable it only when the transport sets
+	// Command.Initiator: without it every initiator would look like one.
+	PersistentReservations bool
 	// Logger receives device errors that the initiator only sees as sense
 	// data (default: discard).
 	Logger *slog.Logger
@@ -84,6 +88,7 @@ type LogicalUnit struct {
 	naa    [8]byte
 	bufs   *bufPool
 	locks  rangeLocks
+	pr     *prUnit // nil unless cfg.PersistentReservations
 
 	cmds []command
 	byOp [256]uint8 // index+1 into cmds of the first command with that opcode
@@ -170,6 +175,9 @@ func NewLogicalUnit(dev blockdev.Device, cfg UnitConfig) (*LogicalUnit, error) {
 	}
 	lu.alloc, _ = dev.(blockdev.AllocationReporter)
 	lu.naa = NAA(cfg.ID)
+	if cfg.PersistentReservations {
+		lu.pr = newPRUnit()
+	}
 	lu.cmds = lu.commandSet()
 	for i := len(lu.cmds) - 1; i >= 0; i-- {
 		lu.byOp[lu.cmds[i].usage[0]] = uint8(i + 1)
@@ -224,7 +232,10 @@ type command struct {
 	// sa is the service action, for opcodes that have them.
 	sa    uint16
 	hasSA bool
-	run   func(lu *LogicalUnit, ctx context.Context, c *Command) Response
+	// access is how the command fares against another nexus's persistent
+	// reservation.
+	access access
+	run    func(lu *LogicalUnit, ctx context.Context, c *Command) Response
 }
 
 // serviceAction extracts the service action field of cdb for opcodes that
@@ -260,12 +271,12 @@ func (lu *LogicalUnit) Execute(ctx context.Context, c *Command) Response {
 		sa = serviceAction(cdb)
 	}
 	cmd := lu.find(cdb[0], sa)
-	if cmd == nil {
-		off := 0
-		if lu.byOp[cdb[0]] != 0 {
-			off = 1 // known opcode, unknown service action
-		}
-		return checkCondition(Sense{Key: SenseIllegalRequest, Code: ASCInvalidCommandOperationCode}.withFieldPointer(true, off, -1))
+	switch {
+	case cmd == nil && lu.byOp[cdb[0]] != 0:
+		// A service action we lack is an invalid field (SPC-4 §4.2.5.2).
+		return invalidCDB(1, 4)
+	case cmd == nil:
+		return checkCondition(Sense{Key: SenseIllegalRequest, Code: ASCInvalidCommandOperationCode}.withFieldPointer(true, 0, -1))
 	}
 	if len(cdb) < len(cmd.usage) {
 		return checkCondition(Sense{Key: SenseIllegalRequest, Code: ASCInvalidFieldInCDB})
@@ -276,6 +287,9 @@ func (lu *LogicalUnit) Execute(ctx context.Context, c *Command) Response {
 		if bad := cdb[i] &^ cmd.usage[i]; bad != 0 {
 			return invalidCDB(i, log2(uint32(bad)))
 		}
+	}
+	if lu.pr != nil && lu.pr.state.Load().conflicts(commandNexus(c), cmd.access) {
+		return reservationConflict()
 	}
 	if ctx.Err() != nil {
 		return Response{Status: StatusTaskAborted}

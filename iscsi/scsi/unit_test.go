@@ -203,7 +203,7 @@ func TestInvalidOpcodeAndReservedBits(t *testing.T) {
 		bit     int
 	}{
 		{"unknown opcode", []byte{0xc0, 0, 0, 0, 0, 0}, ASCInvalidCommandOperationCode, 0, -1},
-		{"unknown service action", []byte{OpServiceActionIn16, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ASCInvalidCommandOperationCode, 1, -1},
+		{"unknown service action", []byte{OpServiceActionIn16, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ASCInvalidFieldInCDB, 1, 4},
 		{"NACA in control byte", []byte{OpTestUnitReady, 0, 0, 0, 0, 0x04}, ASCInvalidFieldInCDB, 5, 2},
 		{"reserved bit in TUR", []byte{OpTestUnitReady, 0x80, 0, 0, 0, 0}, ASCInvalidFieldInCDB, 1, 7},
 		{"CMDDT in INQUIRY", []byte{OpInquiry, 0x02, 0, 0, 36, 0}, ASCInvalidFieldInCDB, 1, 1},
@@ -364,6 +364,11 @@ func TestReadCapacity(t *testing.T) {
 				t.Errorf("allocation length 12 returned %d bytes", len(r.Data))
 			}
 			mustSense(t, u.exec([]byte{OpReadCapacity10, 0, 0, 0, 0, 1, 0, 0, 0, 0}, nil), SenseIllegalRequest, ASCInvalidFieldInCDB)
+			rc16 := ReadCapacity16(32)
+			rc16[9] = 1 // LBA without PMI
+			mustSense(t, u.exec(rc16, nil), SenseIllegalRequest, ASCInvalidFieldInCDB)
+			rc16[14] = 1 // PMI: accepted, the capacity is reported as is
+			mustGood(t, u.exec(rc16, nil))
 		})
 	}
 	u := newTestUnit(t, 1<<20, UnitConfig{PhysicalBlockSize: 4096})
@@ -579,6 +584,9 @@ func TestFUAReachesDevice(t *testing.T) {
 	if dev.flushes != 2 {
 		t.Errorf("%d flushes, want 2", dev.flushes)
 	}
+	// A failed flush is a write error: acknowledged writes may be lost.
+	dev.err = &blockdev.MediumError{Write: true, Err: errors.New("EIO")}
+	mustSense(t, lu.Execute(context.Background(), &Command{CDB: SynchronizeCache16(0, 0)}), SenseMediumError, ASCWriteError)
 }
 
 func TestDeviceErrorsMapToSense(t *testing.T) {
@@ -712,5 +720,14 @@ func TestConcurrentExecute(t *testing.T) {
 		if !bytes.Equal(blk, bytes.Repeat(blk[:1], 512)) {
 			t.Fatalf("block %d holds a torn write", lba)
 		}
+	}
+}
+
+func TestDataOutLengthSaturates(t *testing.T) {
+	u := newTestUnit(t, 1<<20, UnitConfig{})
+	r := u.exec(Write16(0, 0xffffffff, false), nil)
+	mustSense(t, r, SenseIllegalRequest, ASCLBAOutOfRange)
+	if r.DataOutLength != 0xffffffff {
+		t.Errorf("DataOutLength %#x, want saturated", r.DataOutLength)
 	}
 }
