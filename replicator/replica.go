@@ -382,13 +382,17 @@ func (r *Replica) modifyChunk(ctx context.Context, c, from, to int64, data []byt
 	first, last := from/r.grain, (to-1)/r.grain
 
 	// Complete the partly covered invalid blocks from the source.
-	edges := map[int64][]byte{}
+	type edge struct {
+		b   int64
+		buf []byte
+	}
+	var edges []edge
 	for _, b := range []int64{first, last} {
 		bs, be := r.span(b)
 		r.mu.Lock()
 		valid := r.meta.Valid.Get(b)
 		r.mu.Unlock()
-		if valid || (from <= bs && to >= be) || edges[b] != nil {
+		if valid || (from <= bs && to >= be) || (len(edges) > 0 && edges[0].b == b) {
 			continue
 		}
 		buf := make([]byte, be-bs)
@@ -401,7 +405,7 @@ func (r *Replica) modifyChunk(ctx context.Context, c, from, to int64, data []byt
 		} else {
 			clear(buf[a-bs : e-bs])
 		}
-		edges[b] = buf
+		edges = append(edges, edge{b, buf})
 	}
 
 	// Write-ahead: the blocks are modified before their data may be.
@@ -419,18 +423,18 @@ func (r *Replica) modifyChunk(ctx context.Context, c, from, to int64, data []byt
 		}
 	}
 
-	for b, buf := range edges {
-		bs, _ := r.span(b)
-		if _, err := r.image.WriteAt(buf, bs); err != nil {
+	a, e := from, to // what the edges leave
+	for _, x := range edges {
+		bs, be := r.span(x.b)
+		if _, err := r.image.WriteAt(x.buf, bs); err != nil {
 			return &blockdev.MediumError{Write: true, Off: bs, Err: err}
 		}
-	}
-	a, e := from, to
-	if edges[first] != nil {
-		_, a = r.span(first)
-	}
-	if edges[last] != nil && last != first {
-		e, _ = r.span(last)
+		if x.b == first {
+			a = max(a, be)
+		}
+		if x.b == last {
+			e = min(e, bs)
+		}
 	}
 	if a < e {
 		if err := r.put(data, from, a, e, unmap); err != nil {
