@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
+
+	"github.com/shareless/shareless/blockdev"
 )
 
 // copier runs the background copy (Method C) until ctx ends: whenever the
@@ -32,7 +35,11 @@ func (r *Replica) copier(ctx context.Context) {
 			r.log.Error("copier stopped", "err", err)
 			return
 		default:
-			r.log.Warn("copy step failed, retrying", "err", err, "in", backoff)
+			level := slog.LevelWarn
+			if errors.Is(err, blockdev.ErrUnavailable) {
+				level = slog.LevelDebug // the outage itself is alerted once
+			}
+			r.log.Log(ctx, level, "copy step failed, retrying", "err", err, "in", backoff)
 			select {
 			case <-r.clock.After(backoff):
 			case <-r.wake:

@@ -261,3 +261,21 @@ func TestFailedSync(t *testing.T) {
 		t.Fatal("write succeeded on a failed disk")
 	}
 }
+
+// TestJournalAheadOfCheckpoint: records of a later epoch than the checkpoint
+// mean the checkpoint went back in time, and are an error, not a torn tail.
+func TestJournalAheadOfCheckpoint(t *testing.T) {
+	s, dir := diskWithJournal(t)
+	m, epoch, err := readCheckpoint(s.fs, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rewrite the checkpoint one epoch earlier, as if its last
+	// replacement had been lost.
+	if err := writeCheckpoint(s.fs, dir, m, epoch-1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Open(context.Background(), "d", nil, ReplicaOptions{}); !errors.Is(err, ErrCorruptMetadata) {
+		t.Fatalf("journal ahead of the checkpoint: Open error %v, want ErrCorruptMetadata", err)
+	}
+}
