@@ -343,6 +343,45 @@ func TestRemoteOnly(t *testing.T) {
 	})
 }
 
+// TestWayBackDeltaMismatch: if the source's final delta does not describe
+// the base the incremental plan counted on (here: it claims another base),
+// SourceSealed falls back to a full copy rather than trust the local image.
+func TestWayBackDeltaMismatch(t *testing.T) {
+	const size = 256 << 10
+	ctx := context.Background()
+	fsys := vfs.NewMem()
+	hostA, hostB := testStore(t, fsys, "/a", StoreOptions{}), testStore(t, fsys, "/b", StoreOptions{})
+	a, data := randomBase(t, hostA, "d", size, 4)
+	b, _ := migrate(t, a, hostB)
+	defer b.Close()
+	a.Close()
+	copy(data[4096:], "written on B")
+	if err := b.WriteAt(ctx, data[4096:8192], 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	back, plan, err := hostA.Replicate(ctx, "d", b.Origin(), b, ReplicaOptions{})
+	if err != nil || plan != PlanIncremental {
+		t.Fatalf("Replicate: %v, %v", plan, err)
+	}
+	defer back.Close()
+	if err := b.Seal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	delta, err := b.Delta()
+	if err != nil {
+		t.Fatal(err)
+	}
+	delta.Base.Generation++
+	if plan, err := back.SourceSealed(ctx, delta); err != nil || plan != PlanFull {
+		t.Fatalf("SourceSealed with a mismatched delta: %v, %v; want a full copy", plan, err)
+	}
+	waitState(t, back, StateComplete)
+	if moved := back.Stats().SourceBytes; moved != size {
+		t.Fatalf("full copy moved %d bytes, want %d", moved, size)
+	}
+	mustEqual(t, "disk back on A", mustRead(t, back), data)
+}
+
 // TestConcurrentIO runs guest writers and readers on disjoint blocks while
 // the copier and copy-on-read run, for the race detector and for rule 3
 // under real concurrency: every writer reads back its own data throughout,
