@@ -279,3 +279,26 @@ func TestJournalAheadOfCheckpoint(t *testing.T) {
 		t.Fatalf("journal ahead of the checkpoint: Open error %v, want ErrCorruptMetadata", err)
 	}
 }
+
+// TestSourceSealedPersistsBase: after the seal of an incremental replica's
+// source, the durable metadata no longer names a pending base.
+func TestSourceSealedPersistsBase(t *testing.T) {
+	fsys := vfs.NewMem()
+	hostA, hostB := testStore(t, fsys, "/a", StoreOptions{}), testStore(t, fsys, "/b", StoreOptions{})
+	a, _ := randomBase(t, hostA, "d", 64<<10, 7)
+	b, _ := migrate(t, a, hostB)
+	defer b.Close()
+	a.Close()
+	back, plan := migrate(t, b, hostA)
+	if plan != PlanIncremental {
+		t.Fatalf("plan %v", plan)
+	}
+	back.Close()
+	m, _, err := readCheckpoint(fsys, "/a/d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.Base.IsZero() || !m.SourceSealed {
+		t.Fatalf("checkpoint after the seal: base %v, source sealed %v", m.Base, m.SourceSealed)
+	}
+}

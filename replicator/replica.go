@@ -487,6 +487,10 @@ const (
 	commitModified commitKind = iota
 	// commitData syncs the image, then records every pending change.
 	commitData
+	// commitCheckpoint is commitData that rewrites the checkpoint, for
+	// changes a journal record does not carry (the base of an incremental
+	// replica).
+	commitCheckpoint
 )
 
 // commit makes pending metadata durable. Callers that find their change
@@ -495,6 +499,7 @@ const (
 func (r *Replica) commit(kind commitKind) error {
 	r.commitMu.Lock()
 	defer r.commitMu.Unlock()
+	data := kind != commitModified
 	r.mu.Lock()
 	if r.failed != nil {
 		r.mu.Unlock()
@@ -504,21 +509,21 @@ func (r *Replica) commit(kind commitKind) error {
 	rec.modified = mergeRuns(r.pendModified)
 	r.pendModified = nil
 	var snapshot *diskMeta
-	if kind == commitData {
+	if data {
 		rec.valid = mergeRuns(r.pendValid)
 		r.pendValid = nil
 		rec.generation, rec.flags, rec.progress = r.meta.ID.Generation, r.meta.flags(), r.meta.Progress
-		if r.mlog.off >= r.journalLimit || len(rec.valid)+len(rec.modified) > maxRecordRuns {
+		if kind == commitCheckpoint || r.mlog.off >= r.journalLimit || len(rec.valid)+len(rec.modified) > maxRecordRuns {
 			snapshot = r.meta.clone()
 		}
 	}
-	changed := len(rec.valid) > 0 || len(rec.modified) > 0 || (kind == commitData && r.scalarsDirty)
-	if kind == commitData {
+	changed := len(rec.valid) > 0 || len(rec.modified) > 0 || (data && r.scalarsDirty)
+	if data {
 		r.scalarsDirty = false
 	}
 	r.mu.Unlock()
 
-	if kind == commitData {
+	if data {
 		// Everything snapshotted above was written before this fsync.
 		if err := r.image.Sync(); err != nil {
 			return r.fail(fmt.Errorf("sync image: %w", err))
@@ -647,8 +652,8 @@ func (r *Replica) SourceSealed(ctx context.Context, d *Delta) (Plan, error) {
 		r.rateSince, r.rateBase = r.clock.Now(), r.copied
 		r.mu.Unlock()
 		// The base's data was made durable when it was sealed; this commit
-		// records the blocks it provides and the seal.
-		return r.commit(commitData)
+		// records the blocks it provides, the seal and the cleared base.
+		return r.commit(commitCheckpoint)
 	})
 	if err != nil {
 		return 0, err
