@@ -225,8 +225,9 @@ func TestCopierKeepsGuestWrite(t *testing.T) {
 
 // TestSourceTimeout checks rule 8: a source that hangs (ignoring its
 // context) or keeps failing fails the reads and partial writes that need it
-// with ErrUnavailable after the configured bound, not later; reads of local
-// blocks go on; the outage shows in Stats until the source answers.
+// with ErrUnavailable after the configured bound, not later, and within a
+// second once the outage outlasts the bound; reads of local blocks go on;
+// the outage shows in Stats until the source answers.
 func TestSourceTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx := context.Background()
@@ -261,6 +262,12 @@ func TestSourceTimeout(t *testing.T) {
 			}
 			if r.Stats().SourceDownSince.IsZero() {
 				t.Fatalf("%s source: outage not reported", fault2.name)
+			}
+			// The outage now outlasts the bound: reads fail fast.
+			start = time.Now()
+			err = r.ReadAt(ctx, make([]byte, 4096), 12288)
+			if !errors.Is(err, blockdev.ErrUnavailable) || time.Since(start) > maxBackoff {
+				t.Fatalf("%s source: read during a long outage: %v after %v", fault2.name, err, time.Since(start))
 			}
 		}
 		fault.set(nil, nil)
