@@ -126,14 +126,6 @@ func (c *modelCase) storeOpts() StoreOptions {
 		Log: slog.New(slog.NewTextHandler(c.t.Output(), &slog.HandlerOptions{Level: slog.LevelError}))}
 }
 
-func randomBytes(rng *rand.Rand, n int64) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(rng.Uint32())
-	}
-	return b
-}
-
 // setup builds the case's replica: a full copy, or (one case in three) the
 // incremental way back onto a sealed local base that the source changed in
 // a few blocks.

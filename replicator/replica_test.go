@@ -411,10 +411,7 @@ func TestConcurrentIO(t *testing.T) {
 				b := int64(rng.IntN(size/4096/writers)*writers + w)
 				off := b*4096 + rng.Int64N(4096)
 				n := 1 + rng.Int64N(b*4096+4096-off)
-				p := make([]byte, n)
-				for i := range p {
-					p[i] = byte(rng.Uint32())
-				}
+				p := randomBytes(rng, n)
 				if err := r.WriteAt(ctx, p, off, rng.IntN(8) == 0); err != nil {
 					errs <- err
 					return
