@@ -62,7 +62,12 @@ func TestCrashAfterEveryWrite(t *testing.T) {
 		total := recs[len(recs)-1].ops
 		for n := 1; n <= total; n++ {
 			for _, tear := range []*rand.Rand{nil, rand.New(rand.NewPCG(seed, uint64(n)))} {
-				c, _ := scriptRun(t, seed, steps, func(m *vfs.Mem) { m.CrashAfter(n, tear) })
+				c, again := scriptRun(t, seed, steps, func(m *vfs.Mem) { m.CrashAfter(n, tear) })
+				for j := range recs {
+					if again[j].ops != recs[j].ops {
+						t.Fatalf("seed %d: the script is not deterministic: step %d ends after mutation %d, then %d", seed, j, recs[j].ops, again[j].ops)
+					}
+				}
 				// The step during which mutation n happened.
 				i := sort.Search(len(recs), func(i int) bool { return recs[i].ops >= n })
 				if err := checkCrashClone(c, c.fs.Crashed(), recs, i); err != nil {

@@ -133,6 +133,7 @@ type Replica struct {
 	rate         int64     // copier bytes per second, 0: unlimited
 	nextCopy     time.Time // earliest start of the next chunk under the rate
 	copied       int64     // bytes stored by the copier and by reads
+	uncommitted  int64     // bytes the copier stored since its last commit
 	rateSince    time.Time // start of the current rate measurement
 	rateBase     int64     // copied at rateSince
 }
