@@ -38,11 +38,7 @@ func randomBase(t testing.TB, s *Store, name string, size int64, seed uint64) (*
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := make([]byte, size)
-	rng := rand.New(rand.NewPCG(seed, seed))
-	for i := range data {
-		data[i] = byte(rng.Uint32())
-	}
+	data := randomBytes(rand.New(rand.NewPCG(seed, seed)), size)
 	if err := d.WriteAt(ctx, data, 0, false); err != nil {
 		t.Fatal(err)
 	}
@@ -50,6 +46,14 @@ func randomBase(t testing.TB, s *Store, name string, size int64, seed uint64) (*
 		t.Fatal(err)
 	}
 	return d, data
+}
+
+func randomBytes(rng *rand.Rand, n int64) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
 }
 
 // mustRead reads the whole device.

@@ -466,6 +466,11 @@ func (l *metaLog) replay(m *diskMeta, name string) error {
 		if ok && epoch < l.epoch {
 			break // left over from before the checkpoint: already in it
 		}
+		if ok && epoch > l.epoch {
+			// The checkpoint went back in time (the journal is only
+			// emptied once the new checkpoint's name is durable).
+			return &CorruptError{Path: name, Off: l.off, Reason: fmt.Sprintf("record of epoch %d after a checkpoint of epoch %d", epoch, l.epoch)}
+		}
 		for off := l.off + recordAlign; off < size; off += recordAlign {
 			if _, epoch, seq, _, ok := readRecord(l.journal, off, size, m.blocks()); ok && epoch == l.epoch && seq > l.seq {
 				return &CorruptError{Path: name, Off: l.off, Reason: fmt.Sprintf("record %d unreadable but record %d follows", l.seq+1, seq)}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
+	"github.com/shareless/shareless/blockdev"
 	"github.com/shareless/shareless/replicator/vfs"
 )
 
@@ -173,5 +175,130 @@ func TestStoreNames(t *testing.T) {
 	}
 	if _, err := s.Open(ctx, "d", nil, ReplicaOptions{}); err == nil {
 		t.Fatal("a removed disk opened")
+	}
+}
+
+// TestReplicateRefusesLocalCopy: Replicate never discards a local copy that
+// is unsealed (it may be in use) or unreadable.
+func TestReplicateRefusesLocalCopy(t *testing.T) {
+	ctx := context.Background()
+	fsys := vfs.NewMem()
+	src, _ := randomBase(t, testStore(t, fsys, "/a", StoreOptions{}), "d", 64<<10, 5)
+	defer src.Close()
+	s := testStore(t, fsys, "/b", StoreOptions{})
+	local, err := s.Create(ctx, "d", 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local.Close()
+	if _, _, err := s.Replicate(ctx, "d", src.Origin(), src, ReplicaOptions{}); !errors.Is(err, ErrLocalWritable) {
+		t.Fatalf("Replicate over an unsealed local disk: %v, want ErrLocalWritable", err)
+	}
+	flipByte(t, fsys, "/b/d/"+metaName, 20)
+	if _, _, err := s.Replicate(ctx, "d", src.Origin(), src, ReplicaOptions{}); !errors.Is(err, ErrCorruptMetadata) {
+		t.Fatalf("Replicate over a corrupt local disk: %v, want ErrCorruptMetadata", err)
+	}
+	if _, err := fsys.Open("/b/d/" + imageName); err != nil {
+		t.Fatalf("the refused local copy was touched: %v", err)
+	}
+}
+
+// failingFS fails every File.Sync once armed, as a disk returning EIO.
+type failingFS struct {
+	vfs.FS
+	fail atomic.Bool
+}
+
+var errEIO = errors.New("input/output error")
+
+func (f *failingFS) Create(name string) (vfs.File, error) { return f.wrap(f.FS.Create(name)) }
+func (f *failingFS) Open(name string) (vfs.File, error)   { return f.wrap(f.FS.Open(name)) }
+
+func (f *failingFS) wrap(file vfs.File, err error) (vfs.File, error) {
+	if err != nil {
+		return nil, err
+	}
+	return failingFile{file, f}, nil
+}
+
+type failingFile struct {
+	vfs.File
+	fs *failingFS
+}
+
+func (f failingFile) Sync() error {
+	if f.fs.fail.Load() {
+		return errEIO
+	}
+	return f.File.Sync()
+}
+
+// TestFailedSync: after local storage fails to make data durable, the
+// disk fails every I/O (StateFailed) rather than trust the page cache, and
+// the error is a MediumError for the SCSI layer.
+func TestFailedSync(t *testing.T) {
+	ctx := context.Background()
+	fsys := &failingFS{FS: vfs.NewMem()}
+	d, _ := randomBase(t, testStore(t, fsys, "/s", StoreOptions{}), "d", 64<<10, 6)
+	defer d.Close()
+	if err := d.WriteAt(ctx, []byte{1}, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	fsys.fail.Store(true)
+	err := d.Flush(ctx)
+	var me *blockdev.MediumError
+	if !errors.As(err, &me) || !errors.Is(err, errEIO) {
+		t.Fatalf("flush on a failing disk: %v, want a MediumError wrapping EIO", err)
+	}
+	fsys.fail.Store(false)
+	if d.State() != StateFailed {
+		t.Fatalf("state %v after a failed sync", d.State())
+	}
+	if err := d.ReadAt(ctx, make([]byte, 512), 0); err == nil {
+		t.Fatal("read succeeded on a failed disk")
+	}
+	if err := d.WriteAt(ctx, []byte{1}, 4096, false); err == nil {
+		t.Fatal("write succeeded on a failed disk")
+	}
+}
+
+// TestJournalAheadOfCheckpoint: records of a later epoch than the checkpoint
+// mean the checkpoint went back in time, and are an error, not a torn tail.
+func TestJournalAheadOfCheckpoint(t *testing.T) {
+	s, dir := diskWithJournal(t)
+	m, epoch, err := readCheckpoint(s.fs, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rewrite the checkpoint one epoch earlier, as if its last
+	// replacement had been lost.
+	if err := writeCheckpoint(s.fs, dir, m, epoch-1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Open(context.Background(), "d", nil, ReplicaOptions{}); !errors.Is(err, ErrCorruptMetadata) {
+		t.Fatalf("journal ahead of the checkpoint: Open error %v, want ErrCorruptMetadata", err)
+	}
+}
+
+// TestSourceSealedPersistsBase: after the seal of an incremental replica's
+// source, the durable metadata no longer names a pending base.
+func TestSourceSealedPersistsBase(t *testing.T) {
+	fsys := vfs.NewMem()
+	hostA, hostB := testStore(t, fsys, "/a", StoreOptions{}), testStore(t, fsys, "/b", StoreOptions{})
+	a, _ := randomBase(t, hostA, "d", 64<<10, 7)
+	b, _ := migrate(t, a, hostB)
+	defer b.Close()
+	a.Close()
+	back, plan := migrate(t, b, hostA)
+	if plan != PlanIncremental {
+		t.Fatalf("plan %v", plan)
+	}
+	back.Close()
+	m, _, err := readCheckpoint(fsys, "/a/d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.Base.IsZero() || !m.SourceSealed {
+		t.Fatalf("checkpoint after the seal: base %v, source sealed %v", m.Base, m.SourceSealed)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -106,6 +107,8 @@ type modelCase struct {
 	switched    bool // the VM runs here: no more source writes
 	sealed      bool
 	trace       []string
+	// arm, if set, is applied to the filesystem before the first operation.
+	arm func(*vfs.Mem)
 }
 
 func (c *modelCase) logf(format string, a ...any) {
@@ -123,23 +126,18 @@ func (c *modelCase) storeOpts() StoreOptions {
 		Log: slog.New(slog.NewTextHandler(c.t.Output(), &slog.HandlerOptions{Level: slog.LevelError}))}
 }
 
-func randomBytes(rng *rand.Rand, n int64) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(rng.Uint32())
-	}
-	return b
-}
-
 // setup builds the case's replica: a full copy, or (one case in three) the
 // incremental way back onto a sealed local base that the source changed in
 // a few blocks.
 func (c *modelCase) setup() {
 	ctx := context.Background()
-	size := (8+c.rng.Int64N(40))*modelGrain - c.rng.Int64N(2)*modelSector
+	size := (8+c.rng.Int64N(56))*modelGrain - c.rng.Int64N(2)*modelSector
 	data := randomBytes(c.rng, size)
 	c.src = &memSource{data: bytes.Clone(data)}
 	c.fs = vfs.NewMem()
+	if c.arm != nil {
+		c.arm(c.fs)
+	}
 	var err error
 	if c.store, err = NewStore(c.fs, "/store", c.storeOpts()); err != nil {
 		c.fatalf("%v", err)
@@ -191,10 +189,16 @@ func (c *modelCase) sourceWrite() {
 	c.logf("source write %d+%d", off, n)
 }
 
-// extent draws an I/O range: sector-aligned or not, up to three chunks.
+// extent draws an I/O range: sector-aligned or not, mostly within two
+// blocks (so that the copier and partial blocks keep work to do), sometimes
+// up to three chunks.
 func (c *modelCase) extent(size int64) (off, n int64) {
 	off = c.rng.Int64N(size)
-	n = 1 + c.rng.Int64N(min(size-off, 3*modelChunk))
+	limit := int64(2 * modelGrain)
+	if c.rng.IntN(4) == 0 {
+		limit = 3 * modelChunk
+	}
+	n = 1 + c.rng.Int64N(min(size-off, limit))
 	if c.rng.IntN(2) == 0 {
 		off -= off % modelSector
 		n = max(modelSector, n-n%modelSector)
@@ -216,7 +220,7 @@ func (c *modelCase) step() {
 	switch x := c.rng.IntN(100); {
 	case x < 5 && !c.switched:
 		c.sourceWrite()
-	case x < 30:
+	case x < 25:
 		off, n := c.extent(size)
 		got := make([]byte, n)
 		if err := c.r.ReadAt(ctx, got, off); err != nil {
@@ -226,7 +230,7 @@ func (c *modelCase) step() {
 			c.fatalf("read %d+%d differs from the model at byte %d", off, n, off+int64(i))
 		}
 		c.logf("read %d+%d", off, n)
-	case x < 55:
+	case x < 47:
 		c.switched = true
 		off, n := c.extent(size)
 		p, fua := randomBytes(c.rng, n), c.rng.IntN(5) == 0
@@ -235,7 +239,7 @@ func (c *modelCase) step() {
 		}
 		c.m.write(p, off, fua)
 		c.logf("write %d+%d fua=%v", off, n, fua)
-	case x < 62:
+	case x < 53:
 		c.switched = true
 		off, n := c.extent(size)
 		var err error
@@ -249,20 +253,20 @@ func (c *modelCase) step() {
 		}
 		c.m.write(make([]byte, n), off, false)
 		c.logf("zero %d+%d", off, n)
-	case x < 72:
+	case x < 62:
 		if err := c.r.Flush(ctx); err != nil {
 			c.fatalf("flush: %v", err)
 		}
 		c.m.settle()
 		c.logf("flush")
-	case x < 88:
+	case x < 86:
 		if c.sealed {
 			if _, err := c.r.copyStep(ctx); err != nil {
 				c.fatalf("copy step: %v", err)
 			}
 			c.logf("copy step (progress %d)", c.r.meta.Progress)
 		}
-	case x < 92:
+	case x < 91:
 		if !c.sealed {
 			c.seal()
 		}
@@ -305,51 +309,58 @@ func (c *modelCase) crash() {
 	if c.r.meta.SourceSealed != c.sealed {
 		c.fatalf("recovered SourceSealed %v after SourceSealed returned: %v", c.r.meta.SourceSealed, c.sealed)
 	}
-	c.checkInvariants()
-	got := make([]byte, c.src.Size())
-	if err := c.r.ReadAt(context.Background(), got, 0); err != nil {
-		c.fatalf("read after crash: %v", err)
-	}
-	for s := range c.m.cands {
-		sec := got[s*modelSector : (s+1)*modelSector]
-		ok := false
-		for _, cand := range c.m.cands[s] {
-			ok = ok || bytes.Equal(sec, cand)
-		}
-		if !ok {
-			c.fatalf("after crash sector %d (block %d) holds data never written there since the last flush (%d candidates)", s, s*modelSector/modelGrain, len(c.m.cands[s]))
-		}
+	got, err := verifyRecovered(c.r, c.src.data, c.m.cands)
+	if err != nil {
+		c.fatalf("after crash: %v", err)
 	}
 	copy(c.m.view, got)
 	c.m.settle()
 }
 
-// checkInvariants checks the durable metadata just recovered: a block valid
-// and not modified holds the source's data (else the way back, which moves
-// only modified blocks, would lose it); progress covers only valid chunks.
-func (c *modelCase) checkInvariants() {
-	m := c.r.meta
-	img := make([]byte, c.src.Size())
-	if _, err := c.r.image.ReadAt(img, 0); err != nil {
-		c.fatalf("read image: %v", err)
+// verifyRecovered checks a replica just opened after a crash, against the
+// source's data src and the contents allowed[s] each sector s may hold, and
+// returns the disk's contents. The durable metadata must say: a block
+// valid and not modified holds the source's data (else the way back, which
+// moves only modified blocks, would lose the difference) and exists only
+// once the source is sealed; progress covers only valid chunks. Every
+// sector must hold one of its allowed contents: what the last flush made
+// durable, or something written since; never data that was not durably
+// written for a block recorded valid.
+func verifyRecovered(r *Replica, src []byte, allowed [][][]byte) ([]byte, error) {
+	m := r.meta
+	img := make([]byte, len(src))
+	if _, err := r.image.ReadAt(img, 0); err != nil {
+		return nil, fmt.Errorf("read image: %w", err)
 	}
 	for b := range m.blocks() {
 		if !m.Valid.Get(b) || m.Modified.Get(b) {
 			continue
 		}
-		if !c.sealed {
-			c.fatalf("block %d valid but not modified before the seal", b)
+		if !m.SourceSealed {
+			return nil, fmt.Errorf("block %d valid but not modified before the seal", b)
 		}
-		bs, be := b*modelGrain, min((b+1)*modelGrain, c.src.Size())
-		if !bytes.Equal(img[bs:be], c.src.data[bs:be]) {
-			c.fatalf("block %d is valid and not modified but differs from the source", b)
+		bs, be := b*m.Grain, min((b+1)*m.Grain, m.Size)
+		if !bytes.Equal(img[bs:be], src[bs:be]) {
+			return nil, fmt.Errorf("block %d is valid and not modified but differs from the source", b)
 		}
 	}
-	for b := range min(m.Progress*modelChunk/modelGrain, m.blocks()) {
+	for b := range min(m.Progress*m.Chunk/m.Grain, m.blocks()) {
 		if !m.Valid.Get(b) {
-			c.fatalf("progress %d chunks but block %d is not valid", m.Progress, b)
+			return nil, fmt.Errorf("progress %d chunks but block %d is not valid", m.Progress, b)
 		}
 	}
+	got := make([]byte, len(src))
+	if err := r.ReadAt(context.Background(), got, 0); err != nil {
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	for s := range allowed {
+		sec := got[s*modelSector : (s+1)*modelSector]
+		if !slices.ContainsFunc(allowed[s], func(cand []byte) bool { return bytes.Equal(sec, cand) }) {
+			return nil, fmt.Errorf("sector %d (block %d) holds data never written there since the last flush (%d candidates)",
+				s, int64(s)*modelSector/m.Grain, len(allowed[s]))
+		}
+	}
+	return got, nil
 }
 
 // finish seals if needed, copies everything and checks the result.

@@ -133,6 +133,7 @@ type Replica struct {
 	rate         int64     // copier bytes per second, 0: unlimited
 	nextCopy     time.Time // earliest start of the next chunk under the rate
 	copied       int64     // bytes stored by the copier and by reads
+	uncommitted  int64     // bytes the copier stored since its last commit
 	rateSince    time.Time // start of the current rate measurement
 	rateBase     int64     // copied at rateSince
 }
@@ -382,13 +383,17 @@ func (r *Replica) modifyChunk(ctx context.Context, c, from, to int64, data []byt
 	first, last := from/r.grain, (to-1)/r.grain
 
 	// Complete the partly covered invalid blocks from the source.
-	edges := map[int64][]byte{}
+	type edge struct {
+		b   int64
+		buf []byte
+	}
+	var edges []edge
 	for _, b := range []int64{first, last} {
 		bs, be := r.span(b)
 		r.mu.Lock()
 		valid := r.meta.Valid.Get(b)
 		r.mu.Unlock()
-		if valid || (from <= bs && to >= be) || edges[b] != nil {
+		if valid || (from <= bs && to >= be) || (len(edges) > 0 && edges[0].b == b) {
 			continue
 		}
 		buf := make([]byte, be-bs)
@@ -401,7 +406,7 @@ func (r *Replica) modifyChunk(ctx context.Context, c, from, to int64, data []byt
 		} else {
 			clear(buf[a-bs : e-bs])
 		}
-		edges[b] = buf
+		edges = append(edges, edge{b, buf})
 	}
 
 	// Write-ahead: the blocks are modified before their data may be.
@@ -419,18 +424,18 @@ func (r *Replica) modifyChunk(ctx context.Context, c, from, to int64, data []byt
 		}
 	}
 
-	for b, buf := range edges {
-		bs, _ := r.span(b)
-		if _, err := r.image.WriteAt(buf, bs); err != nil {
+	a, e := from, to // what the edges leave
+	for _, x := range edges {
+		bs, be := r.span(x.b)
+		if _, err := r.image.WriteAt(x.buf, bs); err != nil {
 			return &blockdev.MediumError{Write: true, Off: bs, Err: err}
 		}
-	}
-	a, e := from, to
-	if edges[first] != nil {
-		_, a = r.span(first)
-	}
-	if edges[last] != nil && last != first {
-		e, _ = r.span(last)
+		if x.b == first {
+			a = max(a, be)
+		}
+		if x.b == last {
+			e = min(e, bs)
+		}
 	}
 	if a < e {
 		if err := r.put(data, from, a, e, unmap); err != nil {
@@ -483,6 +488,10 @@ const (
 	commitModified commitKind = iota
 	// commitData syncs the image, then records every pending change.
 	commitData
+	// commitCheckpoint is commitData that rewrites the checkpoint, for
+	// changes a journal record does not carry (the base of an incremental
+	// replica).
+	commitCheckpoint
 )
 
 // commit makes pending metadata durable. Callers that find their change
@@ -491,6 +500,7 @@ const (
 func (r *Replica) commit(kind commitKind) error {
 	r.commitMu.Lock()
 	defer r.commitMu.Unlock()
+	data := kind != commitModified
 	r.mu.Lock()
 	if r.failed != nil {
 		r.mu.Unlock()
@@ -500,21 +510,21 @@ func (r *Replica) commit(kind commitKind) error {
 	rec.modified = mergeRuns(r.pendModified)
 	r.pendModified = nil
 	var snapshot *diskMeta
-	if kind == commitData {
+	if data {
 		rec.valid = mergeRuns(r.pendValid)
 		r.pendValid = nil
 		rec.generation, rec.flags, rec.progress = r.meta.ID.Generation, r.meta.flags(), r.meta.Progress
-		if r.mlog.off >= r.journalLimit || len(rec.valid)+len(rec.modified) > maxRecordRuns {
+		if kind == commitCheckpoint || r.mlog.off >= r.journalLimit || len(rec.valid)+len(rec.modified) > maxRecordRuns {
 			snapshot = r.meta.clone()
 		}
 	}
-	changed := len(rec.valid) > 0 || len(rec.modified) > 0 || (kind == commitData && r.scalarsDirty)
-	if kind == commitData {
+	changed := len(rec.valid) > 0 || len(rec.modified) > 0 || (data && r.scalarsDirty)
+	if data {
 		r.scalarsDirty = false
 	}
 	r.mu.Unlock()
 
-	if kind == commitData {
+	if data {
 		// Everything snapshotted above was written before this fsync.
 		if err := r.image.Sync(); err != nil {
 			return r.fail(fmt.Errorf("sync image: %w", err))
@@ -643,8 +653,8 @@ func (r *Replica) SourceSealed(ctx context.Context, d *Delta) (Plan, error) {
 		r.rateSince, r.rateBase = r.clock.Now(), r.copied
 		r.mu.Unlock()
 		// The base's data was made durable when it was sealed; this commit
-		// records the blocks it provides and the seal.
-		return r.commit(commitData)
+		// records the blocks it provides, the seal and the cleared base.
+		return r.commit(commitCheckpoint)
 	})
 	if err != nil {
 		return 0, err

@@ -225,8 +225,9 @@ func TestCopierKeepsGuestWrite(t *testing.T) {
 
 // TestSourceTimeout checks rule 8: a source that hangs (ignoring its
 // context) or keeps failing fails the reads and partial writes that need it
-// with ErrUnavailable after the configured bound, not later; reads of local
-// blocks go on; the outage shows in Stats until the source answers.
+// with ErrUnavailable after the configured bound, not later, and within a
+// second once the outage outlasts the bound; reads of local blocks go on;
+// the outage shows in Stats until the source answers.
 func TestSourceTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx := context.Background()
@@ -261,6 +262,12 @@ func TestSourceTimeout(t *testing.T) {
 			}
 			if r.Stats().SourceDownSince.IsZero() {
 				t.Fatalf("%s source: outage not reported", fault2.name)
+			}
+			// The outage now outlasts the bound: reads fail fast.
+			start = time.Now()
+			err = r.ReadAt(ctx, make([]byte, 4096), 12288)
+			if !errors.Is(err, blockdev.ErrUnavailable) || time.Since(start) > maxBackoff {
+				t.Fatalf("%s source: read during a long outage: %v after %v", fault2.name, err, time.Since(start))
 			}
 		}
 		fault.set(nil, nil)
@@ -343,6 +350,45 @@ func TestRemoteOnly(t *testing.T) {
 	})
 }
 
+// TestWayBackDeltaMismatch: if the source's final delta does not describe
+// the base the incremental plan counted on (here: it claims another base),
+// SourceSealed falls back to a full copy rather than trust the local image.
+func TestWayBackDeltaMismatch(t *testing.T) {
+	const size = 256 << 10
+	ctx := context.Background()
+	fsys := vfs.NewMem()
+	hostA, hostB := testStore(t, fsys, "/a", StoreOptions{}), testStore(t, fsys, "/b", StoreOptions{})
+	a, data := randomBase(t, hostA, "d", size, 4)
+	b, _ := migrate(t, a, hostB)
+	defer b.Close()
+	a.Close()
+	copy(data[4096:], "written on B")
+	if err := b.WriteAt(ctx, data[4096:8192], 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	back, plan, err := hostA.Replicate(ctx, "d", b.Origin(), b, ReplicaOptions{})
+	if err != nil || plan != PlanIncremental {
+		t.Fatalf("Replicate: %v, %v", plan, err)
+	}
+	defer back.Close()
+	if err := b.Seal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	delta, err := b.Delta()
+	if err != nil {
+		t.Fatal(err)
+	}
+	delta.Base.Generation++
+	if plan, err := back.SourceSealed(ctx, delta); err != nil || plan != PlanFull {
+		t.Fatalf("SourceSealed with a mismatched delta: %v, %v; want a full copy", plan, err)
+	}
+	waitState(t, back, StateComplete)
+	if moved := back.Stats().SourceBytes; moved != size {
+		t.Fatalf("full copy moved %d bytes, want %d", moved, size)
+	}
+	mustEqual(t, "disk back on A", mustRead(t, back), data)
+}
+
 // TestConcurrentIO runs guest writers and readers on disjoint blocks while
 // the copier and copy-on-read run, for the race detector and for rule 3
 // under real concurrency: every writer reads back its own data throughout,
@@ -365,10 +411,7 @@ func TestConcurrentIO(t *testing.T) {
 				b := int64(rng.IntN(size/4096/writers)*writers + w)
 				off := b*4096 + rng.Int64N(4096)
 				n := 1 + rng.Int64N(b*4096+4096-off)
-				p := make([]byte, n)
-				for i := range p {
-					p[i] = byte(rng.Uint32())
-				}
+				p := randomBytes(rng, n)
 				if err := r.WriteAt(ctx, p, off, rng.IntN(8) == 0); err != nil {
 					errs <- err
 					return

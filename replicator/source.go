@@ -39,7 +39,8 @@ func (SystemClock) After(d time.Duration) <-chan time.Time { return time.After(d
 // boundedSource reads a Source within a time bound (design.md §2 rule 8):
 // a read is retried with backoff while the source fails, and fails with an
 // error wrapping blockdev.ErrUnavailable once the bound is spent, even if the
-// Source itself hangs and ignores its context. Reads go to a private buffer,
+// Source itself hangs and ignores its context. Once an outage outlasts the
+// bound, further reads wait at most maxBackoff. Reads go to a private buffer,
 // so that a read abandoned on timeout cannot write into the caller's memory
 // later.
 type boundedSource struct {
@@ -61,7 +62,14 @@ const (
 
 func (b *boundedSource) ReadAt(ctx context.Context, p []byte, off int64) error {
 	start := b.clock.Now()
-	deadline := start.Add(b.timeout)
+	bound := b.timeout
+	if down := b.since(); !down.IsZero() && start.Sub(down) >= b.timeout {
+		// The outage already outlasted the bound: fail fast rather than
+		// make every guest read wait the full bound again, but still try,
+		// so that the source coming back is noticed.
+		bound = min(bound, maxBackoff)
+	}
+	deadline := start.Add(bound)
 	backoff := minBackoff
 	for {
 		err := b.attempt(ctx, p, off, deadline)

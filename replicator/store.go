@@ -316,8 +316,10 @@ func (s *Store) openImage(dir string, size int64) (vfs.File, error) {
 // the identity from.Base (unchanged since the other side copied it, rule 6),
 // the local image is kept as the base and the plan is PlanIncremental: once
 // the source is sealed, SourceSealed marks every block valid except those in
-// the source's final modified set. Otherwise any local copy is discarded and
-// the plan is PlanFull. The choice is logged with its reason.
+// the source's final modified set. Otherwise a sealed local copy is
+// discarded and the plan is PlanFull; the choice is logged with its reason.
+// An unsealed local copy (ErrLocalWritable: it may be in use) or one whose
+// metadata is unreadable is an error, never discarded.
 //
 // The other side must not itself still be copying from this host: a replica
 // whose source reads back from it would loop. The agent lets that copy
@@ -336,29 +338,26 @@ func (s *Store) Replicate(ctx context.Context, name string, from Origin, src Sou
 	if err := s.acquire(name); err != nil {
 		return nil, 0, err
 	}
+	r, plan, err := s.replicateLocked(ctx, name, dir, from, src, ro)
+	if err != nil {
+		s.release(name)
+	}
+	return r, plan, err
+}
+
+func (s *Store) replicateLocked(ctx context.Context, name, dir string, from Origin, src Source, ro ReplicaOptions) (*Replica, Plan, error) {
 	log := s.opts.Log.With("disk", name, "source", from.Image)
 	mlog, m, err := openMeta(s.fs, dir)
-	var reason string
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		reason = "no local copy"
-	case err != nil:
-		reason = fmt.Sprintf("local metadata unusable: %v", err)
-	case from.Base.IsZero():
-		reason = "the source is not a replica"
-	case m.ID != from.Base:
-		reason = fmt.Sprintf("local image is %s, the source copied %s", m.ID, from.Base)
-	case !m.Sealed:
-		reason = "local image is not sealed, so it may have changed since it was copied"
-	case m.Valid.Count() < m.blocks():
-		reason = "local image is not complete"
-	case m.Size != src.Size() || m.Grain != s.opts.Grain:
-		reason = fmt.Sprintf("local geometry %d/%d differs from %d/%d", m.Size, m.Grain, src.Size(), s.opts.Grain)
+	reason, err := s.choosePlan(name, m, err, from, src.Size())
+	if err != nil {
+		if mlog != nil {
+			mlog.close()
+		}
+		return nil, 0, err
 	}
 	if reason == "" {
 		r, err := s.reuse(ctx, name, dir, mlog, m, from, src, ro)
 		if err != nil {
-			s.release(name)
 			return nil, 0, err
 		}
 		log.Info("replica plan chosen", "plan", PlanIncremental, "base", m.Base)
@@ -369,22 +368,48 @@ func (s *Store) Replicate(ctx context.Context, name string, from Origin, src Sou
 	}
 	log.Info("replica plan chosen", "plan", PlanFull, "reason", reason)
 	if err := s.fs.RemoveAll(dir); err != nil {
-		s.release(name)
 		return nil, 0, fmt.Errorf("replicate disk %s: discard local copy: %w", name, err)
 	}
 	lineage, err := s.newLineage()
 	if err != nil {
-		s.release(name)
 		return nil, 0, err
 	}
 	nm := &diskMeta{ID: ID{Lineage: lineage, Generation: 1}, Size: src.Size(), Grain: s.opts.Grain, Chunk: s.opts.Chunk,
 		Replica: true, Source: from.Image}
 	r, err := s.createLocked(ctx, name, dir, nm, src, ro)
 	if err != nil {
-		s.release(name)
 		return nil, 0, err
 	}
 	return r, PlanFull, nil
+}
+
+// ErrLocalWritable: Replicate found the disk here unsealed. It may be the
+// disk a VM on this host uses, so it is never discarded to make room for a
+// copy: the agent unseals nothing by mistake and removes it explicitly.
+var ErrLocalWritable = errors.New("local copy of the disk is not sealed")
+
+// choosePlan decides from the local copy (m, or the error opening it) how
+// to rebuild the disk: "" for the incremental plan, else the reason for a
+// full copy. A local copy that is unsealed or unreadable is refused, never
+// discarded: the first may be live data, the second needs an operator.
+func (s *Store) choosePlan(name string, m *diskMeta, openErr error, from Origin, size int64) (string, error) {
+	switch {
+	case errors.Is(openErr, fs.ErrNotExist):
+		return "no local copy", nil
+	case openErr != nil:
+		return "", fmt.Errorf("replicate disk %s: local copy unreadable, remove it to copy anew: %w", name, openErr)
+	case !m.Sealed:
+		return "", fmt.Errorf("replicate disk %s: %w", name, ErrLocalWritable)
+	case from.Base.IsZero():
+		return "the source is not a replica", nil
+	case m.ID != from.Base:
+		return fmt.Sprintf("local image is %s, the source copied %s", m.ID, from.Base), nil
+	case m.Valid.Count() < m.blocks():
+		return "local image is not complete", nil
+	case m.Size != size || m.Grain != s.opts.Grain:
+		return fmt.Sprintf("local geometry %d/%d differs from %d/%d", m.Size, m.Grain, size, s.opts.Grain), nil
+	}
+	return "", nil
 }
 
 // reuse turns the sealed local image into an incremental replica of from.

@@ -30,13 +30,19 @@ type Mem struct {
 	files, durableFiles map[string]*memNode
 	dirs, durableDirs   map[string]bool
 	pending             []nsOp
+
+	ops       int // mutating operations so far
+	crashAt   int // CrashAfter's n; 0: not armed
+	crashTear *rand.Rand
+	crashed   *Mem
 }
 
-// nsOp is a namespace change: name now refers to node (nil: removed).
+// nsOp is a namespace change: name now refers to node (nil: removed); a
+// rename also removes from, in the same step.
 type nsOp struct {
-	name string
-	node *memNode
-	dir  bool
+	name, from string
+	node       *memNode
+	dir        bool
 }
 
 // memNode is a file's contents: the live sectors and size, and the durable
@@ -76,6 +82,9 @@ func (m *Mem) record(op nsOp) {
 	} else {
 		m.files[op.name] = op.node
 	}
+	if op.from != "" {
+		delete(m.files, op.from)
+	}
 	m.pending = append(m.pending, op)
 }
 
@@ -99,6 +108,7 @@ func (m *Mem) Create(name string) (File, error) {
 	}
 	n := &memNode{data: map[int64]*sector{}, durableData: map[int64]*sector{}, dirty: map[int64]bool{}}
 	m.record(nsOp{name: name, node: n})
+	m.mutated()
 	return &memFile{m: m, n: n, name: name}, nil
 }
 
@@ -126,8 +136,8 @@ func (m *Mem) Rename(oldname, newname string) error {
 	if err := m.parentExists("rename", newname); err != nil {
 		return err
 	}
-	m.record(nsOp{name: newname, node: n})
-	m.record(nsOp{name: oldname})
+	m.record(nsOp{name: newname, from: oldname, node: n})
+	m.mutated()
 	return nil
 }
 
@@ -153,6 +163,7 @@ func (m *Mem) RemoveAll(name string) error {
 	for _, d := range dirs {
 		m.record(nsOp{name: d, dir: true})
 	}
+	m.mutated()
 	return nil
 }
 
@@ -171,6 +182,7 @@ func (m *Mem) MkdirAll(dir string) error {
 	for _, d := range slices.Backward(missing) {
 		m.record(nsOp{name: d, node: &memNode{}, dir: true})
 	}
+	m.mutated()
 	return nil
 }
 
@@ -185,7 +197,7 @@ func (m *Mem) SyncDir(dir string) error {
 	}
 	kept := m.pending[:0]
 	for _, op := range m.pending {
-		if path.Dir(op.name) == dir {
+		if path.Dir(op.name) == dir || (op.from != "" && path.Dir(op.from) == dir) {
 			m.applyDurable(op)
 		} else {
 			kept = append(kept, op)
@@ -193,19 +205,26 @@ func (m *Mem) SyncDir(dir string) error {
 	}
 	clear(m.pending[len(kept):])
 	m.pending = kept
+	m.mutated()
 	return nil
 }
 
-func (m *Mem) applyDurable(op nsOp) {
+func (m *Mem) applyDurable(op nsOp) { applyOp(m.durableFiles, m.durableDirs, op) }
+
+// applyOp applies a namespace operation to a namespace.
+func applyOp(files map[string]*memNode, dirs map[string]bool, op nsOp) {
 	switch {
 	case op.dir && op.node != nil:
-		m.durableDirs[op.name] = true
+		dirs[op.name] = true
 	case op.dir:
-		delete(m.durableDirs, op.name)
+		delete(dirs, op.name)
 	case op.node != nil:
-		m.durableFiles[op.name] = op.node
+		files[op.name] = op.node
 	default:
-		delete(m.durableFiles, op.name)
+		delete(files, op.name)
+	}
+	if op.from != "" {
+		delete(files, op.from)
 	}
 }
 
@@ -236,36 +255,90 @@ func (m *Mem) ReadDir(dir string) ([]string, error) {
 	return m.children(dir), nil
 }
 
-// Crash simulates a power failure followed by a reboot. Everything synced
-// survives. With tear nil nothing else does; otherwise tear decides, for each
-// unsynced sector of each file and for the file size, whether the new or the
-// old contents survive (a torn write), and keeps a random prefix of the
-// unsynced namespace operations (a journaling filesystem keeps their order).
-// Handles opened before the crash fail afterwards.
+// Crash simulates a power failure followed by a reboot, in place: m becomes
+// CrashClone(tear) and handles opened before fail afterwards.
 func (m *Mem) Crash(tear *rand.Rand) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if tear != nil {
-		for _, op := range m.pending[:tear.IntN(len(m.pending)+1)] {
-			m.applyDurable(op)
+	c := m.crashClone(tear)
+	for _, n := range m.files {
+		n.dead = true
+	}
+	for _, n := range m.durableFiles {
+		n.dead = true
+	}
+	for _, op := range m.pending {
+		if op.node != nil {
+			op.node.dead = true
 		}
 	}
-	m.pending = nil
+	m.files, m.durableFiles, m.dirs, m.durableDirs, m.pending = c.files, c.durableFiles, c.dirs, c.durableDirs, nil
+}
+
+// CrashClone returns, as a new Mem, what a power failure now would leave,
+// and leaves m as it is. Everything synced survives. With tear nil nothing
+// else does; otherwise tear decides, for each unsynced sector of each file
+// and for each file's size, whether the new or the old contents survive (a
+// torn write), and keeps a random prefix of the unsynced namespace
+// operations (a journaling filesystem keeps their order).
+func (m *Mem) CrashClone(tear *rand.Rand) *Mem {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.crashClone(tear)
+}
+
+// CrashAfter arms m to take CrashClone(tear) right after its nth mutating
+// operation (the first is 1); Crashed returns it. A test runs the same
+// script once per n to crash it after each of its writes in turn.
+func (m *Mem) CrashAfter(n int, tear *rand.Rand) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.crashAt, m.crashTear, m.crashed = n, tear, nil
+}
+
+// Crashed returns the clone CrashAfter took, or nil if the run did not get
+// that far.
+func (m *Mem) Crashed() *Mem {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.crashed
+}
+
+// Ops is the number of mutating operations (writes, syncs, truncations,
+// hole punches, namespace changes) so far.
+func (m *Mem) Ops() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.ops
+}
+
+// mutated counts a mutating operation. The caller holds m.mu.
+func (m *Mem) mutated() {
+	m.ops++
+	if m.ops == m.crashAt {
+		m.crashed = m.crashClone(m.crashTear)
+	}
+}
+
+func (m *Mem) crashClone(tear *rand.Rand) *Mem {
+	files, dirs := maps.Clone(m.durableFiles), maps.Clone(m.durableDirs)
+	if tear != nil {
+		for _, op := range m.pending[:tear.IntN(len(m.pending)+1)] {
+			applyOp(files, dirs, op)
+		}
+	}
+	// Sorted, so that a seeded tear draws in the same order every run.
 	fresh := map[*memNode]*memNode{}
-	m.files = map[string]*memNode{}
-	for name, n := range m.durableFiles {
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		n := files[name]
 		c := fresh[n]
 		if c == nil {
 			c = n.crashCopy(tear)
 			fresh[n] = c
 		}
-		m.files[name] = c
+		files[name] = c
 	}
-	m.durableFiles = maps.Clone(m.files)
-	m.dirs = maps.Clone(m.durableDirs)
-	for old := range fresh {
-		old.dead = true
-	}
+	return &Mem{files: files, durableFiles: maps.Clone(files), dirs: dirs, durableDirs: maps.Clone(dirs)}
 }
 
 // crashCopy returns what survives of n: its durable state plus, with tear,
@@ -276,10 +349,13 @@ func (n *memNode) crashCopy(tear *rand.Rand) *memNode {
 		if tear.IntN(2) == 0 {
 			c.size = n.size
 		}
-		for s := range n.dirty {
+		for _, s := range slices.Sorted(maps.Keys(n.dirty)) {
 			if tear.IntN(2) == 0 {
 				if p := n.data[s]; p != nil {
-					c.data[s] = p
+					// Copied: n's unsynced sectors change in place while
+					// the run that CrashClone observed goes on.
+					cp := *p
+					c.data[s] = &cp
 				} else {
 					delete(c.data, s)
 				}
@@ -390,6 +466,7 @@ func (f *memFile) WriteAt(p []byte, off int64) (int, error) {
 		n += c
 	}
 	f.n.size = max(f.n.size, off+int64(len(p)))
+	f.m.mutated()
 	return len(p), nil
 }
 
@@ -410,6 +487,7 @@ func (f *memFile) Sync() error {
 	}
 	clear(f.n.dirty)
 	f.n.durableSize = f.n.size
+	f.m.mutated()
 	return nil
 }
 
@@ -424,6 +502,7 @@ func (f *memFile) Truncate(size int64) error {
 	}
 	f.n.dropBeyond(size)
 	f.n.size = size
+	f.m.mutated()
 	return nil
 }
 
@@ -443,6 +522,7 @@ func (f *memFile) PunchHole(off, length int64) error {
 		f.n.zero(s, in, to)
 		pos += to - in
 	}
+	f.m.mutated()
 	return nil
 }
 

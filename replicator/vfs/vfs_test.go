@@ -132,3 +132,24 @@ func TestMemCrashTears(t *testing.T) {
 		t.Fatal("50 crashes never tore a 4-sector unsynced write")
 	}
 }
+
+// TestMemCrashCloneIsolated: a clone taken by CrashAfter does not change as
+// the observed run goes on writing.
+func TestMemCrashCloneIsolated(t *testing.T) {
+	m := NewMem()
+	f, _ := m.Create("/f")
+	m.SyncDir("/")
+	m.CrashAfter(3, rand.New(rand.NewPCG(0, 0))) // after the first write
+	for i := range 8 {
+		f.WriteAt(bytes.Repeat([]byte{byte(i + 1)}, sectorSize), 0)
+	}
+	g, err := m.Crashed().Open("/f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, sectorSize)
+	g.ReadAt(buf, 0)
+	if buf[0] > 1 {
+		t.Fatalf("the clone taken after the first write holds the write of %d", buf[0])
+	}
+}
