@@ -33,6 +33,7 @@ func commands() map[string]command {
 		"hook":   {"libvirt qemu hook: asks the local agent, never libvirt", runHook},
 		"export": exportCommand(),
 		"copy":   {copySummary, runCopy},
+		"demo":   {"Method C on one machine: a disk to a second store over iSCSI and back", runDemo},
 	}
 }
 
