@@ -175,10 +175,14 @@ func (c *conn) execute(t *task, deps []<-chan struct{}) {
 	}
 	var resp scsi.Response
 	cmd := t.command(c.port)
-	switch u := c.unit(t.lun); {
+	u := c.unit(t.lun)
+	ua, pending := c.sess.takeUnitAttention(t.lun, t.cdb)
+	switch {
 	case t.aborted.Load():
 	case t.failed != nil:
 		resp = *t.failed
+	case pending && u != nil:
+		resp = ua
 	case t.cdb[0] == scsi.OpReportLUNs:
 		resp = scsi.ReportLUNs(cmd, c.t.lunNo)
 	case u == nil:

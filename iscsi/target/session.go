@@ -24,6 +24,8 @@ type session struct {
 	// writes are the delivered, unfinished commands that carry Data-Out:
 	// a SYNCHRONIZE CACHE waits for those delivered before it.
 	writes map[*task]struct{}
+	// ua holds the LUNs with a pending unit attention (see ua.go).
+	ua map[pdu.LUN]bool
 }
 
 func newSession(t *Target, tsih uint16, r *loginResult, c *conn) *session {
