@@ -54,6 +54,12 @@ func (lu *LogicalUnit) commandSet() []command {
 		{usage: rw16(OpWriteAndVerify16, verifyFlags), run: (*LogicalUnit).writeAndVerify},
 		{usage: []byte{OpCompareAndWrite, writeFlags, ff, ff, ff, ff, ff, ff, ff, ff, 0, 0, 0, ff, 0x1f, 0},
 			run: (*LogicalUnit).compareAndWrite},
+		{usage: []byte{OpModeSelect6, 0x11, 0, 0, ff, 0}, run: (*LogicalUnit).modeSelect},
+		{usage: []byte{OpModeSense6, 0x08, ff, ff, ff, 0}, run: (*LogicalUnit).modeSense},
+		{usage: []byte{OpModeSelect10, 0x11, 0, 0, 0, 0, 0, ff, ff, 0}, run: (*LogicalUnit).modeSelect},
+		{usage: []byte{OpModeSense10, 0x18, ff, ff, 0, 0, 0, ff, ff, 0}, run: (*LogicalUnit).modeSense},
+		{usage: []byte{OpMaintenanceIn, 0x1f, 0x87, ff, ff, ff, ff, ff, ff, ff, 0, 0},
+			sa: SAReportSupportedOperationCode, hasSA: true, run: (*LogicalUnit).reportSupportedOpcodes},
 		{usage: rw12(OpRead12, readFlags), run: (*LogicalUnit).read},
 		{usage: rw12(OpWrite12, writeFlags), run: (*LogicalUnit).write},
 	}

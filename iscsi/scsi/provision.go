@@ -44,8 +44,9 @@ func (lu *LogicalUnit) writeSameBlocks(ctx context.Context, c *Command, ndob boo
 		return illegalRequest(ASCLBAOutOfRange)
 	case lu.cfg.ReadOnly:
 		return writeProtected()
-	case !ndob && len(c.Data) < int(lu.cfg.BlockSize):
-		// A pattern block that did not arrive cannot be written in part.
+	case !ndob && len(c.Data) != int(lu.cfg.BlockSize):
+		// The Data-Out buffer is exactly one block: a partial one cannot
+		// be written, and with more it is unclear which is the pattern.
 		return illegalRequest(ASCInvalidFieldInInformationUnit)
 	}
 	off, length := int64(lba)<<lu.shift, int64(n)<<lu.shift

@@ -145,7 +145,8 @@ func (lu *LogicalUnit) compareAndWriteBlocks(ctx context.Context, c *Command, n 
 		return writeProtected()
 	}
 	size := int(n) << lu.shift
-	if len(c.Data) < 2*size {
+	if len(c.Data) != 2*size {
+		// Where the compare half ends depends on the buffer being exact.
 		return illegalRequest(ASCInvalidFieldInInformationUnit)
 	}
 	m := lu.locks.exclusive(lba, uint64(n))

@@ -135,6 +135,7 @@ func TestCompareAndWrite(t *testing.T) {
 		{"zero blocks", cawCDB(8, 0, false), nil, SenseNoSense, 0, -1, old},
 		{"past the end", cawCDB(2047, 2, false), append(bytes.Clone(old), next...), SenseIllegalRequest, ASCLBAOutOfRange, -1, old},
 		{"data short", cawCDB(8, 2, false), old, SenseIllegalRequest, ASCInvalidFieldInInformationUnit, -1, old},
+		{"data long", cawCDB(8, 2, false), append(append(bytes.Clone(old), next...), old...), SenseIllegalRequest, ASCInvalidFieldInInformationUnit, -1, old},
 		{"WRPROTECT", func() []byte { b := cawCDB(8, 2, false); b[1] |= 0x20; return b }(), append(bytes.Clone(old), next...), SenseIllegalRequest, ASCInvalidFieldInCDB, -1, old},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
