@@ -46,6 +46,7 @@ type Framer struct {
 	headerDigest bool
 	dataDigest   bool
 	maxRecvData  int
+	dataBuf      func(h *BHS, n int) []byte
 }
 
 // NewFramer returns a Framer with no digests and the login-phase limit on
@@ -62,6 +63,14 @@ func (f *Framer) SetDigests(header, data bool) { f.headerDigest, f.dataDigest = 
 func (f *Framer) SetMaxRecvDataSegmentLength(n int) {
 	f.maxRecvData = min(max(n, 512), MaxDataSegmentLength)
 }
+
+// SetDataBuffer lets the reader of the stream choose where data segments
+// land: buf is called with the header of each PDU that carries data and
+// may return exactly n bytes to read the segment into (a target hands out
+// the slice of a command's Data-Out buffer at the PDU's offset, saving a
+// copy and an allocation per PDU), or nil for a fresh allocation. The
+// slice is written even if the PDU then proves invalid.
+func (f *Framer) SetDataBuffer(buf func(h *BHS, n int) []byte) { f.dataBuf = buf }
 
 // ReadMessage reads one PDU. Errors are *ConnError or *PDUError.
 func (f *Framer) ReadMessage() (Message, error) {
@@ -98,16 +107,24 @@ func (f *Framer) ReadMessage() (Message, error) {
 	}
 	var data []byte
 	if dlen > 0 {
-		buf := make([]byte, segLen)
-		if _, err := io.ReadFull(f.r, buf); err != nil {
+		var pad [3]byte
+		if f.dataBuf != nil {
+			data = f.dataBuf(&h, dlen)
+		}
+		if len(data) != dlen {
+			data = make([]byte, dlen, segLen)
+		}
+		if _, err := io.ReadFull(f.r, data); err != nil {
 			return nil, &ConnError{fmt.Errorf("reading data segment: %w", err)}
 		}
+		if _, err := io.ReadFull(f.r, pad[:segLen-dlen]); err != nil {
+			return nil, &ConnError{fmt.Errorf("reading data segment padding: %w", err)}
+		}
 		if f.dataDigest {
-			if err := f.checkDigest(buf); err != nil {
+			if err := f.checkDigest(data, pad[:segLen-dlen]); err != nil {
 				return nil, &PDUError{RejectDataDigest, h, fmt.Errorf("data digest: %w", err)}
 			}
 		}
-		data = buf[:dlen]
 	}
 	m := newMessage(h.Opcode())
 	if m == nil {

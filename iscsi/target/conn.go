@@ -84,9 +84,13 @@ func (c *conn) close(err error) {
 // recoverPanic contains a panic to this connection (it is dropped).
 func (c *conn) recoverPanic(where string) {
 	if r := recover(); r != nil {
-		c.log.Error("panic serving connection; dropping it", "in", where, "panic", r, "stack", string(debug.Stack()))
-		c.close(fmt.Errorf("panic in %s: %v", where, r))
+		c.dropAfterPanic(where, r)
 	}
+}
+
+func (c *conn) dropAfterPanic(where string, r any) {
+	c.log.Error("panic serving connection; dropping it", "in", where, "panic", r, "stack", string(debug.Stack()))
+	c.close(fmt.Errorf("panic in %s: %v", where, r))
 }
 
 func (c *conn) serve(parent context.Context) {
@@ -167,6 +171,7 @@ func (c *conn) login() error {
 			c.statSN = r.statSN + 1
 			c.fr.SetDigests(r.op.HeaderDigest, r.op.DataDigest)
 			c.fr.SetMaxRecvDataSegmentLength(int(r.op.MaxRecvDataSegmentLength))
+			c.fr.SetDataBuffer(c.dataOutBuffer)
 			c.nc.SetDeadline(time.Time{})
 			c.log = c.log.With("initiator", r.initiator, "tsih", resp.TSIH)
 			c.log.Info("login", "discovery", r.discovery, "header_digest", r.op.HeaderDigest,
@@ -174,6 +179,24 @@ func (c *conn) login() error {
 			return nil
 		}
 	}
+}
+
+// dataOutBuffer lets the framer read a Data-Out segment straight into its
+// task's buffer at the PDU's offset; the checks of task.unsolicited and
+// task.solicited follow once the PDU is decoded.
+func (c *conn) dataOutBuffer(h *pdu.BHS, n int) []byte {
+	if h.Opcode() != pdu.OpDataOut || c.sess == nil {
+		return nil
+	}
+	t := c.sess.lookup(h.ITT())
+	if t == nil || t.dataDone || t.buf == nil {
+		return nil
+	}
+	off := uint64(binary.BigEndian.Uint32(h[40:]))
+	if off+uint64(n) > uint64(len(t.buf)) {
+		return nil
+	}
+	return t.buf[off : off+uint64(n)]
 }
 
 // errLogout ends the read loop after a logout response was sent.
