@@ -157,36 +157,48 @@ func (f *Framer) checkDigest(parts ...[]byte) error {
 
 // WriteMessage writes one PDU with the digests in force.
 func (f *Framer) WriteMessage(m Message) error {
+	bufs, err := f.AppendMessage(nil, m)
+	if err != nil {
+		return err
+	}
+	if _, err := bufs.WriteTo(f.w); err != nil {
+		return &ConnError{fmt.Errorf("writing %v: %w", m.Opcode(), err)}
+	}
+	return nil
+}
+
+// AppendMessage appends the wire form of m, with the digests in force, to
+// bufs without copying its data segment, for a writer that gathers several
+// PDUs into one writev (net.Buffers.WriteTo on a connection). m's data
+// must stay unchanged until bufs is written.
+func (f *Framer) AppendMessage(bufs net.Buffers, m Message) (net.Buffers, error) {
 	var h BHS
 	ahs := m.encode(&h)
 	data := m.payload()
 	if len(data) > MaxDataSegmentLength {
-		return fmt.Errorf("data segment of %d bytes exceeds the 24-bit length field", len(data))
+		return bufs, fmt.Errorf("data segment of %d bytes exceeds the 24-bit length field", len(data))
 	}
 	h.setLengths(len(ahs), len(data))
 
-	head := make([]byte, 0, BHSLen+len(ahs)+4)
+	head := make([]byte, 0, BHSLen+len(ahs)+4+8)
 	head = append(append(head, h[:]...), ahs...)
 	if f.headerDigest {
 		head = appendDigest(head, crc32.Checksum(head, castagnoli))
 	}
-	bufs := net.Buffers{head}
+	bufs = append(bufs, head)
 	if len(data) > 0 {
-		pad := make([]byte, padLen(len(data)), 8)
-		tail := pad
+		// Padding and data digest share the spare capacity of head.
+		tail := head[len(head) : len(head)+padLen(len(data))]
 		if f.dataDigest {
-			crc := crc32.Update(crc32.Checksum(data, castagnoli), castagnoli, pad)
-			tail = appendDigest(pad, crc)
+			crc := crc32.Update(crc32.Checksum(data, castagnoli), castagnoli, tail)
+			tail = appendDigest(tail, crc)
 		}
 		bufs = append(bufs, data)
 		if len(tail) > 0 {
 			bufs = append(bufs, tail)
 		}
 	}
-	if _, err := bufs.WriteTo(f.w); err != nil {
-		return &ConnError{fmt.Errorf("writing %v: %w", m.Opcode(), err)}
-	}
-	return nil
+	return bufs, nil
 }
 
 func appendDigest(b []byte, crc uint32) []byte {

@@ -1,7 +1,6 @@
 package target
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -24,9 +23,7 @@ const firstStatSN = 1
 // outItem is a group of PDUs the writer sends back to back; after, if
 // set, runs once they are written (or the connection has failed).
 type outItem struct {
-	msgs []pdu.Message
-	// flush pushes the PDUs onto the wire before after runs.
-	flush bool
+	msgs  []pdu.Message
 	after func()
 }
 
@@ -36,7 +33,6 @@ type conn struct {
 	nc   net.Conn
 	log  *slog.Logger
 	fr   *pdu.Framer
-	bw   *bufio.Writer
 	sess *session
 	port scsi.TargetPort
 
@@ -58,9 +54,8 @@ type conn struct {
 }
 
 func newConn(t *Target, nc net.Conn) *conn {
-	bw := bufio.NewWriterSize(nc, 256<<10)
 	c := &conn{
-		t: t, nc: nc, bw: bw, fr: pdu.NewFramer(nc, bw),
+		t: t, nc: nc, fr: pdu.NewFramer(nc, nc),
 		log:      t.log.With("peer", nc.RemoteAddr().String()),
 		port:     scsi.TargetPort{TargetName: t.cfg.IQN, TPGT: 1, RelativeID: 1},
 		finished: make(chan struct{}),
@@ -158,9 +153,6 @@ func (c *conn) login() error {
 		}
 		resp, outcome, stepErr := l.step(req)
 		if err := c.fr.WriteMessage(resp); err != nil {
-			return err
-		}
-		if err := c.bw.Flush(); err != nil {
 			return err
 		}
 		switch outcome {
@@ -330,45 +322,61 @@ func (c *conn) newTTT() uint32 {
 	}
 }
 
+// maxBatch bounds how many queued items the writer gathers into one
+// writev.
+const maxBatch = 64
+
 // writeLoop is the connection's only writer: it stamps StatSN, ExpCmdSN
-// and MaxCmdSN in wire order (§4.2.2.2) and flushes when it has nothing
-// more queued, so that PDUs completing together share a system call.
+// and MaxCmdSN in wire order (§4.2.2.2) and writes everything queued at
+// that moment with one writev, data segments straight from the buffers
+// the logical unit filled.
 func (c *conn) writeLoop() {
 	defer c.workers.Done()
 	defer c.recoverPanic("writer")
+	batch := make([]outItem, 0, maxBatch)
+	var bufs net.Buffers
 	for {
 		select {
 		case it := <-c.out:
-			if err := c.write(it); err != nil {
-				c.close(err)
-				return
-			}
-			if len(c.out) == 0 {
-				if err := c.bw.Flush(); err != nil {
-					c.close(err)
-					return
-				}
-			}
+			batch = append(batch[:0], it)
 		case <-c.ctx.Done():
 			return
 		}
-	}
-}
-
-func (c *conn) write(it outItem) error {
-	if it.after != nil {
-		defer it.after()
-	}
-	for _, m := range it.msgs {
-		c.stamp(m)
-		if err := c.fr.WriteMessage(m); err != nil {
-			return err
+	gather:
+		for len(batch) < maxBatch {
+			select {
+			case it := <-c.out:
+				batch = append(batch, it)
+			default:
+				break gather
+			}
+		}
+		bufs = bufs[:0]
+		var err error
+		for _, it := range batch {
+			for _, m := range it.msgs {
+				c.stamp(m)
+				if bufs, err = c.fr.AppendMessage(bufs, m); err != nil {
+					break
+				}
+			}
+		}
+		if err == nil {
+			w := bufs // WriteTo consumes its receiver; bufs keeps the capacity
+			_, err = w.WriteTo(c.nc)
+		}
+		clear(bufs)
+		for _, it := range batch {
+			if it.after != nil {
+				it.after()
+			}
+		}
+		clear(batch)
+		if err != nil {
+			c.close(fmt.Errorf("writing: %w", err))
+			return
 		}
 	}
-	if it.flush {
-		return c.bw.Flush()
-	}
-	return nil
 }
 
 // stamp fills the sequence numbers of an outgoing PDU. PDUs that carry
@@ -445,6 +453,6 @@ func (c *conn) logout(m *pdu.LogoutRequest) {
 		}
 		sent := make(chan struct{})
 		c.loggedOut = sent
-		c.send(outItem{msgs: []pdu.Message{resp}, flush: true, after: func() { close(sent) }})
+		c.send(outItem{msgs: []pdu.Message{resp}, after: func() { close(sent) }})
 	})
 }
