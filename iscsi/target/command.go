@@ -178,7 +178,7 @@ func (c *conn) execute(t *task, deps []<-chan struct{}) {
 		}
 	}
 	var resp scsi.Response
-	cmd := t.command(c.port)
+	cmd := t.command(c.port, c.sess.initiatorPort)
 	u := c.unit(t.lun)
 	ua, pending := c.sess.takeUnitAttention(t.lun, t.cdb)
 	switch {
