@@ -308,11 +308,11 @@ func TestDataBuffer(t *testing.T) {
 		dst := make([]byte, 16)
 		r := NewFramer(&buf, nil)
 		r.SetDigests(true, dd)
-		r.SetDataBuffer(func(h *BHS) []byte {
+		r.SetDataBuffer(func(h *BHS, n int) []byte {
 			if h.Opcode() != OpDataIn {
 				return nil
 			}
-			return dst[3 : 3+h.DataSegmentLength()]
+			return dst[3 : 3+n]
 		})
 		m, err := r.ReadMessage()
 		if err != nil {

@@ -374,3 +374,17 @@ func senseKey(s []byte) uint8 {
 	}
 	return s[2] & 0xf
 }
+
+// waitPort waits until something listens on 127.0.0.1:port.
+func waitPort(t testing.TB, port int) {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("nothing listens on port %d", port)
+}

@@ -58,6 +58,7 @@ func (c *conn) performTMF(m *pdu.TaskMgmtRequest) (uint8, []*task) {
 		// this session's are waited for (the others own their readers).
 		var ts []*task
 		for _, s := range c.t.allSessions() {
+			s.raiseUnitAttention(m.LUN)
 			for _, t := range s.matching(func(t *task) bool { return t.lun == m.LUN }) {
 				if s == mine {
 					ts = append(ts, t)
@@ -70,6 +71,9 @@ func (c *conn) performTMF(m *pdu.TaskMgmtRequest) (uint8, []*task) {
 	case pdu.TMFTargetWarmReset:
 		var ts []*task
 		for _, s := range c.t.allSessions() {
+			for n := range c.t.units {
+				s.raiseUnitAttention(pdu.LUNFromNumber(uint16(n)))
+			}
 			for _, t := range s.matching(func(*task) bool { return true }) {
 				if s == mine {
 					ts = append(ts, t)
