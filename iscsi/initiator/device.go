@@ -184,6 +184,8 @@ func (s *Session) WriteAt(ctx context.Context, p []byte, off int64, fua bool) er
 	if err := s.check(off, int64(len(p))); err != nil {
 		return err
 	}
+	s.wrote()
+	defer s.wrote()
 	return s.split(ctx, off, int64(len(p)), s.maxIO(), func(ctx context.Context, o, n int64) error {
 		buf := p[o-off : o-off+n]
 		_, err := s.command(ctx, scsi.Write16(uint64(o/s.geom.blockSize), uint32(n/s.geom.blockSize), fua), nil, buf)
@@ -208,6 +210,8 @@ func (s *Session) Discard(ctx context.Context, off, length int64) error {
 	if !g.thin || !g.unmap || !g.lbprz {
 		return s.WriteZeroes(ctx, off, length, true)
 	}
+	s.wrote()
+	defer s.wrote()
 	chunk := s.unmapChunk(int64(g.maxUnmap))
 	return s.split(ctx, off, length, chunk, func(ctx context.Context, o, n int64) error {
 		param := scsi.UnmapParameterList([]scsi.UnmapDescriptor{{LBA: uint64(o / g.blockSize), Blocks: uint32(n / g.blockSize)}})
@@ -234,6 +238,8 @@ func (s *Session) WriteZeroes(ctx context.Context, off, length int64, mayUnmap b
 		return err
 	}
 	g := &s.geom
+	s.wrote()
+	defer s.wrote()
 	unmap := mayUnmap && g.thin && g.writeSameUnmap
 	zero := make([]byte, g.blockSize)
 	if !s.noWriteSame() {
@@ -265,8 +271,9 @@ func (s *Session) setNoWriteSame() {
 }
 
 // Allocation implements blockdev.AllocationReporter with GET LBA STATUS
-// (SBC-3 §5.7). A logical unit that is not thin provisioned is mapped
-// everywhere.
+// (SBC-3 §5.5). One command asks for many descriptors; later calls are
+// answered from them as long as this session wrote nothing meanwhile. A
+// logical unit that is not thin provisioned is mapped everywhere.
 func (s *Session) Allocation(ctx context.Context, off int64) (bool, int64, error) {
 	size := s.Size()
 	if off < 0 || off >= size {
@@ -276,22 +283,46 @@ func (s *Session) Allocation(ctx context.Context, off int64) (bool, int64, error
 	if !s.geom.thin {
 		return true, size - off, nil
 	}
-	lba := off / bs
-	buf := make([]byte, 8+16)
-	n, err := s.command(ctx, scsi.GetLBAStatus(uint64(lba), uint32(len(buf))), buf, nil)
-	if err != nil {
-		return false, 0, deviceError("get lba status", off, err)
+	lba := uint64(off / bs)
+	s.lbaMu.Lock()
+	defer s.lbaMu.Unlock()
+	d, ok := s.cachedLBA(lba)
+	if !ok || s.lbaGen != s.writes.Load() {
+		gen := s.writes.Load()
+		buf := make([]byte, 8+16*lbaStatusDescriptors)
+		n, err := s.command(ctx, scsi.GetLBAStatus(lba, uint32(len(buf))), buf, nil)
+		if err != nil {
+			return false, 0, deviceError("get lba status", off, err)
+		}
+		ds, err := scsi.ParseLBAStatus(buf[:n])
+		if err != nil {
+			return false, 0, fmt.Errorf("GET LBA STATUS: %w", err)
+		}
+		if len(ds) == 0 || ds[0].LBA != lba || ds[0].Blocks == 0 {
+			return false, 0, fmt.Errorf("GET LBA STATUS for LBA %d answered %+v", lba, ds)
+		}
+		s.lba, s.lbaGen, d = ds, gen, ds[0]
 	}
-	ds, err := scsi.ParseLBAStatus(buf[:n])
-	if err != nil {
-		return false, 0, fmt.Errorf("GET LBA STATUS: %w", err)
-	}
-	if len(ds) == 0 || int64(ds[0].LBA) != lba || ds[0].Blocks == 0 {
-		return false, 0, fmt.Errorf("GET LBA STATUS for LBA %d answered %+v", lba, ds)
-	}
-	end := min((lba+int64(ds[0].Blocks))*bs, size)
-	return ds[0].Status == scsi.Mapped, end - off, nil
+	end := min(int64(d.LBA+uint64(d.Blocks))*bs, size)
+	return d.Status == scsi.Mapped, end - off, nil
 }
+
+// lbaStatusDescriptors is how many extents one GET LBA STATUS asks for.
+const lbaStatusDescriptors = 128
+
+// cachedLBA finds the cached descriptor that covers lba. s.lbaMu is held.
+func (s *Session) cachedLBA(lba uint64) (scsi.LBAStatus, bool) {
+	for _, d := range s.lba {
+		if lba >= d.LBA && lba < d.LBA+uint64(d.Blocks) {
+			return d, true
+		}
+	}
+	return scsi.LBAStatus{}, false
+}
+
+// wrote invalidates cached allocation; called before and after every
+// command that may change it.
+func (s *Session) wrote() { s.writes.Add(1) }
 
 // split runs fn over [off, off+length) in pieces of at most chunk bytes,
 // in parallel when there is more than one (each piece takes a slot).
