@@ -29,8 +29,9 @@ type command struct {
 // commands lists the subcommands; each lives in its own file.
 func commands() map[string]command {
 	return map[string]command{
-		"help": {"describe the subcommands", nil},
-		"copy": {copySummary, runCopy},
+		"help":   {"describe the subcommands", nil},
+		"copy":   {copySummary, runCopy},
+		"export": exportCommand(),
 	}
 }
 

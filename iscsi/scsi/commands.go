@@ -22,7 +22,8 @@ func (lu *LogicalUnit) commandSet() []command {
 	// Byte 1 flags: WRITE SAME has WRPROTECT, UNMAP and (16 only) NDOB;
 	// ANCHOR is refused as we do not support anchored blocks. READ has RDPROTECT, DPO, FUA, RARC, FUA_NV; WRITE has
 	// WRPROTECT, DPO, FUA, FUA_NV.
-	const readFlags, writeFlags = 0xfe, 0xfa
+	// VERIFY and WRITE AND VERIFY have VRPROTECT/WRPROTECT, DPO, BYTCHK.
+	const readFlags, writeFlags, verifyFlags = 0xfe, 0xfa, 0xf6
 	cmds := []command{
 		{usage: []byte{OpTestUnitReady, 0, 0, 0, 0, 0}, run: (*LogicalUnit).testUnitReady},
 		{usage: []byte{OpRequestSense, 0x01, 0, 0, ff, 0}, run: (*LogicalUnit).requestSense},
@@ -45,6 +46,20 @@ func (lu *LogicalUnit) commandSet() []command {
 		{usage: rw10(OpWriteSame10, 0xe8), run: (*LogicalUnit).writeSame},
 		{usage: rw16(OpWriteSame16, 0xe9), run: (*LogicalUnit).writeSame},
 		{usage: []byte{OpUnmap, 0, 0, 0, 0, 0, 0x1f, ff, ff, 0}, run: (*LogicalUnit).unmap},
+		{usage: rw10(OpVerify10, verifyFlags), run: (*LogicalUnit).verify},
+		{usage: rw12(OpVerify12, verifyFlags), run: (*LogicalUnit).verify},
+		{usage: rw16(OpVerify16, verifyFlags), run: (*LogicalUnit).verify},
+		{usage: rw10(OpWriteAndVerify10, verifyFlags), run: (*LogicalUnit).writeAndVerify},
+		{usage: rw12(OpWriteAndVerify12, verifyFlags), run: (*LogicalUnit).writeAndVerify},
+		{usage: rw16(OpWriteAndVerify16, verifyFlags), run: (*LogicalUnit).writeAndVerify},
+		{usage: []byte{OpCompareAndWrite, writeFlags, ff, ff, ff, ff, ff, ff, ff, ff, 0, 0, 0, ff, 0x1f, 0},
+			run: (*LogicalUnit).compareAndWrite},
+		{usage: []byte{OpModeSelect6, 0x11, 0, 0, ff, 0}, run: (*LogicalUnit).modeSelect},
+		{usage: []byte{OpModeSense6, 0x08, ff, ff, ff, 0}, run: (*LogicalUnit).modeSense},
+		{usage: []byte{OpModeSelect10, 0x11, 0, 0, 0, 0, 0, ff, ff, 0}, run: (*LogicalUnit).modeSelect},
+		{usage: []byte{OpModeSense10, 0x18, ff, ff, 0, 0, 0, ff, ff, 0}, run: (*LogicalUnit).modeSense},
+		{usage: []byte{OpMaintenanceIn, 0x1f, 0x87, ff, ff, ff, ff, ff, ff, ff, 0, 0},
+			sa: SAReportSupportedOperationCode, hasSA: true, run: (*LogicalUnit).reportSupportedOpcodes},
 		{usage: rw12(OpRead12, readFlags), run: (*LogicalUnit).read},
 		{usage: rw12(OpWrite12, writeFlags), run: (*LogicalUnit).write},
 	}

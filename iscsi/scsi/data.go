@@ -21,6 +21,9 @@ type Capacity struct {
 	// ADDRESS + 1).
 	Blocks    uint64
 	BlockSize uint32
+	// LogicalPerPhysicalExp is the LOGICAL BLOCKS PER PHYSICAL BLOCK
+	// EXPONENT: a physical block holds 1<<LogicalPerPhysicalExp blocks.
+	LogicalPerPhysicalExp uint8
 	// LBPME: the unit is thin provisioned and supports UNMAP/WRITE SAME
 	// with UNMAP; LBPRZ: unmapped blocks read as zeroes.
 	LBPME, LBPRZ bool
@@ -32,6 +35,7 @@ func (c Capacity) marshal16() []byte {
 	b := make([]byte, readCapacity16Len)
 	binary.BigEndian.PutUint64(b, c.Blocks-1)
 	binary.BigEndian.PutUint32(b[8:], c.BlockSize)
+	b[13] = c.LogicalPerPhysicalExp & 0x0f
 	if c.LBPME {
 		b[14] |= 0x80
 	}
@@ -47,10 +51,11 @@ func ParseReadCapacity16(b []byte) (Capacity, error) {
 		return Capacity{}, ErrShortData
 	}
 	return Capacity{
-		Blocks:    binary.BigEndian.Uint64(b) + 1,
-		BlockSize: binary.BigEndian.Uint32(b[8:]),
-		LBPME:     b[14]&0x80 != 0,
-		LBPRZ:     b[14]&0x40 != 0,
+		Blocks:                binary.BigEndian.Uint64(b) + 1,
+		BlockSize:             binary.BigEndian.Uint32(b[8:]),
+		LogicalPerPhysicalExp: b[13] & 0x0f,
+		LBPME:                 b[14]&0x80 != 0,
+		LBPRZ:                 b[14]&0x40 != 0,
 	}, nil
 }
 

@@ -207,7 +207,8 @@ func (lu *LogicalUnit) blockLimits() BlockLimits {
 // zeroes read from unmapped blocks (LBPRZ), as blockdev.Device.Discard
 // promises.
 func (lu *LogicalUnit) capacity() Capacity {
-	return Capacity{Blocks: lu.blocks, BlockSize: lu.cfg.BlockSize, LBPME: true, LBPRZ: true}
+	return Capacity{Blocks: lu.blocks, BlockSize: lu.cfg.BlockSize, LBPME: true, LBPRZ: true,
+		LogicalPerPhysicalExp: uint8(log2(lu.cfg.PhysicalBlockSize / lu.cfg.BlockSize))}
 }
 
 // readCapacity10 serves READ CAPACITY(10) (SBC-3 §5.15). A capacity

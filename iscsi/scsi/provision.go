@@ -24,26 +24,30 @@ func (lu *LogicalUnit) maxWriteSameBlocks() uint32 { return maxUnmapBytes >> lu.
 // block, which SBC-3 §4.7.3.4 allows. NDOB means a zero block without a
 // Data-Out buffer. Zero blocks are refused (WSNZ in VPD page 0xB0).
 func (lu *LogicalUnit) writeSame(ctx context.Context, c *Command) Response {
-	cdb := c.CDB
-	ndob := cdb[0] == OpWriteSame16 && cdb[1]&writeSameNDOB != 0
-	var r Response
-	if !ndob {
-		r.DataOutLength = lu.cfg.BlockSize
+	ndob := c.CDB[0] == OpWriteSame16 && c.CDB[1]&writeSameNDOB != 0
+	if ndob {
+		return lu.writeSameBlocks(ctx, c, true)
 	}
+	return withDataOut(lu.writeSameBlocks(ctx, c, false), lu.cfg.BlockSize)
+}
+
+func (lu *LogicalUnit) writeSameBlocks(ctx context.Context, c *Command, ndob bool) Response {
+	cdb := c.CDB
 	if cdb[1]&cdbProtectMask != 0 {
-		return withDataOut(invalidCDB(1, 7), r.DataOutLength)
+		return invalidCDB(1, 7)
 	}
 	lba, n, lenOff := lbaAndLength(cdb)
 	switch {
 	case n == 0 || n > lu.maxWriteSameBlocks():
-		return withDataOut(invalidCDB(lenOff, -1), r.DataOutLength)
+		return invalidCDB(lenOff, -1)
 	case !lu.inRange(lba, uint64(n)):
-		return withDataOut(illegalRequest(ASCLBAOutOfRange), r.DataOutLength)
+		return illegalRequest(ASCLBAOutOfRange)
 	case lu.cfg.ReadOnly:
-		return withDataOut(writeProtected(), r.DataOutLength)
-	case !ndob && len(c.Data) < int(lu.cfg.BlockSize):
-		// A pattern block that did not arrive cannot be written in part.
-		return withDataOut(illegalRequest(ASCInvalidFieldInInformationUnit), r.DataOutLength)
+		return writeProtected()
+	case !ndob && len(c.Data) != int(lu.cfg.BlockSize):
+		// The Data-Out buffer is exactly one block: a partial one cannot
+		// be written, and with more it is unclear which is the pattern.
+		return illegalRequest(ASCInvalidFieldInInformationUnit)
 	}
 	off, length := int64(lba)<<lu.shift, int64(n)<<lu.shift
 	m := lu.locks.shared(lba, uint64(n))
@@ -55,14 +59,9 @@ func (lu *LogicalUnit) writeSame(ctx context.Context, c *Command) Response {
 		err = lu.writePattern(ctx, c.Data[:lu.cfg.BlockSize], off, length)
 	}
 	if err != nil {
-		return withDataOut(lu.fail(ctx, err, true), r.DataOutLength)
+		return lu.fail(ctx, err, true)
 	}
-	return r
-}
-
-func withDataOut(r Response, n uint32) Response {
-	r.DataOutLength = n
-	return r
+	return Response{}
 }
 
 func allZero(b []byte) bool {
@@ -104,31 +103,34 @@ const (
 // descriptor is ignored, as SBC-3 specifies.
 func (lu *LogicalUnit) unmap(ctx context.Context, c *Command) Response {
 	paramLen := uint32(binary.BigEndian.Uint16(c.CDB[7:]))
-	r := Response{DataOutLength: paramLen}
+	return withDataOut(lu.unmapList(ctx, c, paramLen), paramLen)
+}
+
+func (lu *LogicalUnit) unmapList(ctx context.Context, c *Command, paramLen uint32) Response {
 	if paramLen == 0 {
-		return r
+		return Response{}
 	}
 	data := c.Data[:min(uint32(len(c.Data)), paramLen)]
 	if len(data) < unmapHeaderLen {
-		return withDataOut(illegalRequest(ASCParameterListLengthError), paramLen)
+		return illegalRequest(ASCParameterListLengthError)
 	}
 	if lu.cfg.ReadOnly {
-		return withDataOut(writeProtected(), paramLen)
+		return writeProtected()
 	}
 	descs := data[unmapHeaderLen:]
 	descs = descs[:min(len(descs), int(binary.BigEndian.Uint16(data[2:])))]
 	count := len(descs) / unmapDescriptorLen
 	if count > maxUnmapDescriptors {
-		return withDataOut(invalidParam(2, -1), paramLen)
+		return invalidParam(2, -1)
 	}
 	for i := range count {
 		d := descs[i*unmapDescriptorLen:]
 		lba, n := binary.BigEndian.Uint64(d), binary.BigEndian.Uint32(d[8:])
 		if n > maxUnmapBytes>>lu.shift {
-			return withDataOut(invalidParam(unmapHeaderLen+i*unmapDescriptorLen+8, -1), paramLen)
+			return invalidParam(unmapHeaderLen+i*unmapDescriptorLen+8, -1)
 		}
 		if !lu.inRange(lba, uint64(n)) {
-			return withDataOut(illegalRequest(ASCLBAOutOfRange), paramLen)
+			return illegalRequest(ASCLBAOutOfRange)
 		}
 	}
 	for i := range count {
@@ -141,10 +143,10 @@ func (lu *LogicalUnit) unmap(ctx context.Context, c *Command) Response {
 		err := lu.dev.Discard(ctx, int64(lba)<<lu.shift, int64(n)<<lu.shift)
 		lu.locks.unlockShared(m)
 		if err != nil {
-			return withDataOut(lu.fail(ctx, err, true), paramLen)
+			return lu.fail(ctx, err, true)
 		}
 	}
-	return r
+	return Response{}
 }
 
 // ProvisioningStatus is the state of an LBA extent in GET LBA STATUS data

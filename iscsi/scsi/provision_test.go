@@ -127,6 +127,7 @@ func TestWriteSameRefusals(t *testing.T) {
 		{"ANCHOR", u, cdb16(OpWriteSame16, 0x10, 0, 1), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
 		{"NDOB on WRITE SAME(10) is reserved", u, cdb10(OpWriteSame10, 0x01, 0, 1), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
 		{"pattern block missing", u, WriteSame16(0, 1, false, false), block[:100], SenseIllegalRequest, ASCInvalidFieldInInformationUnit},
+		{"more than one pattern block", u, WriteSame16(0, 1, false, false), make([]byte, 1024), SenseIllegalRequest, ASCInvalidFieldInInformationUnit},
 		{"read-only", ro, WriteSame16(0, 1, true, false), block, SenseDataProtect, ASCWriteProtected},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

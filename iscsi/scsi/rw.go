@@ -95,43 +95,39 @@ func (lu *LogicalUnit) read(ctx context.Context, c *Command) Response {
 // (Expected Data Transfer Length smaller than the CDB asks for) writes only
 // the whole blocks that arrived, as initiators' residual-overflow handling
 // expects, and a partial block is refused rather than padded.
-func (lu *LogicalUnit) writeData(c *Command, n uint32) ([]byte, *Response) {
+func (lu *LogicalUnit) writeData(c *Command, n uint32) ([]byte, bool) {
 	want := int(n) << lu.shift
 	data := c.Data
 	if len(data) >= want {
-		return data[:want], nil
+		return data[:want], true
 	}
-	if len(data)&(1<<lu.shift-1) != 0 {
-		r := illegalRequest(ASCInvalidFieldInInformationUnit)
-		return nil, &r
-	}
-	return data, nil
+	return data, len(data)&(1<<lu.shift-1) == 0
 }
 
 // write serves WRITE(6/10/12/16) (SBC-3 §5.32-5.35). FUA is passed to the
 // device, which makes the data durable before returning; DPO is ignored.
 func (lu *LogicalUnit) write(ctx context.Context, c *Command) Response {
 	lba, n, lenOff := lbaAndLength(c.CDB)
-	r := lu.writeBlocks(ctx, c, lba, n, lenOff)
-	r.DataOutLength = n << lu.shift
-	return r
+	fua := cdbLen(c.CDB[0]) != 6 && c.CDB[1]&cdbFUA != 0
+	return withDataOut(lu.writeBlocks(ctx, c, lba, n, lenOff, fua), n<<lu.shift)
 }
 
-func (lu *LogicalUnit) writeBlocks(ctx context.Context, c *Command, lba uint64, n uint32, lenOff int) Response {
+// writeBlocks checks and writes a WRITE-like command's n blocks at lba
+// from c.Data (see writeData).
+func (lu *LogicalUnit) writeBlocks(ctx context.Context, c *Command, lba uint64, n uint32, lenOff int, fua bool) Response {
 	if r, ok := lu.blockCheck(c.CDB, lba, n, lenOff, lu.maxTransferBlocks()); !ok {
 		return r
 	}
 	if lu.cfg.ReadOnly {
 		return writeProtected()
 	}
-	data, bad := lu.writeData(c, n)
-	if bad != nil {
-		return *bad
+	data, ok := lu.writeData(c, n)
+	if !ok {
+		return illegalRequest(ASCInvalidFieldInInformationUnit)
 	}
 	if len(data) == 0 {
 		return Response{}
 	}
-	fua := cdbLen(c.CDB[0]) != 6 && c.CDB[1]&cdbFUA != 0
 	m := lu.locks.shared(lba, uint64(n))
 	err := lu.dev.WriteAt(ctx, data, int64(lba<<lu.shift), fua)
 	lu.locks.unlockShared(m)

@@ -35,6 +35,11 @@ type UnitConfig struct {
 	ReadOnly bool
 	// BlockSize is the logical block size in bytes: 512 (default) or 4096.
 	BlockSize uint32
+	// PhysicalBlockSize is the unit in which the backing store allocates
+	// (default 4096, the file system block, or BlockSize if larger). READ
+	// CAPACITY(16) reports it so that guests align partitions and I/O to
+	// it, and unmaps of whole physical blocks really deallocate.
+	PhysicalBlockSize uint32
 	// OptimalGranularity is the OPTIMAL TRANSFER LENGTH GRANULARITY in
 	// bytes (default 4096, the file system block: smaller writes cost a
 	// read-modify-write in the page cache).
@@ -116,6 +121,12 @@ func NewLogicalUnit(dev blockdev.Device, cfg UnitConfig) (*LogicalUnit, error) {
 		return nil, fmt.Errorf("scsi: block size %d: want 512 or 4096", cfg.BlockSize)
 	}
 	bs := cfg.BlockSize
+	if cfg.PhysicalBlockSize == 0 {
+		cfg.PhysicalBlockSize = max(4096, bs)
+	}
+	if p := cfg.PhysicalBlockSize; p < bs || p&(p-1) != 0 || p/bs > 1<<15 {
+		return nil, fmt.Errorf("scsi: physical block size %d: want a power of two from the block size %d up", p, bs)
+	}
 	if cfg.OptimalGranularity == 0 {
 		cfg.OptimalGranularity = max(4096, bs)
 	}
@@ -207,15 +218,14 @@ type command struct {
 // have one (SPC-4 §4.2.5.2: bits 4-0 of byte 1 for all of ours).
 func serviceAction(cdb []byte) uint16 { return uint16(cdb[1] & 0x1f) }
 
-// lookup finds the command for cdb's opcode and service action.
-func (lu *LogicalUnit) lookup(cdb []byte) *command {
-	i := lu.byOp[cdb[0]]
+// find returns the command for op and, if op has service actions, sa.
+func (lu *LogicalUnit) find(op byte, sa uint16) *command {
+	i := lu.byOp[op]
 	if i == 0 {
 		return nil
 	}
-	for j := int(i) - 1; j < len(lu.cmds) && lu.cmds[j].usage[0] == cdb[0]; j++ {
-		cmd := &lu.cmds[j]
-		if !cmd.hasSA || len(cdb) > 1 && cmd.sa == serviceAction(cdb) {
+	for j := int(i) - 1; j < len(lu.cmds) && lu.cmds[j].usage[0] == op; j++ {
+		if cmd := &lu.cmds[j]; !cmd.hasSA || cmd.sa == sa {
 			return cmd
 		}
 	}
@@ -230,7 +240,11 @@ func (lu *LogicalUnit) Execute(ctx context.Context, c *Command) Response {
 	if len(cdb) == 0 {
 		return checkCondition(Sense{Key: SenseIllegalRequest, Code: ASCInvalidCommandOperationCode})
 	}
-	cmd := lu.lookup(cdb)
+	var sa uint16
+	if len(cdb) > 1 {
+		sa = serviceAction(cdb)
+	}
+	cmd := lu.find(cdb[0], sa)
 	if cmd == nil {
 		off := 0
 		if lu.byOp[cdb[0]] != 0 {
@@ -257,6 +271,12 @@ func (lu *LogicalUnit) Execute(ctx context.Context, c *Command) Response {
 // checkCondition is a CHECK CONDITION response with fixed-format sense.
 func checkCondition(s Sense) Response {
 	return Response{Status: StatusCheckCondition, Sense: s.Fixed()}
+}
+
+// withDataOut records in r how many Data-Out bytes the command asked for.
+func withDataOut(r Response, n uint32) Response {
+	r.DataOutLength = n
+	return r
 }
 
 // invalidCDB is ILLEGAL REQUEST, INVALID FIELD IN CDB pointing at byte

@@ -158,6 +158,8 @@ func TestNewLogicalUnitValidates(t *testing.T) {
 		{"long vendor", UnitConfig{ID: "x", Vendor: "TOOLONGVENDOR"}},
 		{"non-ascii product", UnitConfig{ID: "x", Product: "dísk"}},
 		{"block size", UnitConfig{ID: "x", BlockSize: 1024}},
+		{"physical block smaller than logical", UnitConfig{ID: "x", BlockSize: 4096, PhysicalBlockSize: 512}},
+		{"physical block not a power of two", UnitConfig{ID: "x", PhysicalBlockSize: 3072}},
 		{"max transfer not a block multiple", UnitConfig{ID: "x", MaxTransfer: 1000}},
 		{"optimal above max", UnitConfig{ID: "x", OptimalTransfer: 16 << 20, MaxTransfer: 8 << 20}},
 	} {
@@ -346,11 +348,12 @@ func TestReadCapacity(t *testing.T) {
 			}
 			r = u.exec(ReadCapacity16(32), nil)
 			mustGood(t, r)
-			if len(r.Data) != 32 || r.Data[14] != 0xc0 {
-				t.Errorf("READ CAPACITY(16) = % x (want 32 bytes, LBPME|LBPRZ)", r.Data)
+			exp := map[uint32]uint8{512: 3, 4096: 0}[bs] // 4096-byte physical blocks
+			if len(r.Data) != 32 || r.Data[13] != exp || r.Data[14] != 0xc0 {
+				t.Errorf("READ CAPACITY(16) = % x (want 32 bytes, exponent %d, LBPME|LBPRZ)", r.Data, exp)
 			}
 			c, err := ParseReadCapacity16(r.Data)
-			if err != nil || c != (Capacity{Blocks: blocks, BlockSize: bs, LBPME: true, LBPRZ: true}) {
+			if err != nil || c != (Capacity{Blocks: blocks, BlockSize: bs, LogicalPerPhysicalExp: exp, LBPME: true, LBPRZ: true}) {
 				t.Errorf("ParseReadCapacity16 = %+v, %v", c, err)
 			}
 			r = u.exec(ReadCapacity16(12), nil)

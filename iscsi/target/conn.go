@@ -1,0 +1,427 @@
+package target
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shareless/shareless/iscsi/pdu"
+	"github.com/shareless/shareless/iscsi/scsi"
+)
+
+// firstStatSN is the StatSN of a connection's first Login Response.
+const firstStatSN = 1
+
+// outItem is a group of PDUs the writer sends back to back; after, if
+// set, runs once they are written (or the connection has failed).
+type outItem struct {
+	msgs []pdu.Message
+	// flush pushes the PDUs onto the wire before after runs.
+	flush bool
+	after func()
+}
+
+// conn is one TCP connection: login, then the full feature phase.
+type conn struct {
+	t    *Target
+	nc   net.Conn
+	log  *slog.Logger
+	fr   *pdu.Framer
+	bw   *bufio.Writer
+	sess *session
+	port scsi.TargetPort
+
+	ctx       context.Context
+	cancel    context.CancelCauseFunc
+	closeOnce sync.Once
+	finished  chan struct{} // closed when serve has cleaned up
+
+	out     chan outItem
+	statSN  uint32 // next StatSN; owned by the writer
+	workers sync.WaitGroup
+	// tasksWG counts dispatched tasks; logout waits for them.
+	tasksWG sync.WaitGroup
+
+	seq       sequencer
+	loggedOut chan struct{} // set by logout: closed once its response is sent
+	nextTTT   atomic.Uint32
+	lastRecv  atomic.Int64 // unix nanoseconds of the last PDU received
+}
+
+func newConn(t *Target, nc net.Conn) *conn {
+	bw := bufio.NewWriterSize(nc, 256<<10)
+	c := &conn{
+		t: t, nc: nc, bw: bw, fr: pdu.NewFramer(nc, bw),
+		log:      t.log.With("peer", nc.RemoteAddr().String()),
+		port:     scsi.TargetPort{TargetName: t.cfg.IQN, TPGT: 1, RelativeID: 1},
+		finished: make(chan struct{}),
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	return c
+}
+
+// close ends the connection; every goroutine of it winds down.
+func (c *conn) close(err error) {
+	c.closeOnce.Do(func() {
+		if c.cancel != nil {
+			c.cancel(err)
+		}
+		c.nc.Close()
+	})
+}
+
+// recoverPanic contains a panic to this connection (it is dropped).
+func (c *conn) recoverPanic(where string) {
+	if r := recover(); r != nil {
+		c.log.Error("panic serving connection; dropping it", "in", where, "panic", r, "stack", string(debug.Stack()))
+		c.close(fmt.Errorf("panic in %s: %v", where, r))
+	}
+}
+
+func (c *conn) serve(parent context.Context) {
+	c.ctx, c.cancel = context.WithCancelCause(parent)
+	defer close(c.finished)
+	defer c.cleanup()
+	defer c.recoverPanic("reader")
+	if err := c.login(); err != nil {
+		c.log.Info("login failed", "err", err)
+		return
+	}
+	c.out = make(chan outItem, int(c.t.cfg.QueueDepth)+64)
+	c.lastRecv.Store(time.Now().UnixNano())
+	c.workers.Add(2)
+	go c.writeLoop()
+	go c.keepalive()
+	c.seq.w = &c.sess.window
+	c.close(c.readLoop())
+}
+
+func (c *conn) cleanup() {
+	c.close(errors.New("connection closed"))
+	c.workers.Wait()
+	if s := c.sess; s != nil {
+		for _, t := range s.matching(func(*task) bool { return true }) {
+			t.abort()
+			s.finish(t)
+		}
+		c.t.removeSession(s)
+		c.log.Info("session ended", "cause", context.Cause(c.ctx))
+	}
+}
+
+// registry binds the target's session registry to this connection.
+type registry struct{ c *conn }
+
+func (r registry) sessionExists(tsih uint16) bool { return r.c.t.sessionExists(tsih) }
+
+func (r registry) admit(res *loginResult) (uint16, error) {
+	tsih, old, err := r.c.t.admit(res, r.c)
+	if old != nil {
+		// Reinstatement (§6.3.5): the old session's tasks end before the
+		// new session starts.
+		old.end(errors.New("reinstated by a new login"))
+		select {
+		case <-old.conn.finished:
+		case <-time.After(5 * time.Second):
+		}
+	}
+	return tsih, err
+}
+
+// login runs the login phase (RFC 7143 §6) under LoginTimeout.
+func (c *conn) login() error {
+	c.nc.SetDeadline(time.Now().Add(c.t.cfg.LoginTimeout))
+	l := newLogin(&c.t.cfg, registry{c}, firstStatSN)
+	for {
+		m, err := c.fr.ReadMessage()
+		if err != nil {
+			return err
+		}
+		req, ok := m.(*pdu.LoginRequest)
+		if !ok {
+			return fmt.Errorf("%v during login", m.Opcode())
+		}
+		resp, outcome, stepErr := l.step(req)
+		if err := c.fr.WriteMessage(resp); err != nil {
+			return err
+		}
+		if err := c.bw.Flush(); err != nil {
+			return err
+		}
+		switch outcome {
+		case loginFailed:
+			return stepErr
+		case loginDone:
+			r := l.result()
+			c.statSN = r.statSN + 1
+			c.fr.SetDigests(r.op.HeaderDigest, r.op.DataDigest)
+			c.fr.SetMaxRecvDataSegmentLength(int(r.op.MaxRecvDataSegmentLength))
+			c.nc.SetDeadline(time.Time{})
+			c.log = c.log.With("initiator", r.initiator, "tsih", resp.TSIH)
+			c.log.Info("login", "discovery", r.discovery, "header_digest", r.op.HeaderDigest,
+				"data_digest", r.op.DataDigest, "max_xmit", r.op.MaxXmitDataSegmentLength)
+			return nil
+		}
+	}
+}
+
+// errLogout ends the read loop after a logout response was sent.
+var errLogout = errors.New("logged out")
+
+func (c *conn) readLoop() error {
+	for {
+		m, err := c.fr.ReadMessage()
+		c.lastRecv.Store(time.Now().UnixNano())
+		if err != nil {
+			var pe *pdu.PDUError
+			if !errors.As(err, &pe) {
+				return err
+			}
+			c.log.Warn("rejecting PDU", "err", pe)
+			c.badPDU(pe)
+			continue
+		}
+		c.handle(m)
+		if c.loggedOut != nil {
+			select {
+			case <-c.loggedOut:
+			case <-c.ctx.Done():
+			}
+			return errLogout
+		}
+	}
+}
+
+// handle dispatches one PDU of the full feature phase.
+func (c *conn) handle(m pdu.Message) {
+	if c.sess.discovery {
+		switch m.(type) {
+		case *pdu.TextRequest, *pdu.NOPOut, *pdu.LogoutRequest:
+		default:
+			// §4.3: a discovery session carries only Text, NOP and Logout.
+			c.reject(pdu.RejectProtocolError, headerOf(m))
+			return
+		}
+	}
+	switch m := m.(type) {
+	case *pdu.SCSICommand:
+		c.scsiCommand(m)
+	case *pdu.DataOut:
+		c.dataOut(m)
+	case *pdu.NOPOut:
+		c.nopOut(m)
+	case *pdu.TaskMgmtRequest:
+		c.taskMgmt(m)
+	case *pdu.TextRequest:
+		c.text(m)
+	case *pdu.LogoutRequest:
+		c.logout(m)
+	case *pdu.SNACKRequest:
+		// ErrorRecoveryLevel 0 has no SNACK (§11.16).
+		c.reject(pdu.RejectSNACK, headerOf(m))
+	default:
+		c.reject(pdu.RejectProtocolError, headerOf(m))
+	}
+}
+
+// badPDU answers an invalid PDU the codec consumed whole with a Reject
+// (§11.17). A rejected command still used up its CmdSN, which is consumed
+// in order so that later commands are not held back; a SCSI command or
+// Data-Out that failed its data digest ends its task with CHECK CONDITION
+// (§7.8, ErrorRecoveryLevel 0).
+func (c *conn) badPDU(pe *pdu.PDUError) {
+	h := &pe.Header
+	c.reject(pe.Reason, h[:])
+	cmdSN := binary.BigEndian.Uint32(h[24:])
+	switch h.Opcode() {
+	case pdu.OpSCSICommand:
+		if pe.Reason != pdu.RejectDataDigest {
+			break
+		}
+		ctx, cancel := context.WithCancel(c.ctx)
+		t := &task{itt: h.ITT(), cmdSN: cmdSN, immediate: h.Immediate(), cdb: []byte{0},
+			ctx: ctx, cancel: cancel, done: make(chan struct{}), dataDone: true}
+		t.fail(scsi.Sense{Key: scsi.SenseAbortedCommand, Code: ascIUCRCError})
+		if !c.sess.register(t) {
+			cancel()
+			return
+		}
+		if !c.ordered(t.immediate, cmdSN, func() { c.deliver(t) }) {
+			cancel()
+			c.sess.finish(t)
+		}
+		return
+	case pdu.OpDataOut:
+		if t := c.sess.lookup(h.ITT()); t != nil && !t.dataDone {
+			c.failTransfer(t, pe.Err)
+		}
+		return
+	case pdu.OpNOPOut, pdu.OpTaskMgmtRequest, pdu.OpTextRequest, pdu.OpLogoutRequest:
+	default:
+		return
+	}
+	if !h.Immediate() {
+		c.ordered(false, cmdSN, c.sess.window.release)
+	}
+}
+
+// reject sends a Reject carrying the offending header.
+func (c *conn) reject(reason uint8, header []byte) {
+	c.send(outItem{msgs: []pdu.Message{&pdu.Reject{Reason: reason, Data: header}}})
+}
+
+// headerOf re-encodes a decoded PDU's Basic Header Segment for a Reject.
+func headerOf(m pdu.Message) []byte {
+	var b bytes.Buffer
+	pdu.NewFramer(nil, &b).WriteMessage(m)
+	return b.Bytes()[:pdu.BHSLen]
+}
+
+// send queues PDUs for the writer; it gives up when the connection ends.
+func (c *conn) send(it outItem) {
+	select {
+	case c.out <- it:
+	case <-c.ctx.Done():
+		if it.after != nil {
+			it.after()
+		}
+	}
+}
+
+func (c *conn) newTTT() uint32 {
+	for {
+		if v := c.nextTTT.Add(1); v != pdu.ReservedTag {
+			return v
+		}
+	}
+}
+
+// writeLoop is the connection's only writer: it stamps StatSN, ExpCmdSN
+// and MaxCmdSN in wire order (§4.2.2.2) and flushes when it has nothing
+// more queued, so that PDUs completing together share a system call.
+func (c *conn) writeLoop() {
+	defer c.workers.Done()
+	defer c.recoverPanic("writer")
+	for {
+		select {
+		case it := <-c.out:
+			if err := c.write(it); err != nil {
+				c.close(err)
+				return
+			}
+			if len(c.out) == 0 {
+				if err := c.bw.Flush(); err != nil {
+					c.close(err)
+					return
+				}
+			}
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+func (c *conn) write(it outItem) error {
+	if it.after != nil {
+		defer it.after()
+	}
+	for _, m := range it.msgs {
+		c.stamp(m)
+		if err := c.fr.WriteMessage(m); err != nil {
+			return err
+		}
+	}
+	if it.flush {
+		return c.bw.Flush()
+	}
+	return nil
+}
+
+// stamp fills the sequence numbers of an outgoing PDU. PDUs that carry
+// status take the next StatSN; R2T and NOP-In pings carry it without
+// taking it (§11.8.3, §11.19.2).
+func (c *conn) stamp(m pdu.Message) {
+	exp, max := c.sess.window.load()
+	take := func() uint32 { c.statSN++; return c.statSN - 1 }
+	switch m := m.(type) {
+	case *pdu.SCSIResponse:
+		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = take(), exp, max
+	case *pdu.DataIn:
+		if m.HasStatus {
+			m.StatSN = take()
+		}
+		m.ExpCmdSN, m.MaxCmdSN = exp, max
+	case *pdu.R2T:
+		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = c.statSN, exp, max
+	case *pdu.NOPIn:
+		if m.ITT == pdu.ReservedTag {
+			m.StatSN = c.statSN
+		} else {
+			m.StatSN = take()
+		}
+		m.ExpCmdSN, m.MaxCmdSN = exp, max
+	case *pdu.TaskMgmtResponse:
+		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = take(), exp, max
+	case *pdu.TextResponse:
+		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = take(), exp, max
+	case *pdu.LogoutResponse:
+		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = take(), exp, max
+	case *pdu.Reject:
+		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = take(), exp, max
+	case *pdu.AsyncMessage:
+		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = take(), exp, max
+	}
+}
+
+// ordered runs deliver for a command in CmdSN order, or at once for an
+// immediate one (§3.2.2.1). Out-of-window commands are silently ignored.
+func (c *conn) ordered(immediate bool, cmdSN uint32, deliver func()) bool {
+	if immediate {
+		deliver()
+		return true
+	}
+	if !c.seq.submit(cmdSN, deliver) {
+		exp, max := c.sess.window.load()
+		c.log.Debug("ignoring command outside the CmdSN window", "cmdsn", cmdSN, "exp", exp, "max", max)
+		return false
+	}
+	return true
+}
+
+// respond sends a non-SCSI response and returns the command's window slot.
+func (c *conn) respond(immediate bool, m pdu.Message) {
+	if !immediate {
+		c.sess.window.release()
+	}
+	c.send(outItem{msgs: []pdu.Message{m}})
+}
+
+// logout answers a Logout Request (§11.14) once the dispatched commands
+// are done; the read loop then waits for the response to be on the wire
+// and ends the connection.
+func (c *conn) logout(m *pdu.LogoutRequest) {
+	c.ordered(m.Immediate, m.CmdSN, func() {
+		resp := &pdu.LogoutResponse{ITT: m.ITT, Response: pdu.LogoutClosed}
+		if m.Reason == pdu.LogoutRecovery {
+			resp.Response = pdu.LogoutNoRecovery
+		}
+		c.tasksWG.Wait()
+		if !m.Immediate {
+			c.sess.window.release()
+		}
+		sent := make(chan struct{})
+		c.loggedOut = sent
+		c.send(outItem{msgs: []pdu.Message{resp}, flush: true, after: func() { close(sent) }})
+	})
+}

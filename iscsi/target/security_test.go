@@ -1,0 +1,136 @@
+package target
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"github.com/shareless/shareless/iscsi/pdu"
+)
+
+func wantStatus(t *testing.T, err error, class, detail uint8) {
+	t.Helper()
+	var ls *loginStatus
+	if !errors.As(err, &ls) || ls.class != class || ls.detail != detail {
+		t.Fatalf("login error %v, want status 0x%02x%02x", err, class, detail)
+	}
+}
+
+// TestRFC7143_12_1_3_CHAPWrongSecret: a wrong CHAP response ends the
+// login with "authentication failure" (0x0201), and so does a wrong user.
+func TestRFC7143_12_1_3_CHAPWrongSecret(t *testing.T) {
+	_, addr := startTarget(t, testConfig(t))
+	o := defaultLogin()
+	o.secret = "not-the-secret!"
+	wantStatus(t, dial(t, addr).login(o), pdu.LoginInitiatorError, pdu.DetailAuthFailure)
+	o = defaultLogin()
+	o.user = "mallory"
+	wantStatus(t, dial(t, addr).login(o), pdu.LoginInitiatorError, pdu.DetailAuthFailure)
+	dial(t, addr).mustLogin(defaultLogin())
+}
+
+// TestRFC7143_12_1_3_MutualCHAP: the target proves it knows the mutual
+// secret; a target without mutual credentials refuses the request.
+func TestRFC7143_12_1_3_MutualCHAP(t *testing.T) {
+	_, addr := startTarget(t, testConfig(t))
+	o := defaultLogin()
+	o.mutualUser, o.mutualSecret = testMutualU, testMutualS
+	dial(t, addr).mustLogin(o)
+	o.mutualSecret = "some-other-secret"
+	if err := dial(t, addr).login(o); err == nil {
+		t.Fatal("client accepted the target's mutual CHAP answer for a different secret")
+	}
+	cfg := testConfig(t)
+	cfg.MutualCHAP = nil
+	_, addr = startTarget(t, cfg)
+	o.mutualSecret = testMutualS
+	wantStatus(t, dial(t, addr).login(o), pdu.LoginInitiatorError, pdu.DetailAuthFailure)
+}
+
+// TestRFC7143_12_NoAuthRefused: without NoAuth an initiator cannot skip
+// authentication, neither by offering AuthMethod=None nor by starting in
+// the operational stage.
+func TestRFC7143_12_NoAuthRefused(t *testing.T) {
+	_, addr := startTarget(t, testConfig(t))
+	o := defaultLogin()
+	o.authMethod = "None"
+	wantStatus(t, dial(t, addr).login(o), pdu.LoginInitiatorError, pdu.DetailAuthFailure)
+	o = defaultLogin()
+	o.skipSecurity = true
+	wantStatus(t, dial(t, addr).login(o), pdu.LoginInitiatorError, pdu.DetailAuthFailure)
+
+	cfg := testConfig(t)
+	cfg.CHAP, cfg.MutualCHAP, cfg.NoAuth = nil, nil, true
+	_, addr = startTarget(t, cfg)
+	o = defaultLogin()
+	o.authMethod = "None"
+	dial(t, addr).mustLogin(o)
+	o.skipSecurity = true
+	dial(t, addr).mustLogin(o)
+}
+
+// TestConfigRequiresAuth: a target without credentials must say NoAuth.
+func TestConfigRequiresAuth(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.CHAP, cfg.MutualCHAP = nil, nil
+	if _, err := New(cfg); err == nil {
+		t.Fatal("target without CHAP and without NoAuth was created")
+	}
+}
+
+// TestACL: an initiator outside the allow-list sees nothing in SendTargets
+// discovery and its login is "forbidden" (0x0202); an allowed one sees the
+// target at the portal it connected to.
+func TestACL(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.AllowInitiators = []string{testInitiator}
+	_, addr := startTarget(t, cfg)
+
+	discover := func(initiator string) []byte {
+		c := dial(t, addr)
+		o := defaultLogin()
+		o.initiator, o.discovery = initiator, true
+		c.mustLogin(o)
+		c.send(&pdu.TextRequest{Immediate: true, Final: true, ITT: c.nextITT(), TTT: pdu.ReservedTag,
+			CmdSN: c.cmdSN, ExpStatSN: c.expStatSN, Data: pdu.EncodeText([]pdu.KeyValue{{Key: "SendTargets", Value: "All"}})})
+		resp, ok := c.recv().(*pdu.TextResponse)
+		if !ok || !resp.Final {
+			t.Fatalf("SendTargets answered with %+v", resp)
+		}
+		c.logout()
+		return resp.Data
+	}
+	want := pdu.EncodeText([]pdu.KeyValue{{Key: "TargetName", Value: testIQN}, {Key: "TargetAddress", Value: addr + ",1"}})
+	if got := discover(testInitiator); !bytes.Equal(got, want) {
+		t.Errorf("allowed initiator discovered %q, want %q", got, want)
+	}
+	if got := discover("iqn.2026-11.org.example:stranger"); len(got) != 0 {
+		t.Errorf("initiator outside the ACL discovered %q", got)
+	}
+	o := defaultLogin()
+	o.initiator = "iqn.2026-11.org.example:stranger"
+	wantStatus(t, dial(t, addr).login(o), pdu.LoginInitiatorError, pdu.DetailForbidden)
+}
+
+// TestRFC7143_11_13_5_LoginStatus covers the refusals of the first Login
+// Request.
+func TestRFC7143_11_13_5_LoginStatus(t *testing.T) {
+	_, addr := startTarget(t, testConfig(t))
+	cases := []struct {
+		name   string
+		mod    func(*loginOpts)
+		detail uint8
+	}{
+		{"UnknownTarget", func(o *loginOpts) { o.target = "iqn.2026-11.org.example:nope" }, pdu.DetailNotFound},
+		{"MissingTargetName", func(o *loginOpts) { o.target = "" }, pdu.DetailMissingParam},
+		{"MissingInitiatorName", func(o *loginOpts) { o.initiator = "" }, pdu.DetailMissingParam},
+		{"NeverIssuedTSIH", func(o *loginOpts) { o.tsih = 0x4242 }, pdu.DetailNoSession},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			o := defaultLogin()
+			c.mod(&o)
+			wantStatus(t, dial(t, addr).login(o), pdu.LoginInitiatorError, c.detail)
+		})
+	}
+}
