@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
@@ -14,8 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shareless/shareless/blockdev"
 	"github.com/shareless/shareless/internal/testenv"
 	"github.com/shareless/shareless/internal/tgtd"
+	"github.com/shareless/shareless/iscsi/chap"
+	"github.com/shareless/shareless/iscsi/scsi"
+	"github.com/shareless/shareless/iscsi/target"
 )
 
 // TestMain lets a test run this binary as the shareless command, for the
@@ -325,5 +330,64 @@ func TestCopyInterrupt(t *testing.T) {
 	}
 	if !strings.Contains(errb.String(), "copy: ") {
 		t.Errorf("no progress lines: %s", errb.String())
+	}
+}
+
+// startOwnTarget serves path as LUN 0 of iqn with CHAP through
+// iscsi/target, in-process, and returns the LUN's URL without password.
+func startOwnTarget(t *testing.T, iqn, path string) string {
+	t.Helper()
+	dev, err := blockdev.OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	sec, err := chap.NewSecret([]byte(copySecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := target.New(target.Config{IQN: iqn, Listen: []string{"127.0.0.1:0"},
+		LUNs: []target.LUN{{Device: dev, Unit: scsi.UnitConfig{ID: path}}},
+		CHAP: &chap.Credentials{User: copyUser, Secret: sec}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- tg.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		tg.Close()
+		<-done
+	})
+	return fmt.Sprintf("iscsi://%s@%s/%s/0", copyUser, tg.Addrs()[0], iqn)
+}
+
+// TestCopyOwnTarget copies file -> our LUN -> tgtd LUN -> file, so that
+// every direction between a file, tgtd and iscsi/target is crossed.
+func TestCopyOwnTarget(t *testing.T) {
+	testenv.SkipIfShort(t)
+	const size = 32 << 20
+	ce := startCopyTarget(t, size)
+	dir := t.TempDir()
+	ownLUN := filepath.Join(dir, "own.img")
+	garbage(t, ownLUN, size)
+	own := startOwnTarget(t, "iqn.2026-11.io.shareless.test:own", ownLUN)
+	src := filepath.Join(dir, "src.img")
+	image(t, src, size)
+	dst := filepath.Join(dir, "dst.img")
+	for _, step := range [][2]string{{src, own}, {own, ce.url}, {ce.url, own}, {own, dst}} {
+		code, _, errs := shareless("copy", "--chap-secret-file", ce.secret, step[0], step[1])
+		if code != 0 {
+			t.Fatalf("copy %s %s: exit %d: %s", step[0], step[1], code, errs)
+		}
+	}
+	sameFiles(t, src, ownLUN)
+	sameFiles(t, src, ce.lun)
+	sameFiles(t, src, dst)
+	if got := allocated(t, dst); got > 7<<20 {
+		t.Errorf("destination allocates %d bytes, want holes", got)
+	}
+	ownQemu := strings.Replace(own, copyUser+"@", copyUser+"%"+copySecret+"@", 1)
+	if out, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", src, ownQemu).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img compare with our target: %v: %s", err, out)
 	}
 }

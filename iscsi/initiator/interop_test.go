@@ -12,8 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shareless/shareless/blockdev"
 	"github.com/shareless/shareless/internal/tgtd"
 	"github.com/shareless/shareless/iscsi/chap"
+	"github.com/shareless/shareless/iscsi/scsi"
+	"github.com/shareless/shareless/iscsi/target"
 )
 
 const (
@@ -75,29 +78,74 @@ func creds(t testing.TB, mutual bool) Credentials {
 	return c
 }
 
+// TestTgtdInterop runs the initiator against Debian's tgtd, a target we
+// did not write.
 func TestTgtdInterop(t *testing.T) {
 	const size = 64 << 20
 	srv, img := startTgtd(t, size)
+	interop(t, srv.Addr(), 1, img, size)
+}
+
+// TestOwnTargetInterop runs the same checks against iscsi/target.
+func TestOwnTargetInterop(t *testing.T) {
+	const size = 64 << 20
+	addr, img := startOwnTarget(t, size)
+	interop(t, addr, 0, img, size)
+}
+
+// startOwnTarget serves one sparse file as LUN 0 of testIQN with mutual
+// CHAP, on a free port.
+func startOwnTarget(t *testing.T, size int64) (addr, img string) {
+	img = sparseFile(t, size)
+	dev, err := blockdev.OpenFile(img, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	tg, err := target.New(target.Config{
+		IQN: testIQN, Listen: []string{"127.0.0.1:0"},
+		LUNs:       []target.LUN{{Device: dev, Unit: scsi.UnitConfig{ID: img}}},
+		CHAP:       &chap.Credentials{User: testUser, Secret: secret(t, testSecret)},
+		MutualCHAP: &chap.Credentials{User: mutualUser, Secret: secret(t, mutualPass)},
+		Logger:     testLogger(t).With("side", "target"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- tg.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		tg.Close()
+		if err := <-done; err != nil {
+			t.Errorf("target: %v", err)
+		}
+	})
+	return tg.Addrs()[0].String(), img
+}
+
+// interop checks discovery, CHAP, and every block operation against the
+// target at addr, whose LUN lun is backed by the file img.
+func interop(t *testing.T, addr string, lun uint16, img string, size int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
 	t.Run("SendTargets", func(t *testing.T) {
-		got, err := Discover(ctx, srv.Addr(), Config{Credentials: creds(t, false), Logger: testLogger(t)})
+		got, err := Discover(ctx, addr, Config{Credentials: creds(t, false), Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(got) != 1 || got[0].Name != testIQN || len(got[0].Addresses) == 0 {
 			t.Fatalf("discovered %+v", got)
 		}
-		if p := Portal(got[0].Addresses[0]); p != srv.Addr() {
-			t.Errorf("portal %q, want %q", p, srv.Addr())
+		if p := Portal(got[0].Addresses[0]); p != addr {
+			t.Errorf("portal %q, want %q", p, addr)
 		}
 	})
 
 	t.Run("WrongSecret", func(t *testing.T) {
 		c := creds(t, false)
 		c.CHAP.Secret = secret(t, "not-the-secret")
-		_, err := Dial(ctx, Config{Addr: srv.Addr(), Target: testIQN, LUN: 1, Credentials: c, Logger: testLogger(t)})
+		_, err := Dial(ctx, Config{Addr: addr, Target: testIQN, LUN: lun, Credentials: c, Logger: testLogger(t)})
 		if !errors.Is(err, ErrAuth) {
 			t.Fatalf("got %v, want ErrAuth", err)
 		}
@@ -106,13 +154,13 @@ func TestTgtdInterop(t *testing.T) {
 	t.Run("WrongMutualSecret", func(t *testing.T) {
 		c := creds(t, true)
 		c.Mutual.Secret = secret(t, "not-the-target-secret")
-		_, err := Dial(ctx, Config{Addr: srv.Addr(), Target: testIQN, LUN: 1, Credentials: c, Logger: testLogger(t)})
+		_, err := Dial(ctx, Config{Addr: addr, Target: testIQN, LUN: lun, Credentials: c, Logger: testLogger(t)})
 		if !errors.Is(err, ErrAuth) {
 			t.Fatalf("got %v, want ErrAuth", err)
 		}
 	})
 
-	s, err := Dial(ctx, Config{Addr: srv.Addr(), Target: testIQN, LUN: 1, Credentials: creds(t, true), Depth: 16, Logger: testLogger(t)})
+	s, err := Dial(ctx, Config{Addr: addr, Target: testIQN, LUN: lun, Credentials: creds(t, true), Depth: 16, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
