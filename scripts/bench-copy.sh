@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks `shareless copy iscsi://... FILE` against
 # `qemu-img convert -p -m 16 -W -O raw iscsi://... FILE` from the same
-# tgtd-served LUN, for a dense and a 90% unallocated 2 GiB image. Prints
+# LUN, served by tgtd and by our own target (shareless export), for a dense
+# and a 90% unallocated 2 GiB image. Prints
 # `bench copy/<case>: ours=<s> qemu-img=<s> ratio=<ours/qemu-img>`, each
 # time the best of $RUNS alternating runs.
 set -euo pipefail
@@ -17,9 +18,11 @@ done
 [ -x "$BIN" ] || go build -o "$BIN" ./cmd/shareless
 
 work=$(mktemp -d /var/tmp/shareless-bench-copy.XXXXXX)
-tgtd_pid=
+tgtd_pid= export_pid=
 cleanup() {
-	[ -n "$tgtd_pid" ] && kill -9 "$tgtd_pid" 2>/dev/null && wait "$tgtd_pid" 2>/dev/null || true
+	for pid in $tgtd_pid $export_pid; do
+		kill -9 "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+	done
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -36,7 +39,8 @@ for n in $(seq 199 -1 150); do
 	exec 9>&-
 done
 [ -n "$ctrl" ] || { echo "bench-copy: no free tgtd control port"; exit 1; }
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(freeport)
 
 echo "bench-copy: building images (${SIZE_MIB} MiB each) in $work"
 head -c "${SIZE_MIB}M" /dev/urandom >"$work/dense.img"
@@ -59,6 +63,13 @@ for img in dense sparse; do
 	adm --op bind --mode target --tid "$tid" -I ALL
 done
 
+# Our target serves the same two files as LUN 0 and 1 of one target.
+own_port=$(freeport)
+"$BIN" export --listen "127.0.0.1:$own_port" --iqn iqn.2026-11.io.shareless.bench:own --no-auth \
+	"$work/dense.img" "$work/sparse.img" 2>"$work/export.log" &
+export_pid=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$own_port") 2>/dev/null && break; sleep 0.05; done
+
 now() { date +%s.%N; }
 # run CMD...: seconds taken by one run from a clean start (no destination
 # file, no dirty pages of an earlier run still being written back).
@@ -73,8 +84,14 @@ run() {
 }
 lower() { if [ -z "$1" ] || (($(echo "$2 < $1" | bc -l))); then echo "$2"; else echo "$1"; fi; }
 
-for img in dense sparse; do
-	url="iscsi://127.0.0.1:$port/iqn.2026-11.io.shareless.bench:$img/1"
+cases=(
+	"tgtd-dense dense iscsi://127.0.0.1:$port/iqn.2026-11.io.shareless.bench:dense/1"
+	"tgtd-sparse sparse iscsi://127.0.0.1:$port/iqn.2026-11.io.shareless.bench:sparse/1"
+	"own-dense dense iscsi://127.0.0.1:$own_port/iqn.2026-11.io.shareless.bench:own/0"
+	"own-sparse sparse iscsi://127.0.0.1:$own_port/iqn.2026-11.io.shareless.bench:own/1"
+)
+for c in "${cases[@]}"; do
+	read -r name img url <<<"$c"
 	cat "$work/$img.img" >/dev/null # both tools read from a warm page cache
 	ours= qemu=
 	# Alternate the tools, so that both see the same machine load; keep
@@ -85,5 +102,5 @@ for img in dense sparse; do
 		qemu=$(lower "$qemu" "$(run qemu-img convert -p -m 16 -W -O raw "$url" "$work/out.img")")
 		cmp "$work/$img.img" "$work/out.img" || { echo "bench-copy: qemu-img copy of $img differs"; exit 1; }
 	done
-	printf 'bench copy/tgtd-%s: ours=%.3f qemu-img=%.3f ratio=%.2f\n' "$img" "$ours" "$qemu" "$(echo "$ours / $qemu" | bc -l)"
+	printf 'bench copy/%s: ours=%.3f qemu-img=%.3f ratio=%.2f\n' "$name" "$ours" "$qemu" "$(echo "$ours / $qemu" | bc -l)"
 done

@@ -338,11 +338,23 @@ func (c *copier) do(ctx context.Context, j job, buf []byte) error {
 			if err := c.dst.dev.WriteAt(ctx, b[i:k], j.off+i, false); err != nil {
 				return fmt.Errorf("writing %s at %d: %w", c.dst.name, j.off+i, err)
 			}
+			if wb, ok := c.dst.dev.(writebackStarter); ok {
+				if err := wb.StartWriteback(j.off+i, k-i); err != nil {
+					return fmt.Errorf("writing %s at %d: %w", c.dst.name, j.off+i, err)
+				}
+			}
 			c.written.Add(k - i)
 		}
 		i = k
 	}
 	return nil
+}
+
+// writebackStarter is a destination that can write data back behind the
+// copy (blockdev.File), so that the final flush does not wait for all of
+// it at once.
+type writebackStarter interface {
+	StartWriteback(off, length int64) error
 }
 
 // zero makes a destination range read as zeroes, unless it already does.
