@@ -78,14 +78,14 @@ func (s *Session) probe(ctx context.Context) error {
 		return fmt.Errorf("unsupported logical block size %d", g.blockSize)
 	}
 	g.thin, g.lbprz = capa.LBPME, capa.LBPRZ
-	pages, err := s.vpd(ctx, vpdSupportedPages)
+	pages, err := s.VPD(ctx, vpdSupportedPages)
 	if err != nil {
 		return fmt.Errorf("INQUIRY supported VPD pages: %w", err)
 	}
 	for _, p := range pages[4:] {
 		switch p {
 		case vpdBlockLimits:
-			page, err := s.vpd(ctx, vpdBlockLimits)
+			page, err := s.VPD(ctx, vpdBlockLimits)
 			if err != nil {
 				return fmt.Errorf("INQUIRY Block Limits VPD: %w", err)
 			}
@@ -97,7 +97,7 @@ func (s *Session) probe(ctx context.Context) error {
 		case vpdProvisioning:
 			// Logical Block Provisioning VPD (SBC-3 §6.6.4): byte 5
 			// holds LBPU, LBPWS and LBPRZ.
-			page, err := s.vpd(ctx, vpdProvisioning)
+			page, err := s.VPD(ctx, vpdProvisioning)
 			if err != nil {
 				return fmt.Errorf("INQUIRY Logical Block Provisioning VPD: %w", err)
 			}
@@ -114,9 +114,11 @@ func (s *Session) probe(ctx context.Context) error {
 	return nil
 }
 
-// vpd reads a whole VPD page, header included.
-func (s *Session) vpd(ctx context.Context, page byte) ([]byte, error) {
-	buf := make([]byte, 255)
+// VPD reads a vital product data page (INQUIRY with EVPD, SPC-4 §7.8),
+// header included: the Device Identification page 0x83, for example, tells
+// which disk a LUN really is.
+func (s *Session) VPD(ctx context.Context, page byte) ([]byte, error) {
+	buf := make([]byte, 4096)
 	n, err := s.command(ctx, scsi.InquiryVPD(page, uint16(len(buf))), buf, nil)
 	if err != nil {
 		return nil, err

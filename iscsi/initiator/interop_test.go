@@ -89,26 +89,30 @@ func TestTgtdInterop(t *testing.T) {
 // TestOwnTargetInterop runs the same checks against iscsi/target.
 func TestOwnTargetInterop(t *testing.T) {
 	const size = 64 << 20
-	addr, img := startOwnTarget(t, size)
+	addr, img := startOwnTarget(t, size, nil)
 	interop(t, addr, 0, img, size)
 }
 
 // startOwnTarget serves one sparse file as LUN 0 of testIQN with mutual
-// CHAP, on a free port.
-func startOwnTarget(t *testing.T, size int64) (addr, img string) {
+// CHAP, on a free port; tune may adjust the configuration.
+func startOwnTarget(t *testing.T, size int64, tune func(*target.Config)) (addr, img string) {
 	img = sparseFile(t, size)
 	dev, err := blockdev.OpenFile(img, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close() })
-	tg, err := target.New(target.Config{
+	cfg := target.Config{
 		IQN: testIQN, Listen: []string{"127.0.0.1:0"},
 		LUNs:       []target.LUN{{Device: dev, Unit: scsi.UnitConfig{ID: img}}},
 		CHAP:       &chap.Credentials{User: testUser, Secret: secret(t, testSecret)},
 		MutualCHAP: &chap.Credentials{User: mutualUser, Secret: secret(t, mutualPass)},
 		Logger:     testLogger(t).With("side", "target"),
-	})
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	tg, err := target.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,4 +246,61 @@ func interop(t *testing.T, addr string, lun uint16, img string, size int64) {
 			t.Fatal("read past the end succeeded")
 		}
 	})
+}
+
+// TestCmdSNWindow: with a target that allows only two commands at a time
+// (MaxCmdSN, RFC 7143 §4.2.2.1), a session of depth 16 waits for the
+// window instead of overrunning it, and every command completes.
+func TestCmdSNWindow(t *testing.T) {
+	addr, _ := startOwnTarget(t, 16<<20, func(c *target.Config) { c.QueueDepth = 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := Dial(ctx, Config{Addr: addr, Target: testIQN, LUN: 0, Credentials: creds(t, true), Depth: 16, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want := make([]byte, 4<<20)
+	rand.Read(want)
+	const piece = 64 << 10
+	var wg sync.WaitGroup
+	for i := range len(want) / piece {
+		wg.Go(func() {
+			if err := s.WriteAt(ctx, want[i*piece:(i+1)*piece], int64(i*piece), false); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	got := make([]byte, len(want))
+	if err := s.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("data differs")
+	}
+}
+
+// TestAnswersTargetNOPIn: a target that pings an idle session with NOP-In
+// (§11.19) and drops connections that do not answer keeps ours.
+func TestAnswersTargetNOPIn(t *testing.T) {
+	addr, _ := startOwnTarget(t, 16<<20, func(c *target.Config) {
+		c.NOPInterval, c.NOPTimeout = 50*time.Millisecond, 300*time.Millisecond
+	})
+	px := startProxy(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := Dial(ctx, Config{Addr: px.Addr(), Target: testIQN, LUN: 0, Credentials: creds(t, true),
+		KeepAlive: time.Hour, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	time.Sleep(time.Second)
+	if err := s.ReadAt(ctx, make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := px.accepted.Load(); n != 1 {
+		t.Errorf("%d connections: the target dropped an idle session that should have answered its NOP-Ins", n)
+	}
 }

@@ -231,6 +231,7 @@ func (s *Session) supervise(c *conn) {
 	for {
 		select {
 		case <-s.ctx.Done():
+			c.failConn(ErrClosed)
 			return
 		case <-c.dead:
 		}
@@ -253,6 +254,11 @@ func (s *Session) supervise(c *conn) {
 			return
 		}
 		s.mu.Lock()
+		if errors.Is(s.err, ErrClosed) { // closed while we reconnected
+			s.mu.Unlock()
+			c.failConn(ErrClosed)
+			return
+		}
 		s.conn = c
 		s.broadcast()
 		s.mu.Unlock()
@@ -309,7 +315,7 @@ func (s *Session) broadcast() {
 func (s *Session) Close() error {
 	first := false
 	s.mu.Lock()
-	if s.err == nil || !errors.Is(s.err, ErrClosed) {
+	if !errors.Is(s.err, ErrClosed) {
 		first = true
 		s.err = ErrClosed
 		s.broadcast()
