@@ -72,12 +72,12 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	o := &opener{ctx: ctx, e: e, creds: creds, depth: *depth}
 	src, err := o.open(fs.Arg(0), 0)
 	if err != nil {
-		return usagef("source %s: %v", fs.Arg(0), err)
+		return usagef("source %s: %v", initiator.Redact(fs.Arg(0)), err)
 	}
 	defer src.close()
 	dst, err := o.open(fs.Arg(1), src.dev.Size())
 	if err != nil {
-		return usagef("destination %s: %v", fs.Arg(1), err)
+		return usagef("destination %s: %v", initiator.Redact(fs.Arg(1)), err)
 	}
 	defer dst.close()
 	if src.dev.Size() != dst.dev.Size() {

@@ -214,6 +214,7 @@ func TestCopyErrors(t *testing.T) {
 		want string
 	}{
 		{"bad URL", []string{src, "iscsi://host/only-a-target"}, "target-iqn/lun"},
+		{"bad URL with password", []string{src, "iscsi://u%topsecret-pw@host/only-a-target"}, "u%<redacted>@host"},
 		{"bad LUN", []string{src, "iscsi://host/iqn.x:y/lun"}, "LUN"},
 		{"wrong secret", []string{"--chap-secret-file", wrong, ce.url, filepath.Join(dir, "out1")}, "authentication"},
 		{"unreachable", []string{fmt.Sprintf("iscsi://127.0.0.1:%d/%s/1", dead, copyIQN), filepath.Join(dir, "out2")}, "connect"},
@@ -230,6 +231,9 @@ func TestCopyErrors(t *testing.T) {
 			}
 			if lines := strings.Count(strings.TrimSpace(errs), "\n") + 1; lines != 1 || !strings.Contains(errs, tc.want) {
 				t.Errorf("stderr %q: want one line mentioning %q", errs, tc.want)
+			}
+			if strings.Contains(errs, "topsecret") || strings.Contains(errs, copySecret) {
+				t.Errorf("stderr reveals a secret: %q", errs)
 			}
 		})
 	}
