@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -250,24 +251,71 @@ func TestCopySurvivesTargetRestart(t *testing.T) {
 	testenv.SkipIfShort(t)
 	const size = 256 << 20
 	ce := startCopyTarget(t, size)
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src.img")
-	garbage(t, src, size)
+	copyAcrossRestart(t, size, ce.url, ce.secret, ce.lun, func() {
+		ce.srv.Kill()
+		time.Sleep(500 * time.Millisecond)
+		ce.srv.Restart()
+	})
+}
 
+// TestCopySurvivesOwnTargetRestart does the same with our target running
+// as a `shareless export` process that is killed with SIGKILL.
+func TestCopySurvivesOwnTargetRestart(t *testing.T) {
+	testenv.SkipIfShort(t)
+	const size = 256 << 20
+	ce := startCopyTarget(t, 4<<20) // for its secret file
+	lun := filepath.Join(t.TempDir(), "own.img")
+	garbage(t, lun, size)
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	const iqn = "iqn.2026-11.io.shareless.test:own"
+	export := func() *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "export", "--listen", addr, "--iqn", iqn,
+			"--chap-user", copyUser, "--chap-secret-file", ce.secret, lun)
+		cmd.Env = append(os.Environ(), "SHARELESS_TEST_AS_MAIN=1")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			if c, err := net.Dial("tcp", addr); err == nil {
+				c.Close()
+				return cmd
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("shareless export did not come up")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	proc := export()
+	t.Cleanup(func() { proc.Process.Kill(); proc.Wait() })
+	url := fmt.Sprintf("iscsi://%s@%s/%s/0", copyUser, addr, iqn)
+	copyAcrossRestart(t, size, url, ce.secret, lun, func() {
+		proc.Process.Kill()
+		proc.Wait()
+		time.Sleep(300 * time.Millisecond)
+		proc = export()
+	})
+}
+
+// copyAcrossRestart copies a random image to url and calls restart once
+// some data went through; the copy must succeed and match.
+func copyAcrossRestart(t *testing.T, size int64, url, secret, lun string, restart func()) {
+	t.Helper()
+	src := filepath.Join(t.TempDir(), "src.img")
+	garbage(t, src, size)
 	done := make(chan struct{})
 	started := make(chan struct{})
 	var once sync.Once
 	var code int
 	var out syncBuffer
 	errb := syncBuffer{notify: func(p []byte) {
-		// Kill once some data went through.
 		if bytes.HasPrefix(p, []byte("copy: ")) && !bytes.HasPrefix(p, []byte("copy:   0.0%")) {
 			once.Do(func() { close(started) })
 		}
 	}}
 	go func() {
 		defer close(done)
-		code = run([]string{"copy", "--depth", "4", "--progress-interval", "10ms", "--chap-secret-file", ce.secret, src, ce.url},
+		code = run([]string{"copy", "--depth", "4", "--progress-interval", "10ms", "--chap-secret-file", secret, src, url},
 			strings.NewReader(""), &out, &errb)
 	}()
 	select {
@@ -280,9 +328,7 @@ func TestCopySurvivesTargetRestart(t *testing.T) {
 		t.Fatalf("copy finished before the target was killed (exit %d); make the image larger", code)
 	default:
 	}
-	ce.srv.Kill()
-	time.Sleep(500 * time.Millisecond)
-	ce.srv.Restart()
+	restart()
 	<-done
 	if code != 0 {
 		t.Fatalf("copy across a target restart: exit %d: %s", code, errb.String())
@@ -290,7 +336,7 @@ func TestCopySurvivesTargetRestart(t *testing.T) {
 	if !strings.Contains(errb.String(), "reinstated") {
 		t.Errorf("no reconnection logged: %s", errb.String())
 	}
-	sameFiles(t, src, ce.lun)
+	sameFiles(t, src, lun)
 }
 
 // TestCopyInterrupt sends SIGINT to a running copy: it must stop, say how
