@@ -76,7 +76,8 @@ func runExport(ctx context.Context, e *env, args []string) error {
 		defer d.Close()
 		abs, _ := filepath.Abs(f)
 		cfg.LUNs = append(cfg.LUNs, target.LUN{Device: d, Unit: scsi.UnitConfig{
-			ID: fmt.Sprintf("%s/%d:%s", *iqn, i, abs), MaxTransfer: 32 << 20, Logger: e.log}})
+			ID: fmt.Sprintf("%s/%d:%s", *iqn, i, abs), MaxTransfer: 32 << 20,
+			PersistentReservations: true, Logger: e.log}})
 	}
 	t, err := target.New(cfg)
 	if err != nil {

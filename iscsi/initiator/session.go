@@ -581,7 +581,7 @@ func (c *conn) pong(ttt uint32, lun pdu.LUN, data []byte) {
 // a Data-In segment belongs, so that it is read there directly, without an
 // allocation and a copy. The task's pending count keeps its owner from
 // returning, and reusing the buffer, while the reader writes into it.
-func (c *conn) placeDataIn(h *pdu.BHS) []byte {
+func (c *conn) placeDataIn(h *pdu.BHS, n int) []byte {
 	if h.Opcode() != pdu.OpDataIn {
 		return nil
 	}
@@ -591,7 +591,7 @@ func (c *conn) placeDataIn(h *pdu.BHS) []byte {
 	}
 	defer t.mu.Unlock()
 	off := int64(binary.BigEndian.Uint32(h[40:])) // BufferOffset (§11.7.7)
-	end := off + int64(h.DataSegmentLength())
+	end := off + int64(n)
 	if end > int64(len(t.read)) {
 		return nil // dataIn reports the violation
 	}

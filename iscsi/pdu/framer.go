@@ -46,7 +46,7 @@ type Framer struct {
 	headerDigest bool
 	dataDigest   bool
 	maxRecvData  int
-	dataBuffer   func(h *BHS) []byte
+	dataBuf      func(h *BHS, n int) []byte
 }
 
 // NewFramer returns a Framer with no digests and the login-phase limit on
@@ -64,13 +64,13 @@ func (f *Framer) SetMaxRecvDataSegmentLength(n int) {
 	f.maxRecvData = min(max(n, 512), MaxDataSegmentLength)
 }
 
-// SetDataBuffer installs fn, which ReadMessage asks for the buffer to read
-// a PDU's data segment into, once the header passed its checks. fn
-// returns nil to let ReadMessage allocate, or a slice of exactly
-// DataSegmentLength bytes, which the decoded message's data then is. An
-// initiator uses it to land Data-In straight in the command's buffer
-// instead of allocating and copying every segment.
-func (f *Framer) SetDataBuffer(fn func(h *BHS) []byte) { f.dataBuffer = fn }
+// SetDataBuffer lets the reader of the stream choose where data segments
+// land: buf is called with the header of each PDU that carries data and
+// may return exactly n bytes to read the segment into (a target hands out
+// the slice of a command's Data-Out buffer at the PDU's offset, saving a
+// copy and an allocation per PDU), or nil for a fresh allocation. The
+// slice is written even if the PDU then proves invalid.
+func (f *Framer) SetDataBuffer(buf func(h *BHS, n int) []byte) { f.dataBuf = buf }
 
 // ReadMessage reads one PDU. Errors are *ConnError or *PDUError.
 func (f *Framer) ReadMessage() (Message, error) {
@@ -107,30 +107,24 @@ func (f *Framer) ReadMessage() (Message, error) {
 	}
 	var data []byte
 	if dlen > 0 {
-		var buf, pad []byte
-		if f.dataBuffer != nil {
-			if b := f.dataBuffer(&h); b != nil {
-				if len(b) != dlen {
-					return nil, &ConnError{fmt.Errorf("data buffer of %d bytes for a %d-byte segment", len(b), dlen)}
-				}
-				buf, pad = b, make([]byte, segLen-dlen)
-			}
+		var pad [3]byte
+		if f.dataBuf != nil {
+			data = f.dataBuf(&h, dlen)
 		}
-		if buf == nil {
-			buf = make([]byte, segLen)
+		if len(data) != dlen {
+			data = make([]byte, dlen, segLen)
 		}
-		if _, err := io.ReadFull(f.r, buf); err != nil {
+		if _, err := io.ReadFull(f.r, data); err != nil {
 			return nil, &ConnError{fmt.Errorf("reading data segment: %w", err)}
 		}
-		if _, err := io.ReadFull(f.r, pad); err != nil {
+		if _, err := io.ReadFull(f.r, pad[:segLen-dlen]); err != nil {
 			return nil, &ConnError{fmt.Errorf("reading data segment padding: %w", err)}
 		}
 		if f.dataDigest {
-			if err := f.checkDigest(buf, pad); err != nil {
+			if err := f.checkDigest(data, pad[:segLen-dlen]); err != nil {
 				return nil, &PDUError{RejectDataDigest, h, fmt.Errorf("data digest: %w", err)}
 			}
 		}
-		data = buf[:dlen]
 	}
 	m := newMessage(h.Opcode())
 	if m == nil {
@@ -163,36 +157,48 @@ func (f *Framer) checkDigest(parts ...[]byte) error {
 
 // WriteMessage writes one PDU with the digests in force.
 func (f *Framer) WriteMessage(m Message) error {
+	bufs, err := f.AppendMessage(nil, m)
+	if err != nil {
+		return err
+	}
+	if _, err := bufs.WriteTo(f.w); err != nil {
+		return &ConnError{fmt.Errorf("writing %v: %w", m.Opcode(), err)}
+	}
+	return nil
+}
+
+// AppendMessage appends the wire form of m, with the digests in force, to
+// bufs without copying its data segment, for a writer that gathers several
+// PDUs into one writev (net.Buffers.WriteTo on a connection). m's data
+// must stay unchanged until bufs is written.
+func (f *Framer) AppendMessage(bufs net.Buffers, m Message) (net.Buffers, error) {
 	var h BHS
 	ahs := m.encode(&h)
 	data := m.payload()
 	if len(data) > MaxDataSegmentLength {
-		return fmt.Errorf("data segment of %d bytes exceeds the 24-bit length field", len(data))
+		return bufs, fmt.Errorf("data segment of %d bytes exceeds the 24-bit length field", len(data))
 	}
 	h.setLengths(len(ahs), len(data))
 
-	head := make([]byte, 0, BHSLen+len(ahs)+4)
+	head := make([]byte, 0, BHSLen+len(ahs)+4+8)
 	head = append(append(head, h[:]...), ahs...)
 	if f.headerDigest {
 		head = appendDigest(head, crc32.Checksum(head, castagnoli))
 	}
-	bufs := net.Buffers{head}
+	bufs = append(bufs, head)
 	if len(data) > 0 {
-		pad := make([]byte, padLen(len(data)), 8)
-		tail := pad
+		// Padding and data digest share the spare capacity of head.
+		tail := head[len(head) : len(head)+padLen(len(data))]
 		if f.dataDigest {
-			crc := crc32.Update(crc32.Checksum(data, castagnoli), castagnoli, pad)
-			tail = appendDigest(pad, crc)
+			crc := crc32.Update(crc32.Checksum(data, castagnoli), castagnoli, tail)
+			tail = appendDigest(tail, crc)
 		}
 		bufs = append(bufs, data)
 		if len(tail) > 0 {
 			bufs = append(bufs, tail)
 		}
 	}
-	if _, err := bufs.WriteTo(f.w); err != nil {
-		return &ConnError{fmt.Errorf("writing %v: %w", m.Opcode(), err)}
-	}
-	return nil
+	return bufs, nil
 }
 
 func appendDigest(b []byte, crc uint32) []byte {

@@ -11,9 +11,9 @@ import (
 // target encodes it, the initiator decodes it with the same code, so the
 // two cannot disagree about a bit.
 
-// ErrShortData is returned by the parsers for data shorter than the fields
-// they must decode.
-var ErrShortData = errors.New("scsi: parameter data truncated")
+// ErrShortData is returned by the parsers (of sense data too) for data
+// shorter than the fields they must decode.
+var ErrShortData = errors.New("scsi: data truncated")
 
 // Capacity is the READ CAPACITY(16) parameter data (SBC-3 §5.16.2).
 type Capacity struct {
@@ -163,4 +163,96 @@ func ParseBlockLimits(b []byte) (BlockLimits, error) {
 		l.MaxWriteSame = binary.BigEndian.Uint64(b[36:])
 	}
 	return l, nil
+}
+
+// VPDPage checks the header of vital product data page code (SPC-4
+// §7.8.1) and returns its body, cut to the PAGE LENGTH.
+func VPDPage(b []byte, code uint8) ([]byte, error) {
+	if len(b) < 4 {
+		return nil, ErrShortData
+	}
+	if b[1] != code {
+		return nil, fmt.Errorf("scsi: VPD page 0x%02x, want 0x%02x", b[1], code)
+	}
+	n := int(binary.BigEndian.Uint16(b[2:]))
+	if len(b)-4 < n {
+		return nil, ErrShortData
+	}
+	return b[4 : 4+n], nil
+}
+
+// Designator is one designation descriptor of the Device Identification
+// VPD page (SPC-4 §7.8.6.1).
+type Designator struct {
+	// Protocol is the PROTOCOL IDENTIFIER (5 for iSCSI), valid with PIV.
+	Protocol uint8
+	PIV      bool
+	CodeSet  uint8 // 1 binary, 2 ASCII, 3 UTF-8
+	// Association: 0 the logical unit, 1 the target port, 2 the target
+	// device.
+	Association uint8
+	// Type: 1 T10 vendor ID, 3 NAA, 4 relative target port, 8 SCSI name
+	// string, ...
+	Type uint8
+	ID   []byte
+}
+
+// ParseDeviceIdentification decodes VPD page 0x83. The IDs alias b.
+func ParseDeviceIdentification(b []byte) ([]Designator, error) {
+	body, err := VPDPage(b, vpdDeviceID)
+	if err != nil {
+		return nil, err
+	}
+	var out []Designator
+	for len(body) > 0 {
+		if len(body) < 4 || len(body) < 4+int(body[3]) {
+			return nil, ErrShortData
+		}
+		out = append(out, Designator{
+			Protocol:    body[0] >> 4,
+			CodeSet:     body[0] & 0x0f,
+			PIV:         body[1]&piv != 0,
+			Association: body[1] >> 4 & 0x03,
+			Type:        body[1] & 0x0f,
+			ID:          body[4 : 4+int(body[3])],
+		})
+		body = body[4+int(body[3]):]
+	}
+	return out, nil
+}
+
+// ProvisioningStatus is the state of an LBA extent in GET LBA STATUS data
+// (SBC-3 §5.5.2).
+type ProvisioningStatus uint8
+
+// Provisioning status values.
+const (
+	Mapped      ProvisioningStatus = 0
+	Deallocated ProvisioningStatus = 1
+	Anchored    ProvisioningStatus = 2
+)
+
+// LBAStatus is one LBA status descriptor.
+type LBAStatus struct {
+	LBA    uint64
+	Blocks uint32
+	Status ProvisioningStatus
+}
+
+// ParseLBAStatus decodes GET LBA STATUS parameter data, as much of it as
+// both the PARAMETER DATA LENGTH and len(b) hold.
+func ParseLBAStatus(b []byte) ([]LBAStatus, error) {
+	if len(b) < lbaStatusHeaderLen {
+		return nil, ErrShortData
+	}
+	b = b[:min(len(b), 4+int(binary.BigEndian.Uint32(b)))]
+	var out []LBAStatus
+	for d := b[lbaStatusHeaderLen:]; len(d) >= lbaStatusDescLen; d = d[lbaStatusDescLen:] {
+		out = append(out, LBAStatus{
+			LBA:    binary.BigEndian.Uint64(d),
+			Blocks: binary.BigEndian.Uint32(d[8:]),
+			Status: ProvisioningStatus(d[12] & 0x0f),
+		})
+	}
+	return out, nil
 }

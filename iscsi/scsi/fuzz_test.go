@@ -8,11 +8,11 @@ import (
 // FuzzExecute feeds random CDBs and Data-Out buffers to a small unit over
 // a sparse file: Execute must never panic and must always return a valid
 // response (GOOD without sense, or CHECK CONDITION with parseable sense
-// data of a real sense key; never BUSY), with Data-In bounded by what the
-// command may return.
+// data of a real sense key, or RESERVATION CONFLICT; never BUSY), with
+// Data-In bounded by what the command may return.
 func FuzzExecute(f *testing.F) {
 	const size = 64 << 10
-	u := newTestUnit(f, size, UnitConfig{MaxTransfer: 16 << 10, OptimalTransfer: 8 << 10})
+	u := newTestUnit(f, size, UnitConfig{MaxTransfer: 16 << 10, OptimalTransfer: 8 << 10, PersistentReservations: true})
 	block := pattern(512, 1)
 	// Seeds: every supported command with plausible fields, taken from the
 	// same table Execute uses, plus the builders' CDBs.
@@ -37,8 +37,10 @@ func FuzzExecute(f *testing.F) {
 	}
 	maxData := uint64(u.cfg.MaxTransfer)
 	f.Fuzz(func(t *testing.T, cdb, data []byte) {
-		r := u.Execute(context.Background(), &Command{CDB: cdb, Data: data, ExpectedDataLength: uint32(len(data))})
+		r := u.Execute(context.Background(), &Command{CDB: cdb, Data: data, ExpectedDataLength: uint32(len(data)),
+			Initiator: "iqn.2026-01.org.example:fuzz,i,0x1"})
 		switch r.Status {
+		case StatusReservationConflict:
 		case StatusGood:
 			if len(r.Sense) != 0 {
 				t.Fatalf("GOOD with sense % x", r.Sense)

@@ -196,10 +196,10 @@ func (lu *LogicalUnit) blockLimits() BlockLimits {
 		OptimalGranularity:      uint16(lu.cfg.OptimalGranularity >> lu.shift),
 		MaxTransfer:             lu.maxTransferBlocks(),
 		OptimalTransfer:         lu.cfg.OptimalTransfer >> lu.shift,
-		MaxUnmapLBACount:        maxUnmapBytes >> lu.shift,
+		MaxUnmapLBACount:        maxUnmapBlocks,
 		MaxUnmapDescriptors:     maxUnmapDescriptors,
 		OptimalUnmapGranularity: lu.cfg.OptimalGranularity >> lu.shift,
-		MaxWriteSame:            maxUnmapBytes >> lu.shift,
+		MaxWriteSame:            maxUnmapBlocks,
 	}
 }
 
@@ -290,8 +290,22 @@ func UnsupportedLUN(c *Command) Response {
 			b[4] = byte(len(b) - 5)
 			return allocate(b, uint32(binary.BigEndian.Uint16(c.CDB[3:])))
 		case OpRequestSense:
-			return allocate(s.Fixed(), uint32(c.CDB[4]))
+			b := s.Fixed()
+			if c.CDB[1]&0x01 != 0 {
+				b = s.Descriptor()
+			}
+			return allocate(b, uint32(c.CDB[4]))
 		}
 	}
 	return checkCondition(s)
+}
+
+// readDefectData serves READ DEFECT DATA(10/12) (SBC-3 §5.17-5.18): the
+// defect list is empty, in the format asked for, with the REQ_PLIST and
+// REQ_GLIST bits echoed.
+func (lu *LogicalUnit) readDefectData(_ context.Context, c *Command) Response {
+	if c.CDB[0] == OpReadDefectData10 {
+		return allocate([]byte{0, c.CDB[2] & 0x1f, 0, 0}, uint32(binary.BigEndian.Uint16(c.CDB[7:])))
+	}
+	return allocate([]byte{0, c.CDB[1] & 0x1f, 0, 0, 0, 0, 0, 0}, binary.BigEndian.Uint32(c.CDB[6:]))
 }

@@ -70,7 +70,7 @@ func (lu *LogicalUnit) modeSense(_ context.Context, c *Command) Response {
 	switch {
 	case pages == nil:
 		return invalidCDB(2, 5)
-	case sub != 0 && !(code == pageAll && sub == subpageAll):
+	case sub != 0 && sub != subpageAll: // 0xFF: the page and all its subpages (none)
 		return invalidCDB(3, -1)
 	}
 

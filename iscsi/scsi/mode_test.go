@@ -18,15 +18,19 @@ func modeSense10(flags, pc, page, sub byte, alloc uint16) []byte {
 	return []byte{OpModeSense10, flags, pc<<6 | page, sub, 0, 0, 0, byte(alloc >> 8), byte(alloc), 0}
 }
 
-var (
-	cachingPage = []byte{0x08, 18, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-	controlPage = []byte{0x0a, 10, 0, 0x10, 0, 0x40, 0, 0, 0, 0, 0, 0}
-	iePage      = []byte{0x1c, 10, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-)
+// goldenPages are the mode pages as the wire must carry them: caching
+// with WCE, control with QAM 1 and TAS, informational exceptions with
+// DEXCPT.
+func goldenPages() (caching, control, ie []byte) {
+	return []byte{0x08, 18, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+		[]byte{0x0a, 10, 0, 0x10, 0, 0x40, 0, 0, 0, 0, 0, 0},
+		[]byte{0x1c, 10, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+}
 
 func cat(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
 
 func TestModeSense(t *testing.T) {
+	cachingPage, controlPage, iePage := goldenPages()
 	u := newTestUnit(t, 1<<20, UnitConfig{})
 	ro := newTestUnit(t, 1<<20, UnitConfig{ReadOnly: true, BlockSize: 4096})
 	shortBD := []byte{0, 0, 0x08, 0, 0, 0, 0x02, 0}
@@ -44,6 +48,8 @@ func TestModeSense(t *testing.T) {
 			cat([]byte{3 + 44, 0, 0x10, 0}, cachingPage, controlPage, iePage)},
 		{"6 all pages and subpages", u, modeSense6(true, pcCurrent, 0x3f, 0xff, 255),
 			cat([]byte{3 + 44, 0, 0x10, 0}, cachingPage, controlPage, iePage)},
+		{"6 caching and all its subpages", u, modeSense6(true, pcCurrent, 0x08, 0xff, 255),
+			cat([]byte{3 + 20, 0, 0x10, 0}, cachingPage)},
 		{"6 changeable: nothing", u, modeSense6(false, pcChangeable, 0x08, 0, 255),
 			cat([]byte{3 + 8 + 20, 0, 0x10, 8}, make([]byte, 8), []byte{0x08, 18}, make([]byte, 18))},
 		{"6 control, allocation length 6", u, modeSense6(true, pcCurrent, 0x0a, 0, 6),
@@ -84,6 +90,7 @@ func TestModeSense(t *testing.T) {
 }
 
 func TestModeSelect(t *testing.T) {
+	cachingPage, controlPage, iePage := goldenPages()
 	u := newTestUnit(t, 1<<20, UnitConfig{})
 	sel6 := func(flags byte, n int) []byte { return []byte{OpModeSelect6, flags, 0, 0, byte(n), 0} }
 	sel10 := func(flags byte, n int) []byte {
@@ -236,4 +243,24 @@ func TestStartStopAndPreventAllow(t *testing.T) {
 	}
 	mustSense(t, u.exec([]byte{OpPreventAllowMediumRemove, 0, 0, 0, 2, 0}, nil), SenseIllegalRequest, ASCInvalidFieldInCDB)
 	mustSense(t, u.exec([]byte{OpStartStopUnit, 0, 0, 0, 0x08, 0}, nil), SenseIllegalRequest, ASCInvalidFieldInCDB)
+}
+
+func TestPreFetchAndReadDefectData(t *testing.T) {
+	u := newTestUnit(t, 1<<20, UnitConfig{})
+	mustGood(t, u.exec(cdb10(OpPreFetch10, 0x02, 0, 16), nil))
+	mustGood(t, u.exec(cdb16(OpPreFetch16, 0, 2047, 1), nil))
+	mustGood(t, u.exec(cdb16(OpPreFetch16, 0, 2048, 0), nil))
+	mustSense(t, u.exec(cdb10(OpPreFetch10, 0, 2047, 2), nil), SenseIllegalRequest, ASCLBAOutOfRange)
+	mustSense(t, u.exec(cdb16(OpPreFetch16, 0, 2049, 0), nil), SenseIllegalRequest, ASCLBAOutOfRange)
+
+	r := u.exec([]byte{OpReadDefectData10, 0, 0x18 | 0x05, 0, 0, 0, 0, 0, 32, 0}, nil)
+	mustGood(t, r)
+	if want := []byte{0, 0x1d, 0, 0}; !bytes.Equal(r.Data, want) {
+		t.Errorf("READ DEFECT DATA(10) = % x, want % x", r.Data, want)
+	}
+	r = u.exec([]byte{OpReadDefectData12, 0x10 | 0x04, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, nil)
+	mustGood(t, r)
+	if want := []byte{0, 0x14, 0, 0, 0, 0, 0, 0}; !bytes.Equal(r.Data, want) {
+		t.Errorf("READ DEFECT DATA(12) = % x, want % x", r.Data, want)
+	}
 }

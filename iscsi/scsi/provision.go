@@ -15,8 +15,6 @@ const (
 // per device call.
 const patternChunk = 1 << 20
 
-func (lu *LogicalUnit) maxWriteSameBlocks() uint32 { return maxUnmapBytes >> lu.shift }
-
 // writeSame serves WRITE SAME(10/16) (SBC-3 §5.42-5.43). The data is
 // always really written: a zero block becomes WriteZeroes (deallocating
 // when UNMAP is set, since unmapped blocks read zero: LBPRZ), any other
@@ -38,7 +36,7 @@ func (lu *LogicalUnit) writeSameBlocks(ctx context.Context, c *Command, ndob boo
 	}
 	lba, n, lenOff := lbaAndLength(cdb)
 	switch {
-	case n == 0 || n > lu.maxWriteSameBlocks():
+	case n == 0 || n > maxUnmapBlocks:
 		return invalidCDB(lenOff, -1)
 	case !lu.inRange(lba, uint64(n)):
 		return illegalRequest(ASCLBAOutOfRange)
@@ -73,7 +71,8 @@ func allZero(b []byte) bool {
 	return true
 }
 
-// writePattern writes block repeatedly over [off, off+length).
+// writePattern writes block repeatedly over [off, off+length), stopping
+// between chunks when ctx is canceled (an aborted task).
 func (lu *LogicalUnit) writePattern(ctx context.Context, block []byte, off, length int64) error {
 	buf := lu.bufs.get(int(min(length, patternChunk)))
 	defer buf.release()
@@ -82,6 +81,9 @@ func (lu *LogicalUnit) writePattern(ctx context.Context, block []byte, off, leng
 		copy(p[i:], p[:i])
 	}
 	for done := int64(0); done < length; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		k := min(int64(len(p)), length-done)
 		if err := lu.dev.WriteAt(ctx, p[:k], off+done, false); err != nil {
 			return err
@@ -126,7 +128,7 @@ func (lu *LogicalUnit) unmapList(ctx context.Context, c *Command, paramLen uint3
 	for i := range count {
 		d := descs[i*unmapDescriptorLen:]
 		lba, n := binary.BigEndian.Uint64(d), binary.BigEndian.Uint32(d[8:])
-		if n > maxUnmapBytes>>lu.shift {
+		if n > maxUnmapBlocks {
 			return invalidParam(unmapHeaderLen+i*unmapDescriptorLen+8, -1)
 		}
 		if !lu.inRange(lba, uint64(n)) {
@@ -147,24 +149,6 @@ func (lu *LogicalUnit) unmapList(ctx context.Context, c *Command, paramLen uint3
 		}
 	}
 	return Response{}
-}
-
-// ProvisioningStatus is the state of an LBA extent in GET LBA STATUS data
-// (SBC-3 §5.5.2).
-type ProvisioningStatus uint8
-
-// Provisioning status values.
-const (
-	Mapped      ProvisioningStatus = 0
-	Deallocated ProvisioningStatus = 1
-	Anchored    ProvisioningStatus = 2
-)
-
-// LBAStatus is one LBA status descriptor.
-type LBAStatus struct {
-	LBA    uint64
-	Blocks uint32
-	Status ProvisioningStatus
 }
 
 // GET LBA STATUS parameter data layout and our bound on its size.
@@ -243,22 +227,4 @@ func (lu *LogicalUnit) extent(ctx context.Context, lba uint64) (bool, uint64, er
 		pos = roundUp(pos + n)
 	}
 	return true, uint64(pos-off) >> lu.shift, nil
-}
-
-// ParseLBAStatus decodes GET LBA STATUS parameter data, as much of it as
-// both the PARAMETER DATA LENGTH and len(b) hold.
-func ParseLBAStatus(b []byte) ([]LBAStatus, error) {
-	if len(b) < lbaStatusHeaderLen {
-		return nil, ErrShortData
-	}
-	b = b[:min(len(b), 4+int(binary.BigEndian.Uint32(b)))]
-	var out []LBAStatus
-	for d := b[lbaStatusHeaderLen:]; len(d) >= lbaStatusDescLen; d = d[lbaStatusDescLen:] {
-		out = append(out, LBAStatus{
-			LBA:    binary.BigEndian.Uint64(d),
-			Blocks: binary.BigEndian.Uint32(d[8:]),
-			Status: ProvisioningStatus(d[12] & 0x0f),
-		})
-	}
-	return out, nil
 }

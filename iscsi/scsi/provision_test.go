@@ -122,7 +122,7 @@ func TestWriteSameRefusals(t *testing.T) {
 	}{
 		{"zero blocks (WSNZ)", u, WriteSame16(0, 0, false, false), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
 		{"past the end", u, WriteSame16(2047, 2, false, false), block, SenseIllegalRequest, ASCLBAOutOfRange},
-		{"above MAXIMUM WRITE SAME LENGTH", u, WriteSame16(0, 1<<21+1, false, false), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
+		{"above MAXIMUM WRITE SAME LENGTH", u, WriteSame16(0, 1<<20+1, false, false), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
 		{"WRPROTECT", u, cdb16(OpWriteSame16, 0x20, 0, 1), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
 		{"ANCHOR", u, cdb16(OpWriteSame16, 0x10, 0, 1), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
 		{"NDOB on WRITE SAME(10) is reserved", u, cdb10(OpWriteSame10, 0x01, 0, 1), block, SenseIllegalRequest, ASCInvalidFieldInCDB},
@@ -182,7 +182,7 @@ func TestUnmapRefusals(t *testing.T) {
 	}{
 		{"list shorter than its header", u, []byte{0, 6, 0, 0}, SenseIllegalRequest, ASCParameterListLengthError, -1},
 		{"descriptor past the end, after a good one", u, UnmapParameterList([]UnmapDescriptor{good, {LBA: 2040, Blocks: 9}}), SenseIllegalRequest, ASCLBAOutOfRange, -1},
-		{"descriptor above MAXIMUM UNMAP LBA COUNT", u, UnmapParameterList([]UnmapDescriptor{good, {LBA: 0, Blocks: 1<<21 + 1}}), SenseIllegalRequest, ASCInvalidFieldInParameterList, 32},
+		{"descriptor above MAXIMUM UNMAP LBA COUNT", u, UnmapParameterList([]UnmapDescriptor{good, {LBA: 0, Blocks: 1<<20 + 1}}), SenseIllegalRequest, ASCInvalidFieldInParameterList, 32},
 		{"too many descriptors", u, UnmapParameterList(many), SenseIllegalRequest, ASCInvalidFieldInParameterList, 2},
 		{"read-only", ro, UnmapParameterList([]UnmapDescriptor{good}), SenseDataProtect, ASCWriteProtected, -1},
 	} {
@@ -305,4 +305,35 @@ func (d *extentDevice) Allocation(_ context.Context, off int64) (bool, int64, er
 		}
 	}
 	return false, next - off, nil
+}
+
+// cancelAfterWrites is a device whose context is canceled after a number
+// of writes, like a task aborted while a long WRITE SAME runs.
+type cancelAfterWrites struct {
+	fakeDevice
+	cancel func()
+	left   int
+}
+
+func (d *cancelAfterWrites) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if d.left--; d.left == 0 {
+		d.cancel()
+	}
+	return d.fakeDevice.WriteAt(ctx, p, off, fua)
+}
+
+func TestWriteSamePatternStopsWhenAborted(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	dev := &cancelAfterWrites{fakeDevice: fakeDevice{size: 64 << 20}, cancel: cancel, left: 2}
+	lu, err := NewLogicalUnit(dev, UnitConfig{ID: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := lu.Execute(ctx, &Command{CDB: WriteSame16(0, 1<<17, false, false), Data: pattern(512, 1)})
+	if r.Status != StatusTaskAborted {
+		t.Errorf("status 0x%02x, want TASK ABORTED", r.Status)
+	}
+	if len(dev.fuaSeen) != 2 {
+		t.Errorf("%d chunks written after the abort, want 2", len(dev.fuaSeen))
+	}
 }

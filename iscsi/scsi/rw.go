@@ -71,6 +71,12 @@ func (lu *LogicalUnit) blockCheck(cdb []byte, lba uint64, n uint32, lenOff int, 
 
 func (lu *LogicalUnit) maxTransferBlocks() uint32 { return lu.cfg.MaxTransfer >> lu.shift }
 
+// dataLen is the byte length of n blocks for Response.DataOutLength,
+// saturated at the 32 bits of an iSCSI Expected Data Transfer Length.
+func (lu *LogicalUnit) dataLen(n uint32) uint32 {
+	return uint32(min(uint64(n)<<lu.shift, 0xffffffff))
+}
+
 // read serves READ(6/10/12/16) (SBC-3 §5.8-5.11). DPO and FUA are
 // accepted: the device has no read cache of its own to bypass. The data
 // is returned in a pooled buffer (see Response.Release).
@@ -109,7 +115,7 @@ func (lu *LogicalUnit) writeData(c *Command, n uint32) ([]byte, bool) {
 func (lu *LogicalUnit) write(ctx context.Context, c *Command) Response {
 	lba, n, lenOff := lbaAndLength(c.CDB)
 	fua := cdbLen(c.CDB[0]) != 6 && c.CDB[1]&cdbFUA != 0
-	return withDataOut(lu.writeBlocks(ctx, c, lba, n, lenOff, fua), n<<lu.shift)
+	return withDataOut(lu.writeBlocks(ctx, c, lba, n, lenOff, fua), lu.dataLen(n))
 }
 
 // writeBlocks checks and writes a WRITE-like command's n blocks at lba
@@ -148,6 +154,17 @@ func (lu *LogicalUnit) synchronizeCache(ctx context.Context, c *Command) Respons
 	}
 	if err := lu.dev.Flush(ctx); err != nil {
 		return lu.fail(ctx, err, true)
+	}
+	return Response{}
+}
+
+// preFetch serves PRE-FETCH(10/16) (SBC-3 §5.6-5.7). The unit keeps no
+// cache of its own to load, which SBC-3 answers with GOOD (CONDITION MET
+// would claim the blocks are now cached); only the range is checked.
+func (lu *LogicalUnit) preFetch(_ context.Context, c *Command) Response {
+	lba, n, _ := lbaAndLength(c.CDB)
+	if !lu.inRange(lba, uint64(n)) {
+		return illegalRequest(ASCLBAOutOfRange)
 	}
 	return Response{}
 }

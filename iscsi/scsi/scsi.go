@@ -3,7 +3,20 @@
 // both the target and the initiator speak. It knows nothing of iSCSI: the
 // transport hands it a CDB and the whole Data-Out buffer and sends back the
 // status, sense and Data-In it returns.
+//
+// For the target: a LogicalUnit executes commands concurrently
+// (Execute); the target answers REPORT LUNS itself (ReportLUNs) and
+// commands to LUNs it lacks (UnsupportedLUN), calls Response.Release once
+// the Data-In is sent, and reports residuals from Response.DataOutLength.
+// Setting Command.Initiator lets it enable persistent reservations.
+//
+// For the initiator: CDB builders (Read16, Write16, ...), parsers of the
+// parameter data they return (ParseReadCapacity16, ParseLBAStatus, ...),
+// and CheckStatus, which turns status and sense into a *SenseError that
+// errors.Is matches against a SenseKey or an AdditionalSense.
 package scsi
+
+import "fmt"
 
 // Status codes (SAM-5 §5.3).
 const (
@@ -28,6 +41,18 @@ type Command struct {
 	// Port names the target port the command arrived through, for the
 	// port designators of VPD page 0x83. The zero value leaves them out.
 	Port TargetPort
+	// Initiator is the iSCSI initiator port name of the I_T nexus
+	// (InitiatorPortName, RFC 7143 §4.2.7.1). With Port it tells
+	// nexuses apart for persistent reservations; see
+	// UnitConfig.PersistentReservations.
+	Initiator string
+}
+
+// InitiatorPortName is the iSCSI initiator port name of a session's
+// initiator, for Command.Initiator: "name,i,0x" and the ISID in twelve hex
+// digits (RFC 7143 §4.2.7.1, SPC-4 §7.6.4.6).
+func InitiatorPortName(name string, isid [6]byte) string {
+	return fmt.Sprintf("%s,i,0x%x", name, isid[:])
 }
 
 // TargetPort identifies an iSCSI target port (SPC-4 §7.8.6, iSCSI names
@@ -76,16 +101,21 @@ const (
 	OpWrite10                  = 0x2a
 	OpWriteAndVerify10         = 0x2e
 	OpVerify10                 = 0x2f
+	OpPreFetch10               = 0x34
 	OpSynchronizeCache10       = 0x35
+	OpReadDefectData10         = 0x37
 	OpWriteSame10              = 0x41
 	OpUnmap                    = 0x42
 	OpModeSelect10             = 0x55
 	OpModeSense10              = 0x5a
+	OpPersistentReserveIn      = 0x5e
+	OpPersistentReserveOut     = 0x5f
 	OpRead16                   = 0x88
 	OpCompareAndWrite          = 0x89
 	OpWrite16                  = 0x8a
 	OpWriteAndVerify16         = 0x8e
 	OpVerify16                 = 0x8f
+	OpPreFetch16               = 0x90
 	OpSynchronizeCache16       = 0x91
 	OpWriteSame16              = 0x93
 	OpServiceActionIn16        = 0x9e
@@ -95,6 +125,7 @@ const (
 	OpWrite12                  = 0xaa
 	OpWriteAndVerify12         = 0xae
 	OpVerify12                 = 0xaf
+	OpReadDefectData12         = 0xb7
 )
 
 // Service actions (SBC-3 §5.16, §5.21; SPC-4 §6.35).

@@ -2,7 +2,6 @@ package scsi
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 )
 
@@ -89,6 +88,7 @@ const (
 	ASCInvalidFieldInCDB             AdditionalSense = 0x2400
 	ASCLUNotSupported                AdditionalSense = 0x2500
 	ASCInvalidFieldInParameterList   AdditionalSense = 0x2600
+	ASCInvalidReleaseOfPR            AdditionalSense = 0x2604
 	ASCWriteProtected                AdditionalSense = 0x2700
 	ASCPowerOnOrReset                AdditionalSense = 0x2900
 	ASCSavingParametersNotSupported  AdditionalSense = 0x3900
@@ -131,6 +131,8 @@ func (a AdditionalSense) name() string {
 		return "LOGICAL UNIT NOT SUPPORTED"
 	case ASCInvalidFieldInParameterList:
 		return "INVALID FIELD IN PARAMETER LIST"
+	case ASCInvalidReleaseOfPR:
+		return "INVALID RELEASE OF PERSISTENT RESERVATION"
 	case ASCWriteProtected:
 		return "WRITE PROTECTED"
 	case ASCPowerOnOrReset:
@@ -250,22 +252,18 @@ func (s Sense) Descriptor() []byte {
 	return b
 }
 
-// ErrShortSense is returned by ParseSense for sense data too short for its
-// response code.
-var ErrShortSense = errors.New("scsi: sense data truncated")
-
 // ParseSense decodes fixed (0x70/0x71) or descriptor (0x72/0x73) format
 // sense data, as returned with CHECK CONDITION or by REQUEST SENSE. It
 // reads only what the ADDITIONAL SENSE LENGTH and len(b) both cover.
 func ParseSense(b []byte) (Sense, error) {
 	if len(b) < 1 {
-		return Sense{}, ErrShortSense
+		return Sense{}, ErrShortData
 	}
 	var s Sense
 	switch b[0] & 0x7f {
 	case senseFixedCurrent, senseFixedDeferred:
 		if len(b) < 14 {
-			return Sense{}, ErrShortSense
+			return Sense{}, ErrShortData
 		}
 		s.Deferred = b[0]&0x7f == senseFixedDeferred
 		s.Key = SenseKey(b[2] & 0xf)
@@ -273,7 +271,7 @@ func ParseSense(b []byte) (Sense, error) {
 		s.Information = uint64(binary.BigEndian.Uint32(b[3:]))
 		end := min(len(b), 8+int(b[7]))
 		if end < 14 {
-			return Sense{}, ErrShortSense
+			return Sense{}, ErrShortData
 		}
 		s.Code = AdditionalSense(b[12])<<8 | AdditionalSense(b[13])
 		if end >= 18 {
@@ -281,7 +279,7 @@ func ParseSense(b []byte) (Sense, error) {
 		}
 	case senseDescCurrent, senseDescDeferred:
 		if len(b) < 8 {
-			return Sense{}, ErrShortSense
+			return Sense{}, ErrShortData
 		}
 		s.Deferred = b[0]&0x7f == senseDescDeferred
 		s.Key = SenseKey(b[1] & 0xf)
@@ -290,7 +288,7 @@ func ParseSense(b []byte) (Sense, error) {
 		for len(d) >= 2 {
 			n := 2 + int(d[1])
 			if n > len(d) {
-				return Sense{}, ErrShortSense
+				return Sense{}, ErrShortData
 			}
 			switch d[0] {
 			case descInformation:
@@ -338,4 +336,52 @@ func (e *SenseError) Is(target error) bool {
 		return e.Sense.Key == t.Sense.Key && e.Sense.Code == t.Sense.Code
 	}
 	return false
+}
+
+// StatusError is a command that ended with a status other than GOOD and
+// CHECK CONDITION (e.g. TASK ABORTED, RESERVATION CONFLICT, BUSY), or with
+// CHECK CONDITION but no usable sense data.
+type StatusError struct {
+	Status uint8
+}
+
+func (e *StatusError) Error() string {
+	switch e.Status {
+	case StatusCheckCondition:
+		return "scsi: CHECK CONDITION without sense data"
+	case StatusConditionMet:
+		return "scsi: CONDITION MET"
+	case StatusBusy:
+		return "scsi: BUSY"
+	case StatusReservationConflict:
+		return "scsi: RESERVATION CONFLICT"
+	case StatusTaskSetFull:
+		return "scsi: TASK SET FULL"
+	case StatusACAActive:
+		return "scsi: ACA ACTIVE"
+	case StatusTaskAborted:
+		return "scsi: TASK ABORTED"
+	}
+	return fmt.Sprintf("scsi: status 0x%02x", e.Status)
+}
+
+// CheckStatus turns a command's status and sense data, as the initiator
+// receives them, into an error: nil for GOOD, a *SenseError for CHECK
+// CONDITION with sense data, a *StatusError otherwise. Sense data with
+// the RECOVERED ERROR or COMPLETED key is not an error (SPC-4 §4.5.6).
+func CheckStatus(status uint8, sense []byte) error {
+	switch status {
+	case StatusGood, StatusConditionMet:
+		return nil
+	case StatusCheckCondition:
+		s, err := ParseSense(sense)
+		if err != nil {
+			return &StatusError{Status: status}
+		}
+		if s.Key == SenseRecoveredError || s.Key == SenseCompleted {
+			return nil
+		}
+		return &SenseError{Sense: s}
+	}
+	return &StatusError{Status: status}
 }

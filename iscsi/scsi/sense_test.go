@@ -99,3 +99,40 @@ func TestSenseError(t *testing.T) {
 		t.Errorf("unknown codes: %q", got)
 	}
 }
+
+func TestCheckStatus(t *testing.T) {
+	lbaOOR := Sense{Key: SenseIllegalRequest, Code: ASCLBAOutOfRange}.Fixed()
+	recovered := Sense{Key: SenseRecoveredError}.Fixed()
+	for _, tc := range []struct {
+		status uint8
+		sense  []byte
+		want   error
+	}{
+		{StatusGood, nil, nil},
+		{StatusCheckCondition, lbaOOR, ASCLBAOutOfRange},
+		{StatusCheckCondition, recovered, nil},
+		{StatusCheckCondition, nil, &StatusError{Status: StatusCheckCondition}},
+		{StatusTaskAborted, nil, &StatusError{Status: StatusTaskAborted}},
+		{StatusReservationConflict, nil, &StatusError{Status: StatusReservationConflict}},
+	} {
+		err := CheckStatus(tc.status, tc.sense)
+		switch want := tc.want.(type) {
+		case nil:
+			if err != nil {
+				t.Errorf("status %x: %v, want nil", tc.status, err)
+			}
+		case *StatusError:
+			var se *StatusError
+			if !errors.As(err, &se) || se.Status != want.Status {
+				t.Errorf("status %x: %v, want %v", tc.status, err, want)
+			}
+		default:
+			if !errors.Is(err, want) {
+				t.Errorf("status %x: %v, want %v", tc.status, err, want)
+			}
+		}
+	}
+	if got := (&StatusError{Status: StatusTaskAborted}).Error(); got != "scsi: TASK ABORTED" {
+		t.Errorf("Error() = %q", got)
+	}
+}

@@ -35,10 +35,11 @@ type UnitConfig struct {
 	ReadOnly bool
 	// BlockSize is the logical block size in bytes: 512 (default) or 4096.
 	BlockSize uint32
-	// PhysicalBlockSize is the unit in which the backing store allocates
-	// (default 4096, the file system block, or BlockSize if larger). READ
-	// CAPACITY(16) reports it so that guests align partitions and I/O to
-	// it, and unmaps of whole physical blocks really deallocate.
+	// PhysicalBlockSize is the unit in which the backing store allocates,
+	// reported by READ CAPACITY(16) (default: BlockSize). Linux already
+	// aligns I/O to OptimalGranularity, and libiscsi's GET LBA STATUS test
+	// mis-predicts descriptor LBAs when this is larger than BlockSize, so
+	// the default claims nothing beyond it.
 	PhysicalBlockSize uint32
 	// OptimalGranularity is the OPTIMAL TRANSFER LENGTH GRANULARITY in
 	// bytes (default 4096, the file system block: smaller writes cost a
@@ -51,6 +52,10 @@ type UnitConfig struct {
 	// Longer READ/WRITE commands fail with INVALID FIELD IN CDB (SBC-3
 	// §6.5.3); it bounds the buffer a single command may allocate.
 	MaxTransfer uint32
+	// PersistentReservations enables PERSISTENT RESERVE IN/OUT (SPC-4
+	// §5.9), held in memory. Enable it only when the transport sets
+	// Command.Initiator: without it every initiator would look like one.
+	PersistentReservations bool
 	// Logger receives device errors that the initiator only sees as sense
 	// data (default: discard).
 	Logger *slog.Logger
@@ -58,9 +63,11 @@ type UnitConfig struct {
 
 // Limits that are not configurable (VPD page 0xB0, SBC-3 §6.5.3).
 const (
-	// maxUnmapBytes bounds one UNMAP descriptor and one WRITE SAME so that a
-	// single command cannot hold the unit for long.
-	maxUnmapBytes = 1 << 30
+	// maxUnmapBlocks is the MAXIMUM UNMAP LBA COUNT of one UNMAP
+	// descriptor and the MAXIMUM WRITE SAME LENGTH, so that a single
+	// command cannot hold the unit for long. 1 Mi blocks is the largest
+	// explicit limit libiscsi's conformance tests accept as sane.
+	maxUnmapBlocks = 1 << 20
 	// maxUnmapDescriptors bounds the UNMAP parameter list we parse.
 	maxUnmapDescriptors = 256
 	// maxCompareAndWrite is the MAXIMUM COMPARE AND WRITE LENGTH in blocks.
@@ -81,6 +88,7 @@ type LogicalUnit struct {
 	naa    [8]byte
 	bufs   *bufPool
 	locks  rangeLocks
+	pr     *prUnit // nil unless cfg.PersistentReservations
 
 	cmds []command
 	byOp [256]uint8 // index+1 into cmds of the first command with that opcode
@@ -122,7 +130,7 @@ func NewLogicalUnit(dev blockdev.Device, cfg UnitConfig) (*LogicalUnit, error) {
 	}
 	bs := cfg.BlockSize
 	if cfg.PhysicalBlockSize == 0 {
-		cfg.PhysicalBlockSize = max(4096, bs)
+		cfg.PhysicalBlockSize = bs
 	}
 	if p := cfg.PhysicalBlockSize; p < bs || p&(p-1) != 0 || p/bs > 1<<15 {
 		return nil, fmt.Errorf("scsi: physical block size %d: want a power of two from the block size %d up", p, bs)
@@ -166,10 +174,10 @@ func NewLogicalUnit(dev blockdev.Device, cfg UnitConfig) (*LogicalUnit, error) {
 		lu.log = slog.New(slog.DiscardHandler)
 	}
 	lu.alloc, _ = dev.(blockdev.AllocationReporter)
-	// NAA IEEE Registered would need an OUI of our own; NAA 3 (locally
-	// assigned, SPC-4 §7.8.6.6.2) is 60 bits of our choice: a hash of ID.
-	copy(lu.naa[:], sum[8:16])
-	lu.naa[0] = 0x30 | lu.naa[0]&0x0f
+	lu.naa = NAA(cfg.ID)
+	if cfg.PersistentReservations {
+		lu.pr = newPRUnit()
+	}
 	lu.cmds = lu.commandSet()
 	for i := len(lu.cmds) - 1; i >= 0; i-- {
 		lu.byOp[lu.cmds[i].usage[0]] = uint8(i + 1)
@@ -195,6 +203,19 @@ func log2(v uint32) int {
 	return n
 }
 
+// NAA is the NAA designator (VPD page 0x83) of the unit configured with
+// id. NAA IEEE Registered would need an OUI of our own; NAA 3 (locally
+// assigned, SPC-4 §7.8.6.6.2) is 60 bits of our choice: a hash of id. An
+// initiator compares it with what the target reports to make sure it
+// talks to the disk it means, not to another one behind a stale address.
+func NAA(id string) [8]byte {
+	sum := sha256.Sum256([]byte(id))
+	var n [8]byte
+	copy(n[:], sum[8:16])
+	n[0] = 0x30 | n[0]&0x0f
+	return n
+}
+
 // Blocks is the capacity in logical blocks.
 func (lu *LogicalUnit) Blocks() uint64 { return lu.blocks }
 
@@ -211,7 +232,10 @@ type command struct {
 	// sa is the service action, for opcodes that have them.
 	sa    uint16
 	hasSA bool
-	run   func(lu *LogicalUnit, ctx context.Context, c *Command) Response
+	// access is how the command fares against another nexus's persistent
+	// reservation.
+	access access
+	run    func(lu *LogicalUnit, ctx context.Context, c *Command) Response
 }
 
 // serviceAction extracts the service action field of cdb for opcodes that
@@ -234,7 +258,9 @@ func (lu *LogicalUnit) find(op byte, sa uint16) *command {
 
 // Execute runs one command and returns its status, sense and Data-In. It
 // never returns BUSY: a command either completes, fails with sense data,
-// or (when ctx is canceled) ends with TASK ABORTED.
+// or (when ctx is canceled) ends with TASK ABORTED. REPORT LUNS is the
+// target's to answer (ReportLUNs), as it owns the LUN list; Execute
+// treats it as an unsupported operation code.
 func (lu *LogicalUnit) Execute(ctx context.Context, c *Command) Response {
 	cdb := c.CDB
 	if len(cdb) == 0 {
@@ -245,12 +271,12 @@ func (lu *LogicalUnit) Execute(ctx context.Context, c *Command) Response {
 		sa = serviceAction(cdb)
 	}
 	cmd := lu.find(cdb[0], sa)
-	if cmd == nil {
-		off := 0
-		if lu.byOp[cdb[0]] != 0 {
-			off = 1 // known opcode, unknown service action
-		}
-		return checkCondition(Sense{Key: SenseIllegalRequest, Code: ASCInvalidCommandOperationCode}.withFieldPointer(true, off, -1))
+	switch {
+	case cmd == nil && lu.byOp[cdb[0]] != 0:
+		// A service action we lack is an invalid field (SPC-4 §4.2.5.2).
+		return invalidCDB(1, 4)
+	case cmd == nil:
+		return checkCondition(Sense{Key: SenseIllegalRequest, Code: ASCInvalidCommandOperationCode}.withFieldPointer(true, 0, -1))
 	}
 	if len(cdb) < len(cmd.usage) {
 		return checkCondition(Sense{Key: SenseIllegalRequest, Code: ASCInvalidFieldInCDB})
@@ -261,6 +287,9 @@ func (lu *LogicalUnit) Execute(ctx context.Context, c *Command) Response {
 		if bad := cdb[i] &^ cmd.usage[i]; bad != 0 {
 			return invalidCDB(i, log2(uint32(bad)))
 		}
+	}
+	if lu.pr != nil && lu.pr.state.Load().conflicts(commandNexus(c), cmd.access) {
+		return reservationConflict()
 	}
 	if ctx.Err() != nil {
 		return Response{Status: StatusTaskAborted}

@@ -203,7 +203,7 @@ func TestInvalidOpcodeAndReservedBits(t *testing.T) {
 		bit     int
 	}{
 		{"unknown opcode", []byte{0xc0, 0, 0, 0, 0, 0}, ASCInvalidCommandOperationCode, 0, -1},
-		{"unknown service action", []byte{OpServiceActionIn16, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ASCInvalidCommandOperationCode, 1, -1},
+		{"unknown service action", []byte{OpServiceActionIn16, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, ASCInvalidFieldInCDB, 1, 4},
 		{"NACA in control byte", []byte{OpTestUnitReady, 0, 0, 0, 0, 0x04}, ASCInvalidFieldInCDB, 5, 2},
 		{"reserved bit in TUR", []byte{OpTestUnitReady, 0x80, 0, 0, 0, 0}, ASCInvalidFieldInCDB, 1, 7},
 		{"CMDDT in INQUIRY", []byte{OpInquiry, 0x02, 0, 0, 36, 0}, ASCInvalidFieldInCDB, 1, 1},
@@ -294,27 +294,29 @@ func TestVPDPages(t *testing.T) {
 	r := u.Execute(context.Background(), &Command{CDB: InquiryVPD(0x83, 1024),
 		Port: TargetPort{TargetName: "iqn.2026-01.org.shareless:vm1", TPGT: 1, RelativeID: 2}})
 	mustGood(t, r)
-	body := r.Data[4:]
-	var found []string
-	for len(body) >= 4 {
-		n := int(body[3])
-		d := body[4 : 4+n]
-		switch body[1] & 0x3f {
-		case 0x14:
-			found = append(found, fmt.Sprintf("relport=%d", binary.BigEndian.Uint16(d[2:])))
-		case 0x18:
-			found = append(found, "port="+string(bytes.TrimRight(d, "\x00")))
-			if n%4 != 0 {
-				t.Errorf("SCSI name string length %d not a multiple of 4", n)
-			}
-		case 0x28:
-			found = append(found, "target="+string(bytes.TrimRight(d, "\x00")))
-		}
-		body = body[4+n:]
+	ds, err := ParseDeviceIdentification(r.Data)
+	if err != nil {
+		t.Fatal(err)
 	}
-	want := []string{"relport=2", "port=iqn.2026-01.org.shareless:vm1,t,0x0001", "target=iqn.2026-01.org.shareless:vm1"}
-	if fmt.Sprint(found) != fmt.Sprint(want) {
-		t.Errorf("port designators %v, want %v", found, want)
+	naa := NAA("lineage-42")
+	want := []Designator{
+		{CodeSet: 1, Association: 0, Type: 3, ID: naa[:]},
+		{CodeSet: 2, Association: 0, Type: 1, ID: []byte("SHARELESSN1")},
+		{Protocol: 5, PIV: true, CodeSet: 1, Association: 1, Type: 4, ID: []byte{0, 0, 0, 2}},
+		{Protocol: 5, PIV: true, CodeSet: 3, Association: 1, Type: 8, ID: []byte("iqn.2026-01.org.shareless:vm1,t,0x0001\x00\x00")},
+		{Protocol: 5, PIV: true, CodeSet: 3, Association: 2, Type: 8, ID: []byte("iqn.2026-01.org.shareless:vm1\x00\x00\x00")},
+	}
+	if fmt.Sprintf("%+v", ds) != fmt.Sprintf("%+v", want) {
+		t.Errorf("designators\n%+v\nwant\n%+v", ds, want)
+	}
+	if _, err := ParseDeviceIdentification(r.Data[:len(r.Data)-3]); err == nil {
+		t.Error("ParseDeviceIdentification accepted a truncated page")
+	}
+	if body, err := VPDPage(vpd(0x80), 0x80); err != nil || string(body) != "SN1" {
+		t.Errorf("VPDPage(0x80) = %q, %v", body, err)
+	}
+	if _, err := VPDPage(vpd(0x80), 0x83); err == nil {
+		t.Error("VPDPage accepted the wrong page code")
 	}
 
 	bl, err := ParseBlockLimits(vpd(0xb0))
@@ -322,8 +324,8 @@ func TestVPDPages(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantBL := BlockLimits{WSNZ: true, MaxCompareAndWrite: 255, OptimalGranularity: 8, MaxTransfer: 16384,
-		OptimalTransfer: 2048, MaxUnmapLBACount: 1 << 21, MaxUnmapDescriptors: 256,
-		OptimalUnmapGranularity: 8, MaxWriteSame: 1 << 21}
+		OptimalTransfer: 2048, MaxUnmapLBACount: 1 << 20, MaxUnmapDescriptors: 256,
+		OptimalUnmapGranularity: 8, MaxWriteSame: 1 << 20}
 	if bl != wantBL {
 		t.Errorf("block limits %+v, want %+v", bl, wantBL)
 	}
@@ -348,7 +350,7 @@ func TestReadCapacity(t *testing.T) {
 			}
 			r = u.exec(ReadCapacity16(32), nil)
 			mustGood(t, r)
-			exp := map[uint32]uint8{512: 3, 4096: 0}[bs] // 4096-byte physical blocks
+			exp := uint8(0) // physical block = logical block by default
 			if len(r.Data) != 32 || r.Data[13] != exp || r.Data[14] != 0xc0 {
 				t.Errorf("READ CAPACITY(16) = % x (want 32 bytes, exponent %d, LBPME|LBPRZ)", r.Data, exp)
 			}
@@ -363,6 +365,12 @@ func TestReadCapacity(t *testing.T) {
 			}
 			mustSense(t, u.exec([]byte{OpReadCapacity10, 0, 0, 0, 0, 1, 0, 0, 0, 0}, nil), SenseIllegalRequest, ASCInvalidFieldInCDB)
 		})
+	}
+	u := newTestUnit(t, 1<<20, UnitConfig{PhysicalBlockSize: 4096})
+	r := u.exec(ReadCapacity16(32), nil)
+	mustGood(t, r)
+	if c, _ := ParseReadCapacity16(r.Data); c.LogicalPerPhysicalExp != 3 {
+		t.Errorf("4096-byte physical blocks of 512 bytes: exponent %d, want 3", c.LogicalPerPhysicalExp)
 	}
 }
 
@@ -663,10 +671,12 @@ func TestUnsupportedLUN(t *testing.T) {
 	}
 	mustSense(t, UnsupportedLUN(&Command{CDB: Read16(0, 1, false)}), SenseIllegalRequest, ASCLUNotSupported)
 	mustSense(t, UnsupportedLUN(&Command{CDB: []byte{OpTestUnitReady, 0, 0, 0, 0, 0}}), SenseIllegalRequest, ASCLUNotSupported)
-	r = UnsupportedLUN(&Command{CDB: []byte{OpRequestSense, 0, 0, 0, 252, 0}})
-	mustGood(t, r)
-	if s, err := ParseSense(r.Data); err != nil || s.Code != ASCLUNotSupported {
-		t.Errorf("REQUEST SENSE to a missing LUN: %+v %v", s, err)
+	for _, desc := range []byte{0, 1} {
+		r = UnsupportedLUN(&Command{CDB: []byte{OpRequestSense, desc, 0, 0, 252, 0}})
+		mustGood(t, r)
+		if s, err := ParseSense(r.Data); err != nil || s.Code != ASCLUNotSupported || r.Data[0] != 0x70+2*desc {
+			t.Errorf("REQUEST SENSE (DESC %d) to a missing LUN: % x %v", desc, r.Data, err)
+		}
 	}
 }
 
@@ -702,5 +712,14 @@ func TestConcurrentExecute(t *testing.T) {
 		if !bytes.Equal(blk, bytes.Repeat(blk[:1], 512)) {
 			t.Fatalf("block %d holds a torn write", lba)
 		}
+	}
+}
+
+func TestDataOutLengthSaturates(t *testing.T) {
+	u := newTestUnit(t, 1<<20, UnitConfig{})
+	r := u.exec(Write16(0, 0xffffffff, false), nil)
+	mustSense(t, r, SenseIllegalRequest, ASCLBAOutOfRange)
+	if r.DataOutLength != 0xffffffff {
+		t.Errorf("DataOutLength %#x, want saturated", r.DataOutLength)
 	}
 }

@@ -42,7 +42,7 @@ func (lu *LogicalUnit) verify(ctx context.Context, c *Command) Response {
 	switch bytchk(c.CDB) {
 	case bytchkNone:
 	case bytchkCompare:
-		want = n << lu.shift
+		want = lu.dataLen(n)
 	case bytchkOneBlock:
 		want = lu.cfg.BlockSize
 	default:
@@ -110,7 +110,7 @@ func (lu *LogicalUnit) compareBlocks(ctx context.Context, lba uint64, n uint32, 
 func (lu *LogicalUnit) writeAndVerify(ctx context.Context, c *Command) Response {
 	lba, n, lenOff := lbaAndLength(c.CDB)
 	if bytchk(c.CDB) > bytchkCompare {
-		return withDataOut(invalidCDB(1, 2), n<<lu.shift)
+		return withDataOut(invalidCDB(1, 2), lu.dataLen(n))
 	}
 	r := lu.writeBlocks(ctx, c, lba, n, lenOff, true)
 	if r.Status == StatusGood {
@@ -120,7 +120,7 @@ func (lu *LogicalUnit) writeAndVerify(ctx context.Context, c *Command) Response 
 			r = lu.compareBlocks(ctx, lba, uint32(len(data)>>lu.shift), data)
 		}
 	}
-	return withDataOut(r, n<<lu.shift)
+	return withDataOut(r, lu.dataLen(n))
 }
 
 // compareAndWrite serves COMPARE AND WRITE (SBC-3 §5.3): the Data-Out
@@ -130,7 +130,7 @@ func (lu *LogicalUnit) writeAndVerify(ctx context.Context, c *Command) Response 
 // file systems (VMware ATS, OCFS2) rely on.
 func (lu *LogicalUnit) compareAndWrite(ctx context.Context, c *Command) Response {
 	n := uint32(c.CDB[13])
-	return withDataOut(lu.compareAndWriteBlocks(ctx, c, n), 2*n<<lu.shift)
+	return withDataOut(lu.compareAndWriteBlocks(ctx, c, n), lu.dataLen(2*n))
 }
 
 func (lu *LogicalUnit) compareAndWriteBlocks(ctx context.Context, c *Command, n uint32) Response {
@@ -138,16 +138,18 @@ func (lu *LogicalUnit) compareAndWriteBlocks(ctx context.Context, c *Command, n 
 	if r, ok := lu.blockCheck(c.CDB, lba, n, 13, maxCompareAndWrite); !ok {
 		return r
 	}
+	size := int(n) << lu.shift
+	if len(c.Data) != 2*size {
+		// Where the compare half ends depends on the buffer being exact,
+		// so a NUMBER OF LOGICAL BLOCKS that disagrees with it is the
+		// invalid field (as with 256 blocks, which the byte wraps to 0).
+		return invalidCDB(13, -1)
+	}
 	if n == 0 {
 		return Response{}
 	}
 	if lu.cfg.ReadOnly {
 		return writeProtected()
-	}
-	size := int(n) << lu.shift
-	if len(c.Data) != 2*size {
-		// Where the compare half ends depends on the buffer being exact.
-		return illegalRequest(ASCInvalidFieldInInformationUnit)
 	}
 	m := lu.locks.exclusive(lba, uint64(n))
 	defer lu.locks.unlockExclusive(m)

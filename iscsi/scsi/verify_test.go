@@ -134,8 +134,9 @@ func TestCompareAndWrite(t *testing.T) {
 		{"mismatch changes nothing", cawCDB(8, 2, false), append(append(bytes.Clone(old[:600]), ^old[600]), append(old[601:], next...)...), SenseMiscompare, ASCMiscompareDuringVerify, 600, old},
 		{"zero blocks", cawCDB(8, 0, false), nil, SenseNoSense, 0, -1, old},
 		{"past the end", cawCDB(2047, 2, false), append(bytes.Clone(old), next...), SenseIllegalRequest, ASCLBAOutOfRange, -1, old},
-		{"data short", cawCDB(8, 2, false), old, SenseIllegalRequest, ASCInvalidFieldInInformationUnit, -1, old},
-		{"data long", cawCDB(8, 2, false), append(append(bytes.Clone(old), next...), old...), SenseIllegalRequest, ASCInvalidFieldInInformationUnit, -1, old},
+		{"data short", cawCDB(8, 2, false), old, SenseIllegalRequest, ASCInvalidFieldInCDB, -1, old},
+		{"data long", cawCDB(8, 2, false), append(append(bytes.Clone(old), next...), old...), SenseIllegalRequest, ASCInvalidFieldInCDB, -1, old},
+		{"256 blocks wrap to 0", cawCDB(8, 0, false), make([]byte, 2*256*512), SenseIllegalRequest, ASCInvalidFieldInCDB, -1, old},
 		{"WRPROTECT", func() []byte { b := cawCDB(8, 2, false); b[1] |= 0x20; return b }(), append(bytes.Clone(old), next...), SenseIllegalRequest, ASCInvalidFieldInCDB, -1, old},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -217,4 +218,53 @@ func TestCompareAndWriteAtomic(t *testing.T) {
 	if got := binary.BigEndian.Uint64(u.fileBytes(t, 0, 8)); got != workers*incs {
 		t.Errorf("counter %d, want %d", got, workers*incs)
 	}
+}
+
+// TestConcurrentMixedCommands runs every kind of data command at once on
+// overlapping ranges (run with -race). Besides the race detector it checks
+// that only COMPARE AND WRITE may fail (MISCOMPARE), and that the pooled
+// Data-In of an unreleased READ is never handed to another command.
+func TestConcurrentMixedCommands(t *testing.T) {
+	u := newTestUnit(t, 4<<20, UnitConfig{})
+	block := pattern(512, 5)
+	zero := make([]byte, 512)
+	list := UnmapParameterList([]UnmapDescriptor{{LBA: 64, Blocks: 64}, {LBA: 512, Blocks: 8}})
+	cmds := []Command{
+		{CDB: Write16(0, 128, false), Data: bytes.Repeat(block, 128)},
+		{CDB: Write16(100, 8, true), Data: bytes.Repeat(zero, 8)},
+		{CDB: WriteSame16(32, 256, true, false), Data: zero},
+		{CDB: WriteSame16(96, 64, false, false), Data: block},
+		{CDB: Unmap(uint16(len(list))), Data: list},
+		{CDB: GetLBAStatus(0, 4096)},
+		{CDB: cdb16(OpVerify16, 0, 0, 1024)},
+		{CDB: SynchronizeCache16(0, 0)},
+		{CDB: modeSense6(false, pcCurrent, 0x3f, 0, 255)},
+		{CDB: InquiryVPD(0x83, 255)},
+		{CDB: cawCDB(100, 1, false), Data: append(bytes.Clone(zero), block...)},
+	}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			ctx := context.Background()
+			held := u.Execute(ctx, &Command{CDB: Read16(uint64(w*16), 16, false)})
+			mustGood(t, held)
+			snapshot := bytes.Clone(held.Data)
+			for i := range 60 {
+				c := cmds[(w+i)%len(cmds)]
+				r := u.Execute(ctx, &c)
+				if r.Status != StatusGood && !(c.CDB[0] == OpCompareAndWrite && errors.Is(senseOf(t, r), SenseMiscompare)) {
+					t.Errorf("CDB % x: status %x %v", c.CDB, r.Status, senseOf(t, r))
+					return
+				}
+				r.Release()
+				rd := u.Execute(ctx, &Command{CDB: Read16(uint64(i), 8, false)})
+				rd.Release()
+			}
+			if !bytes.Equal(held.Data, snapshot) {
+				t.Error("an unreleased READ buffer was reused")
+			}
+			held.Release()
+		})
+	}
+	wg.Wait()
 }

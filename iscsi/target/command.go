@@ -166,7 +166,11 @@ func (c *conn) unit(l pdu.LUN) *scsi.LogicalUnit {
 // execute runs t on its logical unit and sends the response.
 func (c *conn) execute(t *task, deps []<-chan struct{}) {
 	defer c.tasksWG.Done()
-	defer c.recoverPanic(fmt.Sprintf("command 0x%02x", t.cdb[0]))
+	defer func() {
+		if r := recover(); r != nil {
+			c.dropAfterPanic(fmt.Sprintf("command 0x%02x", t.cdb[0]), r)
+		}
+	}()
 	for _, d := range deps {
 		select {
 		case <-d:
@@ -174,7 +178,7 @@ func (c *conn) execute(t *task, deps []<-chan struct{}) {
 		}
 	}
 	var resp scsi.Response
-	cmd := t.command(c.port)
+	cmd := t.command(c.port, c.sess.initiatorPort)
 	u := c.unit(t.lun)
 	ua, pending := c.sess.takeUnitAttention(t.lun, t.cdb)
 	switch {

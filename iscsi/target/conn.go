@@ -1,7 +1,6 @@
 package target
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -24,9 +23,7 @@ const firstStatSN = 1
 // outItem is a group of PDUs the writer sends back to back; after, if
 // set, runs once they are written (or the connection has failed).
 type outItem struct {
-	msgs []pdu.Message
-	// flush pushes the PDUs onto the wire before after runs.
-	flush bool
+	msgs  []pdu.Message
 	after func()
 }
 
@@ -36,7 +33,6 @@ type conn struct {
 	nc   net.Conn
 	log  *slog.Logger
 	fr   *pdu.Framer
-	bw   *bufio.Writer
 	sess *session
 	port scsi.TargetPort
 
@@ -58,9 +54,8 @@ type conn struct {
 }
 
 func newConn(t *Target, nc net.Conn) *conn {
-	bw := bufio.NewWriterSize(nc, 256<<10)
 	c := &conn{
-		t: t, nc: nc, bw: bw, fr: pdu.NewFramer(nc, bw),
+		t: t, nc: nc, fr: pdu.NewFramer(nc, nc),
 		log:      t.log.With("peer", nc.RemoteAddr().String()),
 		port:     scsi.TargetPort{TargetName: t.cfg.IQN, TPGT: 1, RelativeID: 1},
 		finished: make(chan struct{}),
@@ -84,9 +79,13 @@ func (c *conn) close(err error) {
 // recoverPanic contains a panic to this connection (it is dropped).
 func (c *conn) recoverPanic(where string) {
 	if r := recover(); r != nil {
-		c.log.Error("panic serving connection; dropping it", "in", where, "panic", r, "stack", string(debug.Stack()))
-		c.close(fmt.Errorf("panic in %s: %v", where, r))
+		c.dropAfterPanic(where, r)
 	}
+}
+
+func (c *conn) dropAfterPanic(where string, r any) {
+	c.log.Error("panic serving connection; dropping it", "in", where, "panic", r, "stack", string(debug.Stack()))
+	c.close(fmt.Errorf("panic in %s: %v", where, r))
 }
 
 func (c *conn) serve(parent context.Context) {
@@ -156,9 +155,6 @@ func (c *conn) login() error {
 		if err := c.fr.WriteMessage(resp); err != nil {
 			return err
 		}
-		if err := c.bw.Flush(); err != nil {
-			return err
-		}
 		switch outcome {
 		case loginFailed:
 			return stepErr
@@ -167,6 +163,7 @@ func (c *conn) login() error {
 			c.statSN = r.statSN + 1
 			c.fr.SetDigests(r.op.HeaderDigest, r.op.DataDigest)
 			c.fr.SetMaxRecvDataSegmentLength(int(r.op.MaxRecvDataSegmentLength))
+			c.fr.SetDataBuffer(c.dataOutBuffer)
 			c.nc.SetDeadline(time.Time{})
 			c.log = c.log.With("initiator", r.initiator, "tsih", resp.TSIH)
 			c.log.Info("login", "discovery", r.discovery, "header_digest", r.op.HeaderDigest,
@@ -174,6 +171,24 @@ func (c *conn) login() error {
 			return nil
 		}
 	}
+}
+
+// dataOutBuffer lets the framer read a Data-Out segment straight into its
+// task's buffer at the PDU's offset; the checks of task.unsolicited and
+// task.solicited follow once the PDU is decoded.
+func (c *conn) dataOutBuffer(h *pdu.BHS, n int) []byte {
+	if h.Opcode() != pdu.OpDataOut || c.sess == nil {
+		return nil
+	}
+	t := c.sess.lookup(h.ITT())
+	if t == nil || t.dataDone || t.buf == nil {
+		return nil
+	}
+	off := uint64(binary.BigEndian.Uint32(h[40:]))
+	if off+uint64(n) > uint64(len(t.buf)) {
+		return nil
+	}
+	return t.buf[off : off+uint64(n)]
 }
 
 // errLogout ends the read loop after a logout response was sent.
@@ -307,45 +322,61 @@ func (c *conn) newTTT() uint32 {
 	}
 }
 
+// maxBatch bounds how many queued items the writer gathers into one
+// writev.
+const maxBatch = 64
+
 // writeLoop is the connection's only writer: it stamps StatSN, ExpCmdSN
-// and MaxCmdSN in wire order (§4.2.2.2) and flushes when it has nothing
-// more queued, so that PDUs completing together share a system call.
+// and MaxCmdSN in wire order (§4.2.2.2) and writes everything queued at
+// that moment with one writev, data segments straight from the buffers
+// the logical unit filled.
 func (c *conn) writeLoop() {
 	defer c.workers.Done()
 	defer c.recoverPanic("writer")
+	batch := make([]outItem, 0, maxBatch)
+	var bufs net.Buffers
 	for {
 		select {
 		case it := <-c.out:
-			if err := c.write(it); err != nil {
-				c.close(err)
-				return
-			}
-			if len(c.out) == 0 {
-				if err := c.bw.Flush(); err != nil {
-					c.close(err)
-					return
-				}
-			}
+			batch = append(batch[:0], it)
 		case <-c.ctx.Done():
 			return
 		}
-	}
-}
-
-func (c *conn) write(it outItem) error {
-	if it.after != nil {
-		defer it.after()
-	}
-	for _, m := range it.msgs {
-		c.stamp(m)
-		if err := c.fr.WriteMessage(m); err != nil {
-			return err
+	gather:
+		for len(batch) < maxBatch {
+			select {
+			case it := <-c.out:
+				batch = append(batch, it)
+			default:
+				break gather
+			}
+		}
+		bufs = bufs[:0]
+		var err error
+		for _, it := range batch {
+			for _, m := range it.msgs {
+				c.stamp(m)
+				if bufs, err = c.fr.AppendMessage(bufs, m); err != nil {
+					break
+				}
+			}
+		}
+		if err == nil {
+			w := bufs // WriteTo consumes its receiver; bufs keeps the capacity
+			_, err = w.WriteTo(c.nc)
+		}
+		clear(bufs)
+		for _, it := range batch {
+			if it.after != nil {
+				it.after()
+			}
+		}
+		clear(batch)
+		if err != nil {
+			c.close(fmt.Errorf("writing: %w", err))
+			return
 		}
 	}
-	if it.flush {
-		return c.bw.Flush()
-	}
-	return nil
 }
 
 // stamp fills the sequence numbers of an outgoing PDU. PDUs that carry
@@ -422,6 +453,6 @@ func (c *conn) logout(m *pdu.LogoutRequest) {
 		}
 		sent := make(chan struct{})
 		c.loggedOut = sent
-		c.send(outItem{msgs: []pdu.Message{resp}, flush: true, after: func() { close(sent) }})
+		c.send(outItem{msgs: []pdu.Message{resp}, after: func() { close(sent) }})
 	})
 }

@@ -239,6 +239,7 @@ type gateDevice struct {
 	blockdev.Device
 	mu      sync.Mutex
 	gate    chan struct{}
+	entered chan struct{} // if set, closed when the first write is held
 	flushed chan struct{}
 	panicAt int64
 }
@@ -249,6 +250,10 @@ func (d *gateDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool)
 	}
 	d.mu.Lock()
 	g := d.gate
+	if g != nil && d.entered != nil {
+		close(d.entered)
+		d.entered = nil
+	}
 	d.mu.Unlock()
 	if g != nil {
 		<-g
@@ -272,7 +277,7 @@ func TestSynchronizeCacheWaitsForWrites(t *testing.T) {
 	c := dial(t, addr)
 	c.mustLogin(defaultLogin())
 	w := &pdu.SCSICommand{Final: true, Write: true, Attr: pdu.AttrSimple, ITT: 1000, ExpectedDataLength: 512,
-		CmdSN: c.cmdSN, ExpStatSN: c.expStatSN, CDB: write10(0, 1), Data: make([]byte, 512)}
+		CmdSN: c.cmdSN, ExpStatSN: c.expStatSN, CDB: write10(0, 1), Data: bytes.Repeat([]byte{0xee}, 512)}
 	sync := &pdu.SCSICommand{Final: true, Attr: pdu.AttrSimple, ITT: 1001, CmdSN: c.cmdSN + 1, ExpStatSN: c.expStatSN,
 		CDB: []byte{scsi.OpSynchronizeCache10, 0, 0, 0, 0, 0, 0, 0, 0, 0}}
 	rd := &pdu.SCSICommand{Final: true, Read: true, Attr: pdu.AttrSimple, ITT: 1002, ExpectedDataLength: 512,
@@ -313,7 +318,7 @@ func TestPanicContained(t *testing.T) {
 	c := dial(t, addr)
 	c.mustLogin(defaultLogin())
 	c.send(&pdu.SCSICommand{Final: true, Write: true, Attr: pdu.AttrSimple, ITT: 1, ExpectedDataLength: 512,
-		CmdSN: c.cmdSN, CDB: write10(1000, 1), Data: make([]byte, 512)})
+		CmdSN: c.cmdSN, CDB: write10(1000, 1), Data: bytes.Repeat([]byte{0xee}, 512)})
 	if _, err := c.fr.ReadMessage(); err == nil {
 		t.Fatal("connection survived the panic")
 	}

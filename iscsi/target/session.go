@@ -5,6 +5,7 @@ import (
 
 	"github.com/shareless/shareless/iscsi/params"
 	"github.com/shareless/shareless/iscsi/pdu"
+	"github.com/shareless/shareless/iscsi/scsi"
 )
 
 // session is an iSCSI session (RFC 7143 §3.4): one I_T nexus, carried by
@@ -14,10 +15,13 @@ type session struct {
 	tsih      uint16
 	isid      pdu.ISID
 	initiator string
-	discovery bool
-	op        params.Operational
-	conn      *conn
-	window    cmdWindow
+	// initiatorPort names the I_T nexus for the logical units
+	// (persistent reservations).
+	initiatorPort string
+	discovery     bool
+	op            params.Operational
+	conn          *conn
+	window        cmdWindow
 
 	mu    sync.Mutex
 	tasks map[uint32]*task // by Initiator Task Tag
@@ -31,7 +35,8 @@ type session struct {
 func newSession(t *Target, tsih uint16, r *loginResult, c *conn) *session {
 	s := &session{
 		t: t, tsih: tsih, isid: r.isid, initiator: r.initiator, discovery: r.discovery,
-		op: r.op, conn: c, tasks: make(map[uint32]*task), writes: make(map[*task]struct{}),
+		initiatorPort: scsi.InitiatorPortName(r.initiator, r.isid),
+		op:            r.op, conn: c, tasks: make(map[uint32]*task), writes: make(map[*task]struct{}),
 	}
 	s.window.reset(r.cmdSN, t.cfg.QueueDepth)
 	return s

@@ -129,6 +129,6 @@ func (t *task) solicited(m *pdu.DataOut) (bool, error) {
 func (t *task) dataComplete() bool { return t.received == t.edtl || !t.write }
 
 // command is the SCSI command handed to the logical unit.
-func (t *task) command(port scsi.TargetPort) *scsi.Command {
-	return &scsi.Command{CDB: t.cdb, Data: t.buf, ExpectedDataLength: t.edtl, Port: port}
+func (t *task) command(port scsi.TargetPort, initiator string) *scsi.Command {
+	return &scsi.Command{CDB: t.cdb, Data: t.buf, ExpectedDataLength: t.edtl, Port: port, Initiator: initiator}
 }

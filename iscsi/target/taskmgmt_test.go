@@ -1,0 +1,178 @@
+package target
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shareless/shareless/iscsi/pdu"
+	"github.com/shareless/shareless/iscsi/scsi"
+)
+
+func tmf(c *testClient, fn uint8, lun uint16, ref uint32) *pdu.TaskMgmtResponse {
+	c.t.Helper()
+	itt := c.nextITT()
+	c.send(&pdu.TaskMgmtRequest{Immediate: true, Function: fn, LUN: pdu.LUNFromNumber(lun), ITT: itt,
+		ReferencedTag: ref, CmdSN: c.cmdSN, ExpStatSN: c.expStatSN})
+	for {
+		switch m := c.recv().(type) {
+		case *pdu.TaskMgmtResponse:
+			if m.ITT != itt {
+				c.t.Fatalf("TMF response for ITT %d, want %d", m.ITT, itt)
+			}
+			return m
+		case *pdu.NOPIn:
+		default:
+			c.t.Fatalf("unexpected %v (%+v) while waiting for the TMF response", m.Opcode(), m)
+		}
+	}
+}
+
+// TestRFC7143_11_5_AbortTask: ABORT TASK of an executing command answers
+// "function complete" only after the command has finished, and the
+// aborted command sends no response; an unknown tag gets "task does not
+// exist"; functions the target lacks get "not supported".
+func TestRFC7143_11_5_AbortTask(t *testing.T) {
+	cfg := testConfig(t)
+	entered := make(chan struct{})
+	gd := &gateDevice{Device: cfg.LUNs[0].Device, gate: make(chan struct{}), entered: entered, flushed: make(chan struct{}), panicAt: -1}
+	cfg.LUNs[0].Device = gd
+	_, addr := startTarget(t, cfg)
+	c := dial(t, addr)
+	c.mustLogin(defaultLogin())
+	c.send(&pdu.SCSICommand{Final: true, Write: true, Attr: pdu.AttrSimple, ITT: 500, ExpectedDataLength: 512,
+		CmdSN: c.cmdSN, ExpStatSN: c.expStatSN, CDB: write10(0, 1), Data: bytes.Repeat([]byte{0xee}, 512)})
+	c.cmdSN++
+	<-entered // the write is executing
+	time.AfterFunc(200*time.Millisecond, func() { close(gd.gate) })
+	start := time.Now()
+	if r := tmf(c, pdu.TMFAbortTask, 0, 500); r.Response != pdu.TMFComplete {
+		t.Fatalf("ABORT TASK: response %d", r.Response)
+	}
+	if time.Since(start) < 150*time.Millisecond {
+		t.Fatal("ABORT TASK answered while the aborted write was still executing")
+	}
+	if r := tmf(c, pdu.TMFAbortTask, 0, 12345); r.Response != pdu.TMFTaskDoesNotExist {
+		t.Fatalf("ABORT TASK of an unknown tag: response %d", r.Response)
+	}
+	if r := tmf(c, pdu.TMFTargetColdReset, 0, 0); r.Response != pdu.TMFNotSupported {
+		t.Fatalf("TARGET COLD RESET: response %d", r.Response)
+	}
+	if r := tmf(c, pdu.TMFLogicalUnitReset, 9, 0); r.Response != pdu.TMFLUNDoesNotExist {
+		t.Fatalf("LUN RESET of LUN 9: response %d", r.Response)
+	}
+	// The next command works and is the first SCSI response we see: the
+	// aborted write sent none.
+	if res := c.command(0, read10(0, 1), nil, 512); res.status != 0 {
+		t.Fatalf("READ after abort: status %d", res.status)
+	}
+}
+
+// TestLUNResetUnitAttention: after LUN RESET every session sees one
+// UNIT ATTENTION (29/03) on its next command to that LUN (SAM-5 §6.3).
+func TestLUNResetUnitAttention(t *testing.T) {
+	_, addr := startTarget(t, testConfig(t))
+	a, b := dial(t, addr), dial(t, addr)
+	a.mustLogin(defaultLogin())
+	o := defaultLogin()
+	o.initiator += "-b"
+	b.mustLogin(o)
+	if r := tmf(a, pdu.TMFLogicalUnitReset, 0, 0); r.Response != pdu.TMFComplete {
+		t.Fatalf("LUN RESET: response %d", r.Response)
+	}
+	tur := make([]byte, 6)
+	for _, c := range []*testClient{a, b} {
+		res := c.command(0, tur, nil, 0)
+		if res.status != scsi.StatusCheckCondition || senseKey(res.sense) != uint8(scsi.SenseUnitAttention) || res.sense[12] != 0x29 {
+			t.Fatalf("first command after reset: status %d sense %x", res.status, res.sense)
+		}
+		if res := c.command(0, tur, nil, 0); res.status != 0 {
+			t.Fatalf("second command after reset: status %d", res.status)
+		}
+	}
+}
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// TestSecretsNeverLogged: at debug level, through failed and successful
+// one-way and mutual CHAP logins, no secret reaches the log.
+func TestSecretsNeverLogged(t *testing.T) {
+	var logs syncBuffer
+	cfg := testConfig(t)
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	tg, addr := startTarget(t, cfg)
+	o := defaultLogin()
+	o.mutualUser, o.mutualSecret = testMutualU, testMutualS
+	dial(t, addr).mustLogin(o)
+	o.secret = "wrong-secret-xyz"
+	dial(t, addr).login(o)
+	tg.Close()
+	out := logs.String()
+	if !strings.Contains(out, "login") {
+		t.Fatalf("nothing logged:\n%s", out)
+	}
+	for _, s := range []string{testSecret, testMutualS} {
+		if strings.Contains(out, s) {
+			t.Fatalf("secret %q in the log:\n%s", s, out)
+		}
+	}
+}
+
+// TestCloseEndsSessions: Close (and a cancelled Serve context) end every
+// session and return; several targets live in one process, each bound
+// only to its own address.
+func TestCloseEndsSessions(t *testing.T) {
+	leakCheck(t)
+	tg, addr := startTarget(t, testConfig(t))
+	cfg2 := testConfig(t)
+	cfg2.IQN = testIQN + "-two"
+	tg2, err := New(cfg2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- tg2.Serve(ctx) }()
+	addr2 := tg2.Addrs()[0].String()
+	if addr2 == addr || len(tg2.Addrs()) != 1 {
+		t.Fatalf("second target bound %v", tg2.Addrs())
+	}
+	o := defaultLogin()
+	o.target = cfg2.IQN
+	c2 := dial(t, addr2)
+	c2.mustLogin(o)
+	wantStatus(t, dial(t, addr).login(o), pdu.LoginInitiatorError, pdu.DetailNotFound)
+
+	c := dial(t, addr)
+	c.mustLogin(defaultLogin())
+	tg.Close()
+	if _, err := c.fr.ReadMessage(); err == nil {
+		t.Fatal("session survived Close")
+	}
+	if res := c2.command(0, read10(0, 1), nil, 512); res.status != 0 {
+		t.Fatalf("other target after Close of the first: status %d", res.status)
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatalf("Serve after cancel: %v", err)
+	}
+	if _, err := c2.fr.ReadMessage(); err == nil {
+		t.Fatal("session survived the cancelled Serve")
+	}
+}
