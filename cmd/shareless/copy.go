@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -41,8 +40,8 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	depth := fs.Int("depth", 16, "commands in flight")
 	chapUser := fs.String("chap-user", "", "CHAP user name for iSCSI URLs without one")
 	chapSecretFile := fs.String("chap-secret-file", "", "file holding the CHAP secret")
-	mutualUser := fs.String("mutual-chap-user", "", "user name the target must authenticate as (mutual CHAP)")
-	mutualSecretFile := fs.String("mutual-chap-secret-file", "", "file holding the target's CHAP secret (mutual CHAP)")
+	mutualUser := fs.String("mutual-user", "", "user name the target must authenticate as (mutual CHAP)")
+	mutualSecretFile := fs.String("mutual-secret-file", "", "file holding the target's CHAP secret (mutual CHAP)")
 	interval := fs.Duration("progress-interval", 10*time.Second, "how often to print a progress line when stderr is not a terminal")
 	fs.Usage = func() {
 		fmt.Fprintf(e.stderr, "usage: shareless copy [flags] SRC DST\n\n"+
@@ -68,17 +67,17 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	}
 	creds, err := loadCredentials(*chapUser, *chapSecretFile, *mutualUser, *mutualSecretFile)
 	if err != nil {
-		return usageError{err}
+		return err
 	}
 	o := &opener{ctx: ctx, e: e, creds: creds, depth: *depth}
 	src, err := o.open(fs.Arg(0), 0)
 	if err != nil {
-		return usagef("source %s: %v", fs.Arg(0), err)
+		return usagef("source %s: %v", initiator.Redact(fs.Arg(0)), err)
 	}
 	defer src.close()
 	dst, err := o.open(fs.Arg(1), src.dev.Size())
 	if err != nil {
-		return usagef("destination %s: %v", fs.Arg(1), err)
+		return usagef("destination %s: %v", initiator.Redact(fs.Arg(1)), err)
 	}
 	defer dst.close()
 	if src.dev.Size() != dst.dev.Size() {
@@ -110,36 +109,23 @@ func runCopy(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
-// loadCredentials reads CHAP secrets from files, so that they appear
-// neither in the process list nor in shell history.
+// loadCredentials reads the CHAP secrets named by the flags. The user may
+// also come from an iSCSI URL, so a secret file alone is fine here.
 func loadCredentials(user, secretFile, mutualUser, mutualFile string) (initiator.Credentials, error) {
-	var c initiator.Credentials
-	read := func(flagName, path string) (chap.Secret, error) {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return chap.Secret{}, fmt.Errorf("--%s: %w", flagName, err)
-		}
-		s, err := chap.NewSecret(bytes.TrimRight(b, "\r\n"))
-		if err != nil {
-			return chap.Secret{}, fmt.Errorf("--%s: %w", flagName, err)
-		}
-		return s, nil
-	}
-	var err error
-	c.CHAP.User = user
+	c := initiator.Credentials{CHAP: chap.Credentials{User: user}}
 	if secretFile != "" {
-		if c.CHAP.Secret, err = read("chap-secret-file", secretFile); err != nil {
+		s, err := readSecret("chap", secretFile)
+		if err != nil {
 			return c, err
 		}
+		c.CHAP.Secret = s
 	}
-	if (mutualUser == "") != (mutualFile == "") {
-		return c, fmt.Errorf("--mutual-chap-user and --mutual-chap-secret-file go together")
+	m, err := credentials("mutual", mutualUser, mutualFile)
+	if err != nil {
+		return c, err
 	}
-	if mutualUser != "" {
-		c.Mutual.User = mutualUser
-		if c.Mutual.Secret, err = read("mutual-chap-secret-file", mutualFile); err != nil {
-			return c, err
-		}
+	if m != nil {
+		c.Mutual = *m
 	}
 	return c, nil
 }
@@ -352,11 +338,23 @@ func (c *copier) do(ctx context.Context, j job, buf []byte) error {
 			if err := c.dst.dev.WriteAt(ctx, b[i:k], j.off+i, false); err != nil {
 				return fmt.Errorf("writing %s at %d: %w", c.dst.name, j.off+i, err)
 			}
+			if wb, ok := c.dst.dev.(writebackStarter); ok {
+				if err := wb.StartWriteback(j.off+i, k-i); err != nil {
+					return fmt.Errorf("writing %s at %d: %w", c.dst.name, j.off+i, err)
+				}
+			}
 			c.written.Add(k - i)
 		}
 		i = k
 	}
 	return nil
+}
+
+// writebackStarter is a destination that can write data back behind the
+// copy (blockdev.File), so that the final flush does not wait for all of
+// it at once.
+type writebackStarter interface {
+	StartWriteback(off, length int64) error
 }
 
 // zero makes a destination range read as zeroes, unless it already does.

@@ -2,9 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shareless/shareless/blockdev"
 	"github.com/shareless/shareless/internal/testenv"
 	"github.com/shareless/shareless/internal/tgtd"
+	"github.com/shareless/shareless/iscsi/chap"
+	"github.com/shareless/shareless/iscsi/scsi"
+	"github.com/shareless/shareless/iscsi/target"
 )
 
 // TestMain lets a test run this binary as the shareless command, for the
@@ -209,6 +215,7 @@ func TestCopyErrors(t *testing.T) {
 		want string
 	}{
 		{"bad URL", []string{src, "iscsi://host/only-a-target"}, "target-iqn/lun"},
+		{"bad URL with password", []string{src, "iscsi://u%topsecret-pw@host/only-a-target"}, "u%<redacted>@host"},
 		{"bad LUN", []string{src, "iscsi://host/iqn.x:y/lun"}, "LUN"},
 		{"wrong secret", []string{"--chap-secret-file", wrong, ce.url, filepath.Join(dir, "out1")}, "authentication"},
 		{"unreachable", []string{fmt.Sprintf("iscsi://127.0.0.1:%d/%s/1", dead, copyIQN), filepath.Join(dir, "out2")}, "connect"},
@@ -226,6 +233,9 @@ func TestCopyErrors(t *testing.T) {
 			if lines := strings.Count(strings.TrimSpace(errs), "\n") + 1; lines != 1 || !strings.Contains(errs, tc.want) {
 				t.Errorf("stderr %q: want one line mentioning %q", errs, tc.want)
 			}
+			if strings.Contains(errs, "topsecret") || strings.Contains(errs, copySecret) {
+				t.Errorf("stderr reveals a secret: %q", errs)
+			}
 		})
 	}
 	for _, out := range []string{"out1", "out2"} {
@@ -241,24 +251,71 @@ func TestCopySurvivesTargetRestart(t *testing.T) {
 	testenv.SkipIfShort(t)
 	const size = 256 << 20
 	ce := startCopyTarget(t, size)
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src.img")
-	garbage(t, src, size)
+	copyAcrossRestart(t, size, ce.url, ce.secret, ce.lun, func() {
+		ce.srv.Kill()
+		time.Sleep(500 * time.Millisecond)
+		ce.srv.Restart()
+	})
+}
 
+// TestCopySurvivesOwnTargetRestart does the same with our target running
+// as a `shareless export` process that is killed with SIGKILL.
+func TestCopySurvivesOwnTargetRestart(t *testing.T) {
+	testenv.SkipIfShort(t)
+	const size = 256 << 20
+	ce := startCopyTarget(t, 4<<20) // for its secret file
+	lun := filepath.Join(t.TempDir(), "own.img")
+	garbage(t, lun, size)
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	const iqn = "iqn.2026-11.io.shareless.test:own"
+	export := func() *exec.Cmd {
+		cmd := exec.Command(os.Args[0], "export", "--listen", addr, "--iqn", iqn,
+			"--chap-user", copyUser, "--chap-secret-file", ce.secret, lun)
+		cmd.Env = append(os.Environ(), "SHARELESS_TEST_AS_MAIN=1")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			if c, err := net.Dial("tcp", addr); err == nil {
+				c.Close()
+				return cmd
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("shareless export did not come up")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	proc := export()
+	t.Cleanup(func() { proc.Process.Kill(); proc.Wait() })
+	url := fmt.Sprintf("iscsi://%s@%s/%s/0", copyUser, addr, iqn)
+	copyAcrossRestart(t, size, url, ce.secret, lun, func() {
+		proc.Process.Kill()
+		proc.Wait()
+		time.Sleep(300 * time.Millisecond)
+		proc = export()
+	})
+}
+
+// copyAcrossRestart copies a random image to url and calls restart once
+// some data went through; the copy must succeed and match.
+func copyAcrossRestart(t *testing.T, size int64, url, secret, lun string, restart func()) {
+	t.Helper()
+	src := filepath.Join(t.TempDir(), "src.img")
+	garbage(t, src, size)
 	done := make(chan struct{})
 	started := make(chan struct{})
 	var once sync.Once
 	var code int
 	var out syncBuffer
 	errb := syncBuffer{notify: func(p []byte) {
-		// Kill once some data went through.
 		if bytes.HasPrefix(p, []byte("copy: ")) && !bytes.HasPrefix(p, []byte("copy:   0.0%")) {
 			once.Do(func() { close(started) })
 		}
 	}}
 	go func() {
 		defer close(done)
-		code = run([]string{"copy", "--depth", "4", "--progress-interval", "10ms", "--chap-secret-file", ce.secret, src, ce.url},
+		code = run([]string{"copy", "--depth", "4", "--progress-interval", "10ms", "--chap-secret-file", secret, src, url},
 			strings.NewReader(""), &out, &errb)
 	}()
 	select {
@@ -271,9 +328,7 @@ func TestCopySurvivesTargetRestart(t *testing.T) {
 		t.Fatalf("copy finished before the target was killed (exit %d); make the image larger", code)
 	default:
 	}
-	ce.srv.Kill()
-	time.Sleep(500 * time.Millisecond)
-	ce.srv.Restart()
+	restart()
 	<-done
 	if code != 0 {
 		t.Fatalf("copy across a target restart: exit %d: %s", code, errb.String())
@@ -281,7 +336,7 @@ func TestCopySurvivesTargetRestart(t *testing.T) {
 	if !strings.Contains(errb.String(), "reinstated") {
 		t.Errorf("no reconnection logged: %s", errb.String())
 	}
-	sameFiles(t, src, ce.lun)
+	sameFiles(t, src, lun)
 }
 
 // TestCopyInterrupt sends SIGINT to a running copy: it must stop, say how
@@ -325,5 +380,64 @@ func TestCopyInterrupt(t *testing.T) {
 	}
 	if !strings.Contains(errb.String(), "copy: ") {
 		t.Errorf("no progress lines: %s", errb.String())
+	}
+}
+
+// startOwnTarget serves path as LUN 0 of iqn with CHAP through
+// iscsi/target, in-process, and returns the LUN's URL without password.
+func startOwnTarget(t *testing.T, iqn, path string) string {
+	t.Helper()
+	dev, err := blockdev.OpenFile(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	sec, err := chap.NewSecret([]byte(copySecret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := target.New(target.Config{IQN: iqn, Listen: []string{"127.0.0.1:0"},
+		LUNs: []target.LUN{{Device: dev, Unit: scsi.UnitConfig{ID: path}}},
+		CHAP: &chap.Credentials{User: copyUser, Secret: sec}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- tg.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		tg.Close()
+		<-done
+	})
+	return fmt.Sprintf("iscsi://%s@%s/%s/0", copyUser, tg.Addrs()[0], iqn)
+}
+
+// TestCopyOwnTarget copies file -> our LUN -> tgtd LUN -> file, so that
+// every direction between a file, tgtd and iscsi/target is crossed.
+func TestCopyOwnTarget(t *testing.T) {
+	testenv.SkipIfShort(t)
+	const size = 32 << 20
+	ce := startCopyTarget(t, size)
+	dir := t.TempDir()
+	ownLUN := filepath.Join(dir, "own.img")
+	garbage(t, ownLUN, size)
+	own := startOwnTarget(t, "iqn.2026-11.io.shareless.test:own", ownLUN)
+	src := filepath.Join(dir, "src.img")
+	image(t, src, size)
+	dst := filepath.Join(dir, "dst.img")
+	for _, step := range [][2]string{{src, own}, {own, ce.url}, {ce.url, own}, {own, dst}} {
+		code, _, errs := shareless("copy", "--chap-secret-file", ce.secret, step[0], step[1])
+		if code != 0 {
+			t.Fatalf("copy %s %s: exit %d: %s", step[0], step[1], code, errs)
+		}
+	}
+	sameFiles(t, src, ownLUN)
+	sameFiles(t, src, ce.lun)
+	sameFiles(t, src, dst)
+	if got := allocated(t, dst); got > 7<<20 {
+		t.Errorf("destination allocates %d bytes, want holes", got)
+	}
+	ownQemu := strings.Replace(own, copyUser+"@", copyUser+"%"+copySecret+"@", 1)
+	if out, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", src, ownQemu).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img compare with our target: %v: %s", err, out)
 	}
 }

@@ -95,13 +95,24 @@ func credentials(which, user, file string) (*chap.Credentials, error) {
 	if user == "" || file == "" {
 		return nil, usagef("--%s-user and the %s secret file go together", which, which)
 	}
+	s, err := readSecret(which, file)
+	if err != nil {
+		return nil, err
+	}
+	return &chap.Credentials{User: user, Secret: s}, nil
+}
+
+// readSecret reads a CHAP secret from a file (a trailing newline is not
+// part of it), so that secrets stay out of process listings and shell
+// history.
+func readSecret(which, file string) (chap.Secret, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return nil, usagef("%s secret: %v", which, err)
+		return chap.Secret{}, usagef("%s secret: %v", which, err)
 	}
 	s, err := chap.NewSecret(bytes.TrimRight(b, "\r\n"))
 	if err != nil {
-		return nil, usagef("%s secret in %s: %v", which, file, err)
+		return chap.Secret{}, usagef("%s secret in %s: %v", which, file, err)
 	}
-	return &chap.Credentials{User: user, Secret: s}, nil
+	return s, nil
 }

@@ -78,14 +78,14 @@ func (s *Session) probe(ctx context.Context) error {
 		return fmt.Errorf("unsupported logical block size %d", g.blockSize)
 	}
 	g.thin, g.lbprz = capa.LBPME, capa.LBPRZ
-	pages, err := s.vpd(ctx, vpdSupportedPages)
+	pages, err := s.VPD(ctx, vpdSupportedPages)
 	if err != nil {
 		return fmt.Errorf("INQUIRY supported VPD pages: %w", err)
 	}
 	for _, p := range pages[4:] {
 		switch p {
 		case vpdBlockLimits:
-			page, err := s.vpd(ctx, vpdBlockLimits)
+			page, err := s.VPD(ctx, vpdBlockLimits)
 			if err != nil {
 				return fmt.Errorf("INQUIRY Block Limits VPD: %w", err)
 			}
@@ -97,7 +97,7 @@ func (s *Session) probe(ctx context.Context) error {
 		case vpdProvisioning:
 			// Logical Block Provisioning VPD (SBC-3 §6.6.4): byte 5
 			// holds LBPU, LBPWS and LBPRZ.
-			page, err := s.vpd(ctx, vpdProvisioning)
+			page, err := s.VPD(ctx, vpdProvisioning)
 			if err != nil {
 				return fmt.Errorf("INQUIRY Logical Block Provisioning VPD: %w", err)
 			}
@@ -114,9 +114,11 @@ func (s *Session) probe(ctx context.Context) error {
 	return nil
 }
 
-// vpd reads a whole VPD page, header included.
-func (s *Session) vpd(ctx context.Context, page byte) ([]byte, error) {
-	buf := make([]byte, 255)
+// VPD reads a vital product data page (INQUIRY with EVPD, SPC-4 §7.8),
+// header included: the Device Identification page 0x83, for example, tells
+// which disk a LUN really is.
+func (s *Session) VPD(ctx context.Context, page byte) ([]byte, error) {
+	buf := make([]byte, 4096)
 	n, err := s.command(ctx, scsi.InquiryVPD(page, uint16(len(buf))), buf, nil)
 	if err != nil {
 		return nil, err
@@ -184,6 +186,8 @@ func (s *Session) WriteAt(ctx context.Context, p []byte, off int64, fua bool) er
 	if err := s.check(off, int64(len(p))); err != nil {
 		return err
 	}
+	s.wrote()
+	defer s.wrote()
 	return s.split(ctx, off, int64(len(p)), s.maxIO(), func(ctx context.Context, o, n int64) error {
 		buf := p[o-off : o-off+n]
 		_, err := s.command(ctx, scsi.Write16(uint64(o/s.geom.blockSize), uint32(n/s.geom.blockSize), fua), nil, buf)
@@ -208,6 +212,8 @@ func (s *Session) Discard(ctx context.Context, off, length int64) error {
 	if !g.thin || !g.unmap || !g.lbprz {
 		return s.WriteZeroes(ctx, off, length, true)
 	}
+	s.wrote()
+	defer s.wrote()
 	chunk := s.unmapChunk(int64(g.maxUnmap))
 	return s.split(ctx, off, length, chunk, func(ctx context.Context, o, n int64) error {
 		param := scsi.UnmapParameterList([]scsi.UnmapDescriptor{{LBA: uint64(o / g.blockSize), Blocks: uint32(n / g.blockSize)}})
@@ -234,6 +240,8 @@ func (s *Session) WriteZeroes(ctx context.Context, off, length int64, mayUnmap b
 		return err
 	}
 	g := &s.geom
+	s.wrote()
+	defer s.wrote()
 	unmap := mayUnmap && g.thin && g.writeSameUnmap
 	zero := make([]byte, g.blockSize)
 	if !s.noWriteSame() {
@@ -265,8 +273,9 @@ func (s *Session) setNoWriteSame() {
 }
 
 // Allocation implements blockdev.AllocationReporter with GET LBA STATUS
-// (SBC-3 §5.7). A logical unit that is not thin provisioned is mapped
-// everywhere.
+// (SBC-3 §5.5). One command asks for many descriptors; later calls are
+// answered from them as long as this session wrote nothing meanwhile. A
+// logical unit that is not thin provisioned is mapped everywhere.
 func (s *Session) Allocation(ctx context.Context, off int64) (bool, int64, error) {
 	size := s.Size()
 	if off < 0 || off >= size {
@@ -276,22 +285,46 @@ func (s *Session) Allocation(ctx context.Context, off int64) (bool, int64, error
 	if !s.geom.thin {
 		return true, size - off, nil
 	}
-	lba := off / bs
-	buf := make([]byte, 8+16)
-	n, err := s.command(ctx, scsi.GetLBAStatus(uint64(lba), uint32(len(buf))), buf, nil)
-	if err != nil {
-		return false, 0, deviceError("get lba status", off, err)
+	lba := uint64(off / bs)
+	s.lbaMu.Lock()
+	defer s.lbaMu.Unlock()
+	d, ok := s.cachedLBA(lba)
+	if !ok || s.lbaGen != s.writes.Load() {
+		gen := s.writes.Load()
+		buf := make([]byte, 8+16*lbaStatusDescriptors)
+		n, err := s.command(ctx, scsi.GetLBAStatus(lba, uint32(len(buf))), buf, nil)
+		if err != nil {
+			return false, 0, deviceError("get lba status", off, err)
+		}
+		ds, err := scsi.ParseLBAStatus(buf[:n])
+		if err != nil {
+			return false, 0, fmt.Errorf("GET LBA STATUS: %w", err)
+		}
+		if len(ds) == 0 || ds[0].LBA != lba || ds[0].Blocks == 0 {
+			return false, 0, fmt.Errorf("GET LBA STATUS for LBA %d answered %+v", lba, ds)
+		}
+		s.lba, s.lbaGen, d = ds, gen, ds[0]
 	}
-	ds, err := scsi.ParseLBAStatus(buf[:n])
-	if err != nil {
-		return false, 0, fmt.Errorf("GET LBA STATUS: %w", err)
-	}
-	if len(ds) == 0 || int64(ds[0].LBA) != lba || ds[0].Blocks == 0 {
-		return false, 0, fmt.Errorf("GET LBA STATUS for LBA %d answered %+v", lba, ds)
-	}
-	end := min((lba+int64(ds[0].Blocks))*bs, size)
-	return ds[0].Status == scsi.Mapped, end - off, nil
+	end := min(int64(d.LBA+uint64(d.Blocks))*bs, size)
+	return d.Status == scsi.Mapped, end - off, nil
 }
+
+// lbaStatusDescriptors is how many extents one GET LBA STATUS asks for.
+const lbaStatusDescriptors = 128
+
+// cachedLBA finds the cached descriptor that covers lba. s.lbaMu is held.
+func (s *Session) cachedLBA(lba uint64) (scsi.LBAStatus, bool) {
+	for _, d := range s.lba {
+		if lba >= d.LBA && lba < d.LBA+uint64(d.Blocks) {
+			return d, true
+		}
+	}
+	return scsi.LBAStatus{}, false
+}
+
+// wrote invalidates cached allocation; called before and after every
+// command that may change it.
+func (s *Session) wrote() { s.writes.Add(1) }
 
 // split runs fn over [off, off+length) in pieces of at most chunk bytes,
 // in parallel when there is more than one (each piece takes a slot).

@@ -14,6 +14,7 @@ package initiator
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,7 @@ import (
 	"github.com/shareless/shareless/blockdev"
 	"github.com/shareless/shareless/iscsi/params"
 	"github.com/shareless/shareless/iscsi/pdu"
+	"github.com/shareless/shareless/iscsi/scsi"
 )
 
 // Config configures a Session. Zero values take the defaults noted.
@@ -143,6 +145,13 @@ type Session struct {
 
 	// Set during Dial, read-only afterwards.
 	geom geometry
+
+	// writes counts write commands begun and ended; lba caches the last
+	// GET LBA STATUS answer, valid while writes is still lbaGen.
+	writes atomic.Uint64
+	lbaMu  sync.Mutex
+	lba    []scsi.LBAStatus
+	lbaGen uint64
 }
 
 // Dial logs in to cfg.Target, checks that cfg.LUN exists and reads its
@@ -199,6 +208,7 @@ func (s *Session) connect(ctx context.Context) (*conn, error) {
 	}
 	fr.SetMaxRecvDataSegmentLength(int(res.op.MaxRecvDataSegmentLength))
 	c := &conn{s: s, nc: nc, fr: fr, op: res.op, dead: make(chan struct{}), logout: make(chan struct{})}
+	fr.SetDataBuffer(c.placeDataIn)
 	c.expStatSN.Store(res.expStatSN)
 	c.lastRecv.Store(time.Now().UnixNano())
 	s.mu.Lock()
@@ -221,6 +231,7 @@ func (s *Session) supervise(c *conn) {
 	for {
 		select {
 		case <-s.ctx.Done():
+			c.failConn(ErrClosed)
 			return
 		case <-c.dead:
 		}
@@ -243,6 +254,11 @@ func (s *Session) supervise(c *conn) {
 			return
 		}
 		s.mu.Lock()
+		if errors.Is(s.err, ErrClosed) { // closed while we reconnected
+			s.mu.Unlock()
+			c.failConn(ErrClosed)
+			return
+		}
 		s.conn = c
 		s.broadcast()
 		s.mu.Unlock()
@@ -299,7 +315,7 @@ func (s *Session) broadcast() {
 func (s *Session) Close() error {
 	first := false
 	s.mu.Lock()
-	if s.err == nil || !errors.Is(s.err, ErrClosed) {
+	if !errors.Is(s.err, ErrClosed) {
 		first = true
 		s.err = ErrClosed
 		s.broadcast()
@@ -327,6 +343,10 @@ type conn struct {
 	wmu       sync.Mutex // serializes writes; taken before s.mu
 	expStatSN atomic.Uint32
 	lastRecv  atomic.Int64 // unix nanoseconds of the last PDU read
+
+	// placed is the task whose buffer the framer is reading Data-In into
+	// (placeDataIn); only the reader touches it.
+	placed *task
 
 	failOnce sync.Once
 	err      error // why the connection died; set before dead is closed
@@ -436,6 +456,10 @@ func (c *conn) ping() {
 func (c *conn) readLoop() {
 	for {
 		m, err := c.fr.ReadMessage()
+		if t := c.placed; t != nil {
+			c.placed = nil
+			t.pending.Done()
+		}
 		if err != nil {
 			c.failConn(fmt.Errorf("reading from target: %w", err))
 			return
@@ -553,6 +577,29 @@ func (c *conn) pong(ttt uint32, lun pdu.LUN, data []byte) {
 		CmdSN: cmdSN, ExpStatSN: c.expStatSN.Load(), Data: data})
 }
 
+// placeDataIn gives the framer the place in a read command's buffer where
+// a Data-In segment belongs, so that it is read there directly, without an
+// allocation and a copy. The task's pending count keeps its owner from
+// returning, and reusing the buffer, while the reader writes into it.
+func (c *conn) placeDataIn(h *pdu.BHS, n int) []byte {
+	if h.Opcode() != pdu.OpDataIn {
+		return nil
+	}
+	t := c.lookup(h.ITT())
+	if t == nil {
+		return nil
+	}
+	defer t.mu.Unlock()
+	off := int64(binary.BigEndian.Uint32(h[40:])) // BufferOffset (§11.7.7)
+	end := off + int64(n)
+	if end > int64(len(t.read)) {
+		return nil // dataIn reports the violation
+	}
+	t.pending.Add(1)
+	c.placed = t
+	return t.read[off:end]
+}
+
 // lookup finds the current attempt of a task by ITT and locks it; the
 // caller unlocks t.mu.
 func (c *conn) lookup(itt uint32) *task {
@@ -593,7 +640,9 @@ func (c *conn) dataIn(m *pdu.DataIn) error {
 	if int64(m.BufferOffset)+int64(len(m.Data)) > int64(len(t.read)) {
 		t.res.err = fmt.Errorf("target sent Data-In at offset %d length %d beyond the %d-byte buffer", m.BufferOffset, len(m.Data), len(t.read))
 	} else {
-		copy(t.read[m.BufferOffset:end], m.Data)
+		if len(m.Data) > 0 && &m.Data[0] != &t.read[m.BufferOffset] { // not placed in the buffer already
+			copy(t.read[m.BufferOffset:end], m.Data)
+		}
 		t.res.received = max(t.res.received, end)
 	}
 	if m.HasStatus || t.res.err != nil {

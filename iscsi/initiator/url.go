@@ -139,3 +139,22 @@ func (u *URL) String() string {
 	fmt.Fprintf(&b, "%s:%d/%s/%d", host, u.Port, u.Target, u.LUN)
 	return b.String()
 }
+
+// Redact hides the password of an iscsi:// URL, for messages about a URL
+// that may not even parse. Other strings come back unchanged.
+func Redact(s string) string {
+	rest, ok := strings.CutPrefix(s, "iscsi://")
+	if !ok {
+		return s
+	}
+	authority, _, _ := strings.Cut(rest, "/")
+	at := strings.LastIndexByte(authority, '@')
+	if at < 0 {
+		return s
+	}
+	user, _, hasPassword := strings.Cut(authority[:at], "%")
+	if !hasPassword {
+		return s
+	}
+	return "iscsi://" + user + "%<redacted>" + rest[at:]
+}

@@ -51,6 +51,20 @@ func TestURLStringHidesPassword(t *testing.T) {
 	}
 }
 
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"iscsi://u%pw@h/iqn.a:b/0":     "iscsi://u%<redacted>@h/iqn.a:b/0",
+		"iscsi://u%p%w@h:1/bad":        "iscsi://u%<redacted>@h:1/bad",
+		"iscsi://u@h/iqn.a:b/0":        "iscsi://u@h/iqn.a:b/0",
+		"iscsi://u%pw@":                "iscsi://u%<redacted>@",
+		"/var/lib/images/disk%0@1.img": "/var/lib/images/disk%0@1.img",
+	} {
+		if got := Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
 // FuzzParseURL: any input parses or fails without panicking, and what
 // parses renders back (without the password) to a URL that parses the same.
 func FuzzParseURL(f *testing.F) {
@@ -64,6 +78,9 @@ func FuzzParseURL(f *testing.F) {
 		u, err := ParseURL(s)
 		if err != nil {
 			return
+		}
+		if u.Password != "" && strings.Contains(Redact(s), "%"+u.Password+"@") {
+			t.Fatalf("Redact(%q) keeps the password", s)
 		}
 		again, err := ParseURL(u.String())
 		if err != nil {

@@ -12,8 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shareless/shareless/blockdev"
 	"github.com/shareless/shareless/internal/tgtd"
 	"github.com/shareless/shareless/iscsi/chap"
+	"github.com/shareless/shareless/iscsi/scsi"
+	"github.com/shareless/shareless/iscsi/target"
 )
 
 const (
@@ -75,29 +78,78 @@ func creds(t testing.TB, mutual bool) Credentials {
 	return c
 }
 
+// TestTgtdInterop runs the initiator against Debian's tgtd, a target we
+// did not write.
 func TestTgtdInterop(t *testing.T) {
 	const size = 64 << 20
 	srv, img := startTgtd(t, size)
+	interop(t, srv.Addr(), 1, img, size)
+}
+
+// TestOwnTargetInterop runs the same checks against iscsi/target.
+func TestOwnTargetInterop(t *testing.T) {
+	const size = 64 << 20
+	addr, img := startOwnTarget(t, size, nil)
+	interop(t, addr, 0, img, size)
+}
+
+// startOwnTarget serves one sparse file as LUN 0 of testIQN with mutual
+// CHAP, on a free port; tune may adjust the configuration.
+func startOwnTarget(t *testing.T, size int64, tune func(*target.Config)) (addr, img string) {
+	img = sparseFile(t, size)
+	dev, err := blockdev.OpenFile(img, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	cfg := target.Config{
+		IQN: testIQN, Listen: []string{"127.0.0.1:0"},
+		LUNs:       []target.LUN{{Device: dev, Unit: scsi.UnitConfig{ID: img}}},
+		CHAP:       &chap.Credentials{User: testUser, Secret: secret(t, testSecret)},
+		MutualCHAP: &chap.Credentials{User: mutualUser, Secret: secret(t, mutualPass)},
+		Logger:     testLogger(t).With("side", "target"),
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	tg, err := target.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- tg.Serve(context.Background()) }()
+	t.Cleanup(func() {
+		tg.Close()
+		if err := <-done; err != nil {
+			t.Errorf("target: %v", err)
+		}
+	})
+	return tg.Addrs()[0].String(), img
+}
+
+// interop checks discovery, CHAP, and every block operation against the
+// target at addr, whose LUN lun is backed by the file img.
+func interop(t *testing.T, addr string, lun uint16, img string, size int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
 	t.Run("SendTargets", func(t *testing.T) {
-		got, err := Discover(ctx, srv.Addr(), Config{Credentials: creds(t, false), Logger: testLogger(t)})
+		got, err := Discover(ctx, addr, Config{Credentials: creds(t, false), Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(got) != 1 || got[0].Name != testIQN || len(got[0].Addresses) == 0 {
 			t.Fatalf("discovered %+v", got)
 		}
-		if p := Portal(got[0].Addresses[0]); p != srv.Addr() {
-			t.Errorf("portal %q, want %q", p, srv.Addr())
+		if p := Portal(got[0].Addresses[0]); p != addr {
+			t.Errorf("portal %q, want %q", p, addr)
 		}
 	})
 
 	t.Run("WrongSecret", func(t *testing.T) {
 		c := creds(t, false)
 		c.CHAP.Secret = secret(t, "not-the-secret")
-		_, err := Dial(ctx, Config{Addr: srv.Addr(), Target: testIQN, LUN: 1, Credentials: c, Logger: testLogger(t)})
+		_, err := Dial(ctx, Config{Addr: addr, Target: testIQN, LUN: lun, Credentials: c, Logger: testLogger(t)})
 		if !errors.Is(err, ErrAuth) {
 			t.Fatalf("got %v, want ErrAuth", err)
 		}
@@ -106,13 +158,13 @@ func TestTgtdInterop(t *testing.T) {
 	t.Run("WrongMutualSecret", func(t *testing.T) {
 		c := creds(t, true)
 		c.Mutual.Secret = secret(t, "not-the-target-secret")
-		_, err := Dial(ctx, Config{Addr: srv.Addr(), Target: testIQN, LUN: 1, Credentials: c, Logger: testLogger(t)})
+		_, err := Dial(ctx, Config{Addr: addr, Target: testIQN, LUN: lun, Credentials: c, Logger: testLogger(t)})
 		if !errors.Is(err, ErrAuth) {
 			t.Fatalf("got %v, want ErrAuth", err)
 		}
 	})
 
-	s, err := Dial(ctx, Config{Addr: srv.Addr(), Target: testIQN, LUN: 1, Credentials: creds(t, true), Depth: 16, Logger: testLogger(t)})
+	s, err := Dial(ctx, Config{Addr: addr, Target: testIQN, LUN: lun, Credentials: creds(t, true), Depth: 16, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,4 +246,61 @@ func TestTgtdInterop(t *testing.T) {
 			t.Fatal("read past the end succeeded")
 		}
 	})
+}
+
+// TestCmdSNWindow: with a target that allows only two commands at a time
+// (MaxCmdSN, RFC 7143 §4.2.2.1), a session of depth 16 waits for the
+// window instead of overrunning it, and every command completes.
+func TestCmdSNWindow(t *testing.T) {
+	addr, _ := startOwnTarget(t, 16<<20, func(c *target.Config) { c.QueueDepth = 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := Dial(ctx, Config{Addr: addr, Target: testIQN, LUN: 0, Credentials: creds(t, true), Depth: 16, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want := make([]byte, 4<<20)
+	rand.Read(want)
+	const piece = 64 << 10
+	var wg sync.WaitGroup
+	for i := range len(want) / piece {
+		wg.Go(func() {
+			if err := s.WriteAt(ctx, want[i*piece:(i+1)*piece], int64(i*piece), false); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	got := make([]byte, len(want))
+	if err := s.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("data differs")
+	}
+}
+
+// TestAnswersTargetNOPIn: a target that pings an idle session with NOP-In
+// (§11.19) and drops connections that do not answer keeps ours.
+func TestAnswersTargetNOPIn(t *testing.T) {
+	addr, _ := startOwnTarget(t, 16<<20, func(c *target.Config) {
+		c.NOPInterval, c.NOPTimeout = 50*time.Millisecond, 300*time.Millisecond
+	})
+	px := startProxy(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := Dial(ctx, Config{Addr: px.Addr(), Target: testIQN, LUN: 0, Credentials: creds(t, true),
+		KeepAlive: time.Hour, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	time.Sleep(time.Second)
+	if err := s.ReadAt(ctx, make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := px.accepted.Load(); n != 1 {
+		t.Errorf("%d connections: the target dropped an idle session that should have answered its NOP-Ins", n)
+	}
 }
