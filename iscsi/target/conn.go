@@ -53,7 +53,7 @@ type conn struct {
 	lastRecv  atomic.Int64 // unix nanoseconds of the last PDU received
 }
 
-func newConn(t *Target, nc net.Conn) *conn {
+func newConn(ctx context.Context, t *Target, nc net.Conn) *conn {
 	c := &conn{
 		t: t, nc: nc, fr: pdu.NewFramer(nc, nc),
 		log:      t.log.With("peer", nc.RemoteAddr().String()),
@@ -63,15 +63,14 @@ func newConn(t *Target, nc net.Conn) *conn {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
+	c.ctx, c.cancel = context.WithCancelCause(ctx)
 	return c
 }
 
 // close ends the connection; every goroutine of it winds down.
 func (c *conn) close(err error) {
 	c.closeOnce.Do(func() {
-		if c.cancel != nil {
-			c.cancel(err)
-		}
+		c.cancel(err)
 		c.nc.Close()
 	})
 }
@@ -88,8 +87,7 @@ func (c *conn) dropAfterPanic(where string, r any) {
 	c.close(fmt.Errorf("panic in %s: %v", where, r))
 }
 
-func (c *conn) serve(parent context.Context) {
-	c.ctx, c.cancel = context.WithCancelCause(parent)
+func (c *conn) serve() {
 	defer close(c.finished)
 	defer c.cleanup()
 	defer c.recoverPanic("reader")

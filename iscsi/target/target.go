@@ -138,7 +138,7 @@ func (t *Target) accept(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 		}
-		c := newConn(t, nc)
+		c := newConn(ctx, t, nc)
 		t.mu.Lock()
 		if t.closed {
 			t.mu.Unlock()
@@ -150,7 +150,7 @@ func (t *Target) accept(ctx context.Context, ln net.Listener) error {
 		t.mu.Unlock()
 		go func() {
 			defer t.wg.Done()
-			c.serve(ctx)
+			c.serve()
 			t.mu.Lock()
 			delete(t.conns, c)
 			t.mu.Unlock()
