@@ -38,9 +38,15 @@ func (c *conn) scsiCommand(m *pdu.SCSICommand) {
 		ctx: ctx, cancel: cancel, done: make(chan struct{}),
 	}
 	if t.write {
-		if t.edtl > c.t.cfg.MaxTransferLength {
+		switch {
+		case t.edtl > c.t.cfg.MaxTransferLength:
 			t.fail(scsi.Sense{Key: scsi.SenseIllegalRequest, Code: scsi.ASCInvalidFieldInCDB})
-		} else {
+		case !c.sess.reserve(t.edtl):
+			// Too much Data-Out outstanding on the session: TASK SET FULL
+			// asks the initiator to retry once some commands complete.
+			t.failed, t.buf = &scsi.Response{Status: scsi.StatusTaskSetFull}, nil
+		default:
+			t.reserved = t.edtl
 			t.buf = make([]byte, t.edtl)
 			copy(t.buf, m.Data)
 			t.received = n
@@ -56,6 +62,7 @@ func (c *conn) scsiCommand(m *pdu.SCSICommand) {
 	t.dataDone = t.failed != nil || t.dataComplete()
 	if !c.sess.register(t) {
 		cancel()
+		c.sess.finish(t) // returns its buffer budget; the tag stays with its owner
 		c.reject(pdu.RejectTaskInProgress, headerOf(m))
 		return
 	}

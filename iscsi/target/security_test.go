@@ -3,8 +3,12 @@ package target
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
 	"testing"
 
+	"github.com/shareless/shareless/internal/testenv"
 	"github.com/shareless/shareless/iscsi/pdu"
 )
 
@@ -132,5 +136,30 @@ func TestRFC7143_11_13_5_LoginStatus(t *testing.T) {
 			c.mod(&o)
 			wantStatus(t, dial(t, addr).login(o), pdu.LoginInitiatorError, c.detail)
 		})
+	}
+}
+
+// TestDiscoveryWithISCSILs: libiscsi's own discovery tool sees the target
+// (and its LUN) only from an initiator in the ACL and only with the right
+// CHAP secret.
+func TestDiscoveryWithISCSILs(t *testing.T) {
+	testenv.NeedCommands(t, "iscsi-ls")
+	cfg := testConfig(t)
+	cfg.AllowInitiators = []string{testInitiator}
+	_, addr := startTarget(t, cfg)
+	ls := func(initiator, secret string) (string, error) {
+		out, err := exec.Command("iscsi-ls", "-s", "-i", initiator,
+			fmt.Sprintf("iscsi://%s%%%s@%s", testUser, secret, addr)).CombinedOutput()
+		return string(out), err
+	}
+	out, err := ls(testInitiator, testSecret)
+	if err != nil || !strings.Contains(out, "Target:"+testIQN+" Portal:"+addr+",1") || !strings.Contains(out, "Lun:0") {
+		t.Errorf("allowed initiator: %v\n%s", err, out)
+	}
+	if out, err := ls("iqn.2026-11.org.example:stranger", testSecret); err != nil || strings.Contains(out, "Target:") {
+		t.Errorf("initiator outside the ACL: %v\n%s", err, out)
+	}
+	if out, err := ls(testInitiator, "wrong-secret-123"); err == nil || !strings.Contains(out, "Authentication failure") {
+		t.Errorf("wrong secret: %v\n%s", err, out)
 	}
 }
