@@ -163,3 +163,25 @@ func TestDiscoveryWithISCSILs(t *testing.T) {
 		t.Errorf("wrong secret: %v\n%s", err, out)
 	}
 }
+
+// TestRFC7143_11_10_TextInFullFeaturePhase: in a normal session,
+// SendTargets with no value describes the current target; keys the target
+// does not renegotiate after login are rejected, unknown ones not
+// understood; a non-immediate Text Request takes a CmdSN.
+func TestRFC7143_11_10_TextInFullFeaturePhase(t *testing.T) {
+	_, addr := startTarget(t, testConfig(t))
+	c := dial(t, addr)
+	c.mustLogin(defaultLogin())
+	c.send(&pdu.TextRequest{Final: true, ITT: c.nextITT(), TTT: pdu.ReservedTag, CmdSN: c.cmdSN, ExpStatSN: c.expStatSN,
+		Data: pdu.EncodeText([]pdu.KeyValue{{Key: "SendTargets", Value: ""}, {Key: "MaxBurstLength", Value: "4096"}, {Key: "X-com.example.foo", Value: "1"}})})
+	c.cmdSN++
+	resp, ok := c.recv().(*pdu.TextResponse)
+	if !ok {
+		t.Fatalf("want a Text Response, got %+v", resp)
+	}
+	want := pdu.EncodeText([]pdu.KeyValue{{Key: "TargetName", Value: testIQN}, {Key: "TargetAddress", Value: addr + ",1"},
+		{Key: "MaxBurstLength", Value: "Reject"}, {Key: "X-com.example.foo", Value: "NotUnderstood"}})
+	if !bytes.Equal(resp.Data, want) || resp.ExpCmdSN != c.cmdSN {
+		t.Fatalf("Text Response %q ExpCmdSN %d; want %q %d", resp.Data, resp.ExpCmdSN, want, c.cmdSN)
+	}
+}
