@@ -104,9 +104,13 @@ func (c *conn) serve() {
 	c.close(c.readLoop())
 }
 
+// cleanup ends the connection's session: its commands are aborted (their
+// contexts are cancelled with the connection's) and waited for, so that
+// nothing touches a device after the target has let go of it.
 func (c *conn) cleanup() {
 	c.close(errors.New("connection closed"))
 	c.workers.Wait()
+	c.tasksWG.Wait()
 	if s := c.sess; s != nil {
 		for _, t := range s.matching(func(*task) bool { return true }) {
 			t.abort()
