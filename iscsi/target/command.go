@@ -19,6 +19,7 @@ const ascIUCRCError scsi.AdditionalSense = 0x4703
 
 // scsiCommand starts a task for a SCSI Command PDU (§11.3).
 func (c *conn) scsiCommand(m *pdu.SCSICommand) {
+	defer c.dropImmediateBuffer() // unless the task adopted it
 	op := &c.sess.op
 	if m.ITT == pdu.ReservedTag {
 		c.reject(pdu.RejectInvalidPDUField, headerOf(m))
@@ -47,8 +48,12 @@ func (c *conn) scsiCommand(m *pdu.SCSICommand) {
 			t.failed, t.buf = &scsi.Response{Status: scsi.StatusTaskSetFull}, nil
 		default:
 			t.reserved = t.edtl
-			t.buf = make([]byte, t.edtl)
-			copy(t.buf, m.Data)
+			if imm := c.takeImmediateBuffer(m.Data); imm != nil {
+				t.buf = imm[:t.edtl] // the immediate data is already in place
+			} else {
+				t.buf = c.t.bufs.Get(int(t.edtl))
+				copy(t.buf, m.Data)
+			}
 			t.received = n
 			t.unsolEnd = n
 			if !m.Final && !op.InitialR2T {
@@ -207,6 +212,11 @@ func (c *conn) execute(t *task, deps []<-chan struct{}) {
 // complete ends t: its tag is free again and its window slot returns
 // before the response goes out, so the response carries the new MaxCmdSN.
 func (c *conn) complete(t *task, resp *scsi.Response) {
+	if t.reserved > 0 {
+		// The unit is done with the Data-Out; the reader no longer writes
+		// into it either (the task is dispatched).
+		c.t.bufs.Put(t.buf)
+	}
 	c.sess.finish(t)
 	t.cancel()
 	if !t.immediate {

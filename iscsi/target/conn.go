@@ -48,6 +48,7 @@ type conn struct {
 	tasksWG sync.WaitGroup
 
 	seq       sequencer
+	immBuf    []byte        // immediate data read by dataOutBuffer, for scsiCommand
 	loggedOut chan struct{} // set by logout: closed once its response is sent
 	nextTTT   atomic.Uint32
 	lastRecv  atomic.Int64 // unix nanoseconds of the last PDU received
@@ -175,22 +176,53 @@ func (c *conn) login() error {
 	}
 }
 
-// dataOutBuffer lets the framer read a Data-Out segment straight into its
-// task's buffer at the PDU's offset; the checks of task.unsolicited and
-// task.solicited follow once the PDU is decoded.
+// dataOutBuffer lets the framer read write data straight into the
+// command's buffer: a Data-Out segment at its offset in its task's buffer
+// (the checks of task.unsolicited and task.solicited follow once the PDU
+// is decoded), and the immediate data of a write command into a pooled
+// buffer of the command's whole length, which scsiCommand then adopts.
 func (c *conn) dataOutBuffer(h *pdu.BHS, n int) []byte {
-	if h.Opcode() != pdu.OpDataOut || c.sess == nil {
+	switch h.Opcode() {
+	case pdu.OpDataOut:
+		t := c.sess.lookup(h.ITT())
+		if t == nil || t.dataDone || t.buf == nil {
+			return nil
+		}
+		off := uint64(binary.BigEndian.Uint32(h[40:]))
+		if off+uint64(n) > uint64(len(t.buf)) {
+			return nil
+		}
+		return t.buf[off : off+uint64(n)]
+	case pdu.OpSCSICommand:
+		edtl := binary.BigEndian.Uint32(h[20:])
+		if h[1]&0x20 == 0 || uint64(n) > uint64(edtl) || edtl > c.t.cfg.MaxTransferLength {
+			return nil // not a write, or one scsiCommand refuses
+		}
+		c.dropImmediateBuffer()
+		c.immBuf = c.t.bufs.Get(int(edtl))
+		return c.immBuf[:n]
+	}
+	return nil
+}
+
+// takeImmediateBuffer returns the pooled buffer dataOutBuffer filled with
+// data, if data is its start, and hands its ownership to the caller.
+func (c *conn) takeImmediateBuffer(data []byte) []byte {
+	b := c.immBuf
+	if b == nil || len(data) == 0 || &b[0] != &data[0] {
 		return nil
 	}
-	t := c.sess.lookup(h.ITT())
-	if t == nil || t.dataDone || t.buf == nil {
-		return nil
+	c.immBuf = nil
+	return b
+}
+
+// dropImmediateBuffer recycles an immediate-data buffer nobody adopted
+// (its PDU was rejected).
+func (c *conn) dropImmediateBuffer() {
+	if c.immBuf != nil {
+		c.t.bufs.Put(c.immBuf)
+		c.immBuf = nil
 	}
-	off := uint64(binary.BigEndian.Uint32(h[40:]))
-	if off+uint64(n) > uint64(len(t.buf)) {
-		return nil
-	}
-	return t.buf[off : off+uint64(n)]
 }
 
 // errLogout ends the read loop after a logout response was sent.

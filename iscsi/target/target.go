@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 
+	"github.com/shareless/shareless/internal/bufpool"
 	"github.com/shareless/shareless/iscsi/scsi"
 )
 
@@ -18,6 +19,7 @@ type Target struct {
 	units []*scsi.LogicalUnit
 	lunNo []uint16
 	lns   []net.Listener
+	bufs  bufpool.Pool // Data-Out buffers
 
 	mu       sync.Mutex
 	closed   bool
