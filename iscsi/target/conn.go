@@ -396,6 +396,9 @@ func (c *conn) writeLoop() {
 			}
 		}
 		if err == nil {
+			// An initiator that stops reading for NOPTimeout is as dead as
+			// one that stops answering pings.
+			c.nc.SetWriteDeadline(time.Now().Add(c.t.cfg.NOPTimeout))
 			w := bufs // WriteTo consumes its receiver; bufs keeps the capacity
 			_, err = w.WriteTo(c.nc)
 		}

@@ -378,3 +378,32 @@ func TestRFC7143_11_19_NOPInKeepalive(t *testing.T) {
 }
 
 func errorsAsEOF(err error) bool { return bytes.Contains([]byte(err.Error()), []byte(io.EOF.Error())) }
+
+// TestStalledInitiatorDropped: an initiator that keeps the connection open
+// but stops reading responses is dropped once its socket stays full for
+// NOPTimeout; the target does not hang on it.
+func TestStalledInitiatorDropped(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.NOPInterval, cfg.NOPTimeout = 100*time.Millisecond, 300*time.Millisecond
+	tg, addr := startTarget(t, cfg)
+	c := dial(t, addr)
+	c.mustLogin(defaultLogin())
+	for i := range 64 {
+		c.send(&pdu.SCSICommand{Final: true, Read: true, Attr: pdu.AttrSimple, ITT: uint32(100 + i), ExpectedDataLength: 1 << 20,
+			CmdSN: c.cmdSN, ExpStatSN: c.expStatSN, CDB: read10(0, 2048)})
+		c.cmdSN++
+	}
+	for i := 0; ; i++ {
+		tg.mu.Lock()
+		n := len(tg.sessions)
+		tg.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if i == 300 {
+			t.Fatal("session of an initiator that stopped reading is still up after 3 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	dial(t, addr).mustLogin(defaultLogin())
+}
