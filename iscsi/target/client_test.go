@@ -133,7 +133,7 @@ func defaultLogin() loginOpts {
 	return loginOpts{initiator: testInitiator, target: testIQN, user: testUser, secret: testSecret}
 }
 
-// loginError is a login that ended with a non-zero status.
+// loginStatus is a login that ended with a non-zero status.
 type loginStatus struct{ class, detail uint8 }
 
 func (e *loginStatus) Error() string {
