@@ -234,6 +234,29 @@ func TestRFC7143_11_8_R2T(t *testing.T) {
 	}
 }
 
+// TestRFC7143_4_2_5_2_UnsolicitedData: with InitialR2T=No the initiator
+// sends immediate data, then unsolicited Data-Out up to FirstBurstLength,
+// and the rest on R2T; the target takes all three.
+func TestRFC7143_4_2_5_2_UnsolicitedData(t *testing.T) {
+	_, addr := startTarget(t, testConfig(t))
+	o := defaultLogin()
+	o.ops = []pdu.KeyValue{{Key: "InitialR2T", Value: "No"}, {Key: "ImmediateData", Value: "Yes"},
+		{Key: "FirstBurstLength", Value: "65536"}, {Key: "MaxBurstLength", Value: "131072"}, {Key: "MaxRecvDataSegmentLength", Value: "8192"}}
+	c := dial(t, addr)
+	c.mustLogin(o)
+	c.maxXmit, c.firstBurst = 8192, 65536
+	data := make([]byte, 512<<10)
+	for i := range data {
+		data[i] = byte(i*13>>10) ^ byte(i)
+	}
+	if res := c.command(0, write10(4096, 1024), data, 0); res.status != 0 {
+		t.Fatalf("WRITE: status %d sense %x", res.status, res.sense)
+	}
+	if res := c.command(0, read10(4096, 1024), nil, 512<<10); res.status != 0 || !bytes.Equal(res.data, data) {
+		t.Fatalf("READ back: status %d equal %v", res.status, bytes.Equal(res.data, data))
+	}
+}
+
 // gateDevice holds writes until released, to observe ordering.
 type gateDevice struct {
 	blockdev.Device
