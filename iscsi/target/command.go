@@ -22,14 +22,14 @@ func (c *conn) scsiCommand(m *pdu.SCSICommand) {
 	defer c.dropImmediateBuffer() // unless the task adopted it
 	op := &c.sess.op
 	if m.ITT == pdu.ReservedTag {
-		c.reject(pdu.RejectInvalidPDUField, headerOf(m))
+		c.rejectPDU(pdu.RejectInvalidPDUField, headerOf(m))
 		return
 	}
 	n := uint32(len(m.Data))
 	if n > 0 && (!m.Write || !op.ImmediateData || n > m.ExpectedDataLength || n > op.FirstBurstLength) {
 		// §11.3.4: immediate data only with ImmediateData=Yes, within
 		// FirstBurstLength and the expected length.
-		c.reject(pdu.RejectProtocolError, headerOf(m))
+		c.rejectPDU(pdu.RejectProtocolError, headerOf(m))
 		return
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
@@ -68,7 +68,7 @@ func (c *conn) scsiCommand(m *pdu.SCSICommand) {
 	if !c.sess.register(t) {
 		cancel()
 		c.sess.finish(t) // returns its buffer budget; the tag stays with its owner
-		c.reject(pdu.RejectTaskInProgress, headerOf(m))
+		c.rejectPDU(pdu.RejectTaskInProgress, headerOf(m))
 		return
 	}
 	if !c.ordered(m.Immediate, m.CmdSN, func() { c.deliver(t) }) {

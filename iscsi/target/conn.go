@@ -259,7 +259,7 @@ func (c *conn) handle(m pdu.Message) {
 		case *pdu.TextRequest, *pdu.NOPOut, *pdu.LogoutRequest:
 		default:
 			// §4.3: a discovery session carries only Text, NOP and Logout.
-			c.reject(pdu.RejectProtocolError, headerOf(m))
+			c.rejectPDU(pdu.RejectProtocolError, headerOf(m))
 			return
 		}
 	}
@@ -278,50 +278,40 @@ func (c *conn) handle(m pdu.Message) {
 		c.logout(m)
 	case *pdu.SNACKRequest:
 		// ErrorRecoveryLevel 0 has no SNACK (§11.16).
-		c.reject(pdu.RejectSNACK, headerOf(m))
+		c.rejectPDU(pdu.RejectSNACK, headerOf(m))
 	default:
-		c.reject(pdu.RejectProtocolError, headerOf(m))
+		c.rejectPDU(pdu.RejectProtocolError, headerOf(m))
 	}
 }
 
 // badPDU answers an invalid PDU the codec consumed whole with a Reject
-// (§11.17). A rejected command still used up its CmdSN, which is consumed
-// in order so that later commands are not held back; a SCSI command or
-// Data-Out that failed its data digest ends its task with CHECK CONDITION
-// (§7.8, ErrorRecoveryLevel 0).
+// (§11.17); a SCSI command or Data-Out that failed its data digest also
+// ends its task with CHECK CONDITION (§7.8, ErrorRecoveryLevel 0).
 func (c *conn) badPDU(pe *pdu.PDUError) {
 	h := &pe.Header
-	c.reject(pe.Reason, h[:])
-	cmdSN := binary.BigEndian.Uint32(h[24:])
-	switch h.Opcode() {
-	case pdu.OpSCSICommand:
-		if pe.Reason != pdu.RejectDataDigest {
-			break
-		}
+	switch {
+	case h.Opcode() == pdu.OpSCSICommand && pe.Reason == pdu.RejectDataDigest:
+		c.reject(pe.Reason, h[:])
 		ctx, cancel := context.WithCancel(c.ctx)
-		t := &task{itt: h.ITT(), cmdSN: cmdSN, immediate: h.Immediate(), cdb: []byte{0},
+		t := &task{itt: h.ITT(), cmdSN: cmdSNOf(h), immediate: h.Immediate(), cdb: []byte{0},
 			ctx: ctx, cancel: cancel, done: make(chan struct{}), dataDone: true}
 		t.fail(scsi.Sense{Key: scsi.SenseAbortedCommand, Code: ascIUCRCError})
 		if !c.sess.register(t) {
 			cancel()
+			c.consumeCmdSN(h)
 			return
 		}
-		if !c.ordered(t.immediate, cmdSN, func() { c.deliver(t) }) {
+		if !c.ordered(t.immediate, t.cmdSN, func() { c.deliver(t) }) {
 			cancel()
 			c.sess.finish(t)
 		}
-		return
-	case pdu.OpDataOut:
+	case h.Opcode() == pdu.OpDataOut:
+		c.reject(pe.Reason, h[:])
 		if t := c.sess.lookup(h.ITT()); t != nil && !t.dataDone {
 			c.failTransfer(t, pe.Err)
 		}
-		return
-	case pdu.OpNOPOut, pdu.OpTaskMgmtRequest, pdu.OpTextRequest, pdu.OpLogoutRequest:
 	default:
-		return
-	}
-	if !h.Immediate() {
-		c.ordered(false, cmdSN, c.sess.window.release)
+		c.rejectPDU(pe.Reason, h)
 	}
 }
 
@@ -330,11 +320,38 @@ func (c *conn) reject(reason uint8, header []byte) {
 	c.send(outItem{msgs: []pdu.Message{&pdu.Reject{Reason: reason, Data: header}}})
 }
 
+// rejectPDU rejects a PDU and, if it is a non-immediate command, consumes
+// its CmdSN in order: the initiator counted it, and the commands after it
+// must not wait for it for ever.
+func (c *conn) rejectPDU(reason uint8, h *pdu.BHS) {
+	c.reject(reason, h[:])
+	c.consumeCmdSN(h)
+}
+
+func (c *conn) consumeCmdSN(h *pdu.BHS) {
+	switch h.Opcode() {
+	case pdu.OpSCSICommand, pdu.OpTaskMgmtRequest, pdu.OpTextRequest, pdu.OpLogoutRequest:
+	case pdu.OpNOPOut:
+		if h.ITT() == pdu.ReservedTag {
+			return // a ping reply takes no CmdSN
+		}
+	default:
+		return
+	}
+	if !h.Immediate() {
+		c.ordered(false, cmdSNOf(h), c.sess.window.release)
+	}
+}
+
+func cmdSNOf(h *pdu.BHS) uint32 { return binary.BigEndian.Uint32(h[24:]) }
+
 // headerOf re-encodes a decoded PDU's Basic Header Segment for a Reject.
-func headerOf(m pdu.Message) []byte {
+func headerOf(m pdu.Message) *pdu.BHS {
 	var b bytes.Buffer
 	pdu.NewFramer(nil, &b).WriteMessage(m)
-	return b.Bytes()[:pdu.BHSLen]
+	var h pdu.BHS
+	copy(h[:], b.Bytes())
+	return &h
 }
 
 // send queues PDUs for the writer; it gives up when the connection ends.

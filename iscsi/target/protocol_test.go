@@ -133,8 +133,16 @@ func TestRFC7143_11_17_Reject(t *testing.T) {
 	// A target opcode sent by the initiator.
 	c.send(&pdu.NOPIn{ITT: 5, TTT: pdu.ReservedTag})
 	wantReject(pdu.RejectProtocolError)
-	nop(c, true, c.cmdSN)
-	recvNOPIn(t, c)
+	// A rejected non-immediate command still used its CmdSN (§11.17.1):
+	// the next command is not held back waiting for it.
+	c.send(&pdu.SCSICommand{Final: true, Read: true, ITT: pdu.ReservedTag, CmdSN: c.cmdSN, ExpectedDataLength: 512, CDB: read10(0, 1)})
+	wantReject(pdu.RejectInvalidPDUField)
+	c.cmdSN++
+	nop(c, false, c.cmdSN)
+	if r := recvNOPIn(t, c); r.ExpCmdSN != c.cmdSN+1 {
+		t.Fatalf("after a rejected command ExpCmdSN is %d, want %d", r.ExpCmdSN, c.cmdSN+1)
+	}
+	c.cmdSN++
 
 	// Truncated: half a header, then the connection closes.
 	d := dial(t, addr)
