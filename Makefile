@@ -7,6 +7,8 @@ PKGS     := ./...
 # Real components are mandatory under make: a missing tool fails the test
 # instead of skipping it.
 export SHARELESS_STRICT := 1
+# Tests append their measurements here; make test prints it at the end.
+export SHARELESS_REPORT := $(CURDIR)/.work/test-report.txt
 
 .PHONY: all deps build test unit fuzz lint bench demo install clean
 
@@ -23,8 +25,10 @@ lint:
 	$(GO) vet $(PKGS)
 
 test: deps build lint
+	@mkdir -p .work && rm -f $(SHARELESS_REPORT)
 	$(GO) test -count=1 -timeout 40m $(PKGS)
 	@$(MAKE) --no-print-directory fuzz
+	@echo "== measurements reported by the tests"; cat $(SHARELESS_REPORT) 2>/dev/null || true
 
 # Each fuzz target runs briefly on top of its seed corpus (which go test
 # already replays above).

@@ -1,3 +1,9 @@
 module github.com/shareless/shareless
 
 go 1.26
+
+require (
+	github.com/gophercloud/gophercloud/v2 v2.15.0
+	github.com/rabbitmq/amqp091-go v1.16.0
+	gopkg.in/ini.v1 v1.67.3
+)

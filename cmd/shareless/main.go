@@ -30,8 +30,10 @@ type command struct {
 func commands() map[string]command {
 	return map[string]command{
 		"help":   {"describe the subcommands", nil},
-		"copy":   {copySummary, runCopy},
+		"hook":   {"libvirt qemu hook: asks the local agent, never libvirt", runHook},
 		"export": exportCommand(),
+		"copy":   {copySummary, runCopy},
+		"demo":   {"Method C on one machine: a disk to a second store over iSCSI and back", runDemo},
 	}
 }
 

@@ -4,6 +4,7 @@
 package testenv
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -60,4 +61,29 @@ func FreePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Report records a measurement a test wants the operator to see (a
+// conformance count, a migration's downtime). It goes to the test log and,
+// when SHARELESS_REPORT names a file (make test sets it), is appended there,
+// because go test hides the output of passing tests.
+func Report(t testing.TB, format string, a ...any) {
+	t.Helper()
+	line := fmt.Sprintf(format, a...)
+	t.Log(line)
+	path := os.Getenv("SHARELESS_REPORT")
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Errorf("report: %v", err)
+		return
+	}
+	defer f.Close()
+	// One write per line: O_APPEND keeps lines of parallel test
+	// processes whole.
+	if _, err := fmt.Fprintf(f, "%s: %s\n", t.Name(), line); err != nil {
+		t.Errorf("report: %v", err)
+	}
 }

@@ -65,11 +65,12 @@ func (f *Framer) SetMaxRecvDataSegmentLength(n int) {
 }
 
 // SetDataBuffer lets the reader of the stream choose where data segments
-// land: buf is called with the header of each PDU that carries data and
-// may return exactly n bytes to read the segment into (a target hands out
-// the slice of a command's Data-Out buffer at the PDU's offset, saving a
-// copy and an allocation per PDU), or nil for a fresh allocation. The
-// slice is written even if the PDU then proves invalid.
+// land: buf is called with the header of each PDU that carries data, once
+// the header passed its checks, and returns exactly n bytes to read the
+// segment into, or nil for a fresh allocation. A target hands out the slice
+// of a command's Data-Out buffer at the PDU's offset, an initiator the slice
+// of a READ's buffer for a Data-In, saving an allocation and a copy per PDU.
+// The slice is written even if the PDU then proves invalid.
 func (f *Framer) SetDataBuffer(buf func(h *BHS, n int) []byte) { f.dataBuf = buf }
 
 // ReadMessage reads one PDU. Errors are *ConnError or *PDUError.
@@ -110,8 +111,11 @@ func (f *Framer) ReadMessage() (Message, error) {
 		var pad [3]byte
 		if f.dataBuf != nil {
 			data = f.dataBuf(&h, dlen)
+			if data != nil && len(data) != dlen {
+				return nil, &ConnError{fmt.Errorf("data buffer of %d bytes for a %d-byte segment", len(data), dlen)}
+			}
 		}
-		if len(data) != dlen {
+		if data == nil {
 			data = make([]byte, dlen, segLen)
 		}
 		if _, err := io.ReadFull(f.r, data); err != nil {

@@ -295,30 +295,34 @@ func FuzzParseText(f *testing.F) {
 	})
 }
 
-// TestSetDataBuffer: a data segment lands in the buffer the reader hands
-// out, padding and digest still checked; a nil answer allocates.
-func TestSetDataBuffer(t *testing.T) {
-	var buf bytes.Buffer
-	w := NewFramer(nil, &buf)
-	w.SetDigests(true, true)
-	w.WriteMessage(&DataOut{ITT: 1, TTT: 2, BufferOffset: 4, Data: []byte("hello")})
-	w.WriteMessage(&DataOut{ITT: 2, TTT: 2, Data: []byte("world")})
-	r := NewFramer(&buf, nil)
-	r.SetDigests(true, true)
-	dst := make([]byte, 16)
-	r.SetDataBuffer(func(h *BHS, n int) []byte {
-		if h.ITT() != 1 {
-			return nil
-		}
-		return dst[4 : 4+n]
-	})
-	for _, want := range []string{"hello", "world"} {
+// TestDataBuffer: a segment read into a caller's buffer arrives there,
+// with padding and the data digest still consumed and checked (§13.1).
+func TestDataBuffer(t *testing.T) {
+	for _, dd := range []bool{false, true} {
+		var buf bytes.Buffer
+		w := NewFramer(nil, &buf)
+		w.SetDigests(true, dd)
+		payload := []byte("seven b") // 7 bytes: one byte of padding
+		w.WriteMessage(&DataIn{ITT: 1, BufferOffset: 3, Data: payload})
+		w.WriteMessage(&NOPIn{ITT: 2, TTT: ReservedTag, Data: []byte("ping")})
+		dst := make([]byte, 16)
+		r := NewFramer(&buf, nil)
+		r.SetDigests(true, dd)
+		r.SetDataBuffer(func(h *BHS, n int) []byte {
+			if h.Opcode() != OpDataIn {
+				return nil
+			}
+			return dst[3 : 3+n]
+		})
 		m, err := r.ReadMessage()
-		if err != nil || string(m.(*DataOut).Data) != want {
-			t.Fatalf("read %v %v, want %q", m, err, want)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if string(dst[4:9]) != "hello" {
-		t.Fatalf("segment not read into the handed-out buffer: %q", dst)
+		if d := m.(*DataIn).Data; &d[0] != &dst[3] || string(dst[3:10]) != "seven b" {
+			t.Fatalf("data digest %v: segment not read into the buffer: %q", dd, dst)
+		}
+		if m, err := r.ReadMessage(); err != nil || string(m.(*NOPIn).Data) != "ping" {
+			t.Fatalf("data digest %v: next PDU %v, %v", dd, m, err)
+		}
 	}
 }

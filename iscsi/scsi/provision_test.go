@@ -337,3 +337,21 @@ func TestWriteSamePatternStopsWhenAborted(t *testing.T) {
 		t.Errorf("%d chunks written after the abort, want 2", len(dev.fuaSeen))
 	}
 }
+
+// TestGetLBAStatusWithoutAllocationReporter: a device that cannot tell
+// reports every block mapped, never deallocated.
+func TestGetLBAStatusWithoutAllocationReporter(t *testing.T) {
+	dev := &fakeDevice{size: 1 << 20}
+	lu, err := NewLogicalUnit(dev, UnitConfig{ID: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lu.Blocks() != 2048 || lu.BlockSize() != 512 {
+		t.Errorf("Blocks %d BlockSize %d", lu.Blocks(), lu.BlockSize())
+	}
+	r := lu.Execute(context.Background(), &Command{CDB: GetLBAStatus(100, 1024)})
+	mustGood(t, r)
+	if got, _ := ParseLBAStatus(r.Data); fmt.Sprint(got) != fmt.Sprint([]LBAStatus{{100, 1948, Mapped}}) {
+		t.Errorf("got %v", got)
+	}
+}

@@ -364,6 +364,11 @@ func TestReadCapacity(t *testing.T) {
 				t.Errorf("allocation length 12 returned %d bytes", len(r.Data))
 			}
 			mustSense(t, u.exec([]byte{OpReadCapacity10, 0, 0, 0, 0, 1, 0, 0, 0, 0}, nil), SenseIllegalRequest, ASCInvalidFieldInCDB)
+			rc16 := ReadCapacity16(32)
+			rc16[9] = 1 // LBA without PMI
+			mustSense(t, u.exec(rc16, nil), SenseIllegalRequest, ASCInvalidFieldInCDB)
+			rc16[14] = 1 // PMI: accepted, the capacity is reported as is
+			mustGood(t, u.exec(rc16, nil))
 		})
 	}
 	u := newTestUnit(t, 1<<20, UnitConfig{PhysicalBlockSize: 4096})
@@ -579,6 +584,9 @@ func TestFUAReachesDevice(t *testing.T) {
 	if dev.flushes != 2 {
 		t.Errorf("%d flushes, want 2", dev.flushes)
 	}
+	// A failed flush is a write error: acknowledged writes may be lost.
+	dev.err = &blockdev.MediumError{Write: true, Err: errors.New("EIO")}
+	mustSense(t, lu.Execute(context.Background(), &Command{CDB: SynchronizeCache16(0, 0)}), SenseMediumError, ASCWriteError)
 }
 
 func TestDeviceErrorsMapToSense(t *testing.T) {

@@ -1,0 +1,435 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/shareless/shareless/blockdev"
+	"github.com/shareless/shareless/iscsi/chap"
+	"github.com/shareless/shareless/iscsi/initiator"
+	"github.com/shareless/shareless/iscsi/scsi"
+	"github.com/shareless/shareless/iscsi/target"
+	"github.com/shareless/shareless/replicator"
+	"github.com/shareless/shareless/replicator/vfs"
+)
+
+const demoHelp = `usage: shareless demo [--dir DIR] [--size BYTES] [--rate BYTES/S] [--writes N] [-v]
+
+Runs Method C on one machine, over real iSCSI on 127.0.0.1: two stores act as
+hosts A and B. A creates a disk and fills part of it; B builds a post-copy
+replica of it, served by its own target, while QEMU (qemu-io) writes through
+B's LUN during the copy; then the disk goes back to A, which copies only the
+blocks B modified. Every image is checked at the end.
+`
+
+// demoDisk is the disk's name in both stores; its IQN is the same on both
+// hosts, as a managed disk's is.
+const (
+	demoDisk = "disk0"
+	demoIQN  = "iqn.2026-11.io.shareless:demo.disk0"
+	demoUser = "shareless-demo"
+)
+
+func runDemo(ctx context.Context, e *env, args []string) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() { fmt.Fprint(e.stderr, demoHelp); fs.PrintDefaults() }
+	dir := fs.String("dir", "", "working directory (default: a temporary one, removed afterwards)")
+	size := fs.Int64("size", 1<<30, "disk size in bytes")
+	rate := fs.Int64("rate", 0, "copy bandwidth limit in bytes per second (default: the disk size / 15 s, so that the guest's writes meet the copy)")
+	verbose := fs.Bool("v", false, "log the components' events")
+	writes := fs.Int("writes", 0, "4 KiB writes QEMU makes through B's LUN during the copy (default: 1% of the disk)")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() != 0 || *size < 16<<20 || *size%(1<<20) != 0 {
+		return usagef("--size must be a whole number of MiB, at least 16 MiB, and there are no arguments")
+	}
+	if *writes == 0 {
+		*writes = int(*size / 100 / 4096)
+	}
+	if *rate == 0 {
+		*rate = *size / 15
+	}
+	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if *verbose {
+		log = e.log
+	}
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		return fmt.Errorf("qemu-io not found: run 'make demo', which installs it (scripts/deps.sh)")
+	}
+	if *dir == "" {
+		tmp, err := os.MkdirTemp("", "shareless-demo-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		*dir = tmp
+	}
+	d := &demo{out: e.stdout, log: log, dir: *dir, size: *size, rate: *rate, writes: *writes}
+	return d.run(ctx)
+}
+
+type demo struct {
+	out          io.Writer
+	log          *slog.Logger
+	dir          string
+	size, rate   int64
+	writes       int
+	user, secret string
+	secretFile   string
+}
+
+// host is one side of the demo: a store and the target serving its disk.
+type host struct {
+	name    string
+	store   *replicator.Store
+	disk    *replicator.Replica
+	target  *target.Target
+	stopped chan error
+	addr    string
+}
+
+func (d *demo) printf(format string, a ...any) { fmt.Fprintf(d.out, format+"\n", a...) }
+
+func (d *demo) run(ctx context.Context) error {
+	if err := d.makeSecret(); err != nil {
+		return err
+	}
+	a, err := d.newHost("A")
+	if err != nil {
+		return err
+	}
+	b, err := d.newHost("B")
+	if err != nil {
+		return err
+	}
+	d.printf("shareless demo: hosts A and B are two stores under %s; iSCSI on 127.0.0.1 with CHAP", d.dir)
+
+	// Host A: a base disk with data, exported as the local QEMU would see it.
+	if a.disk, err = a.store.Create(ctx, demoDisk, d.size); err != nil {
+		return err
+	}
+	written, err := fillDisk(ctx, a.disk)
+	if err != nil {
+		return err
+	}
+	if err := a.serve(ctx, d); err != nil {
+		return err
+	}
+	defer a.stop()
+	d.printf("A: disk %s of %s, %s of data written, image %s, exported as %s on %s", demoDisk, human(d.size), human(written), a.disk.ID(), demoIQN, a.addr)
+
+	// Host B: the VM arrives; its disk is a replica of A's, pass-through until
+	// A seals.
+	srcA, err := d.dial(ctx, a.addr)
+	if err != nil {
+		return err
+	}
+	var plan replicator.Plan
+	if b.disk, plan, err = b.store.Replicate(ctx, demoDisk, a.disk.Origin(), srcA, replicator.ReplicaOptions{Rate: d.rate}); err != nil {
+		return err
+	}
+	if err := b.serve(ctx, d); err != nil {
+		return err
+	}
+	defer b.stop()
+	d.printf("B: replica of %s (plan %s) exported on %s", demoDisk, plan, b.addr)
+
+	// Switch-over: A's VM has stopped, A seals, B may copy.
+	if err := a.disk.Seal(ctx); err != nil {
+		return err
+	}
+	if _, err := b.disk.SourceSealed(ctx, nil); err != nil {
+		return err
+	}
+	d.printf("switch-over: A sealed its disk; B copies it in the background at up to %s/s", human(d.rate))
+
+	// The guest writes through B's LUN while the copy runs.
+	start := time.Now()
+	type result struct {
+		ws  []guestWrite
+		err error
+	}
+	guestDone := make(chan result, 1)
+	go func() {
+		ws, err := d.guestWrites(ctx, b.addr)
+		guestDone <- result{ws, err}
+	}()
+	if err := d.waitComplete(ctx, "B", b.disk); err != nil {
+		return err
+	}
+	st := b.disk.Stats()
+	d.printf("B: copy complete %s after the switch-over: %s copied from A, %s read from A in all",
+		time.Since(start).Round(10*time.Millisecond), human(st.BytesCopied), human(st.SourceBytes))
+	res := <-guestDone
+	if res.err != nil {
+		return res.err
+	}
+	// B holds every block: the VM no longer needs A, which may power off.
+	if err := srcA.Close(); err != nil {
+		return err
+	}
+	if err := d.verify(ctx, b.disk, a.disk, res.ws); err != nil {
+		return fmt.Errorf("B's image: %w", err)
+	}
+	d.printf("B: image verified: A's data plus QEMU's %d writes", len(res.ws))
+
+	// The way back: A takes the VM back and copies only what B modified.
+	b.disk.SetRate(0)
+	srcB, err := d.dial(ctx, b.addr)
+	if err != nil {
+		return err
+	}
+	defer srcB.Close()
+	if err := a.stopTarget(); err != nil {
+		return err
+	}
+	if err := a.disk.Close(); err != nil {
+		return err
+	}
+	if a.disk, plan, err = a.store.Replicate(ctx, demoDisk, b.disk.Origin(), srcB, replicator.ReplicaOptions{}); err != nil {
+		return err
+	}
+	if err := b.disk.Seal(ctx); err != nil {
+		return err
+	}
+	delta, err := b.disk.Delta()
+	if err != nil {
+		return err
+	}
+	if plan, err = a.disk.SourceSealed(ctx, delta); err != nil {
+		return err
+	}
+	d.printf("way back: B sealed; A rebuilds %s with plan %s from its own image plus B's %d modified blocks of %s",
+		demoDisk, plan, delta.Modified.Count(), human(delta.Grain))
+	start = time.Now()
+	if err := d.waitComplete(ctx, "A", a.disk); err != nil {
+		return err
+	}
+	moved := a.disk.Stats().SourceBytes
+	d.printf("way back: done in %s, moved %s of a %s disk (%.2f%%); the modified set is %s",
+		time.Since(start).Round(10*time.Millisecond), human(moved), human(d.size), 100*float64(moved)/float64(d.size),
+		human(delta.Modified.Count()*delta.Grain))
+	if err := d.verify(ctx, a.disk, b.disk, nil); err != nil {
+		return fmt.Errorf("A's image after the way back: %w", err)
+	}
+	d.printf("A: image verified equal to B's")
+	return errors.Join(a.disk.Close(), b.disk.Close())
+}
+
+func (d *demo) makeSecret() error {
+	raw := make([]byte, 12)
+	if _, err := rand.Read(raw); err != nil {
+		return err
+	}
+	d.user, d.secret = demoUser, hex.EncodeToString(raw)
+	d.secretFile = filepath.Join(d.dir, "chap-secret")
+	return os.WriteFile(d.secretFile, []byte(d.secret), 0o600)
+}
+
+func (d *demo) credentials() (chap.Credentials, error) {
+	s, err := chap.NewSecret([]byte(d.secret))
+	return chap.Credentials{User: d.user, Secret: s}, err
+}
+
+func (d *demo) newHost(name string) (*host, error) {
+	st, err := replicator.NewStore(vfs.OS{}, filepath.Join(d.dir, "host"+name), replicator.StoreOptions{
+		Log: d.log.With("host", name),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &host{name: name, store: st}, nil
+}
+
+// serve exports the host's disk on a free loopback port.
+func (h *host) serve(ctx context.Context, d *demo) error {
+	creds, err := d.credentials()
+	if err != nil {
+		return err
+	}
+	t, err := target.New(target.Config{
+		IQN:    demoIQN,
+		LUNs:   []target.LUN{{Device: h.disk, Unit: scsi.UnitConfig{ID: h.disk.ID().String()}}},
+		Listen: []string{"127.0.0.1:0"},
+		CHAP:   &creds,
+		Logger: d.log.With("host", h.name),
+	})
+	if err != nil {
+		return err
+	}
+	h.target, h.addr, h.stopped = t, t.Addrs()[0].String(), make(chan error, 1)
+	go func() { h.stopped <- t.Serve(ctx) }()
+	return nil
+}
+
+func (h *host) stopTarget() error {
+	if h.target == nil {
+		return nil
+	}
+	err := h.target.Close()
+	<-h.stopped
+	h.target = nil
+	return err
+}
+
+func (h *host) stop() { h.stopTarget() }
+
+func (d *demo) dial(ctx context.Context, addr string) (*initiator.Session, error) {
+	creds, err := d.credentials()
+	if err != nil {
+		return nil, err
+	}
+	return initiator.Dial(ctx, initiator.Config{Addr: addr, Target: demoIQN, Credentials: initiator.Credentials{CHAP: creds}, Logger: d.log})
+}
+
+// fillDisk writes distinct data into the first half of every 4 MiB of the
+// disk, leaving the rest as holes, and flushes.
+func fillDisk(ctx context.Context, disk blockdev.Device) (int64, error) {
+	const stride, run = 4 << 20, 2 << 20
+	buf := make([]byte, run)
+	var written int64
+	for off := int64(0); off < disk.Size(); off += stride {
+		if _, err := rand.Read(buf); err != nil {
+			return 0, err
+		}
+		if err := disk.WriteAt(ctx, buf, off, false); err != nil {
+			return 0, err
+		}
+		written += run
+	}
+	return written, disk.Flush(ctx)
+}
+
+// guestWrite is one write QEMU made through B's LUN.
+type guestWrite struct {
+	off     int64
+	pattern byte
+}
+
+// guestWrites runs qemu-io against B's LUN: scattered 4 KiB writes with
+// known patterns, then a flush, while the copy runs.
+func (d *demo) guestWrites(ctx context.Context, addr string) ([]guestWrite, error) {
+	blocks := d.size / 4096
+	seen := map[int64]bool{}
+	var ws []guestWrite
+	for len(ws) < d.writes {
+		n, err := rand.Int(rand.Reader, big.NewInt(blocks))
+		if err != nil {
+			return nil, err
+		}
+		off := n.Int64() * 4096
+		if seen[off] {
+			continue
+		}
+		seen[off] = true
+		ws = append(ws, guestWrite{off: off, pattern: byte(1 + len(ws)%250)})
+	}
+	script := filepath.Join(d.dir, "qemu-io.cmds")
+	var cmds strings.Builder
+	for _, w := range ws {
+		fmt.Fprintf(&cmds, "write -q -P %d %d 4096\n", w.pattern, w.off)
+	}
+	cmds.WriteString("flush\n")
+	if err := os.WriteFile(script, []byte(cmds.String()), 0o644); err != nil {
+		return nil, err
+	}
+	opts := fmt.Sprintf("driver=raw,file.driver=iscsi,file.transport=tcp,file.portal=%s,file.target=%s,file.lun=0,file.user=%s,file.password-secret=sec0",
+		addr, demoIQN, d.user)
+	stdin, err := os.Open(script)
+	if err != nil {
+		return nil, err
+	}
+	defer stdin.Close()
+	cmd := exec.CommandContext(ctx, "qemu-io", "--object", "secret,id=sec0,file="+d.secretFile, "--image-opts", opts)
+	cmd.Stdin = stdin
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("qemu-io: %w: %s", err, bytes.TrimSpace(out))
+	}
+	d.printf("QEMU (qemu-io): %d scattered 4 KiB writes and a flush through B's LUN in %s",
+		len(ws), time.Since(start).Round(10*time.Millisecond))
+	return ws, nil
+}
+
+// waitComplete prints the replica's progress until it holds every block.
+func (d *demo) waitComplete(ctx context.Context, name string, r *replicator.Replica) error {
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st := r.Stats()
+		if st.BytesRemaining == 0 {
+			return nil
+		}
+		if !st.SourceDownSince.IsZero() {
+			return fmt.Errorf("%s: source unreachable since %s", name, st.SourceDownSince.Format(time.TimeOnly))
+		}
+		eta := "?"
+		if st.ETA > 0 {
+			eta = st.ETA.Round(time.Second).String()
+		}
+		d.printf("%s: %s  %s of %s local, %s/s, ETA %s", name, bar(st.BytesLocal, st.Size), human(st.BytesLocal), human(st.Size),
+			human(int64(st.Rate)), eta)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("interrupted with %s of %s copied: %w", human(st.BytesLocal), human(st.Size), ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+func bar(done, total int64) string {
+	const width = 30
+	fill := 0
+	if total > 0 {
+		fill = int(done * width / total)
+	}
+	return "[" + strings.Repeat("#", fill) + strings.Repeat(".", width-fill) + "]"
+}
+
+// verify compares got with want, block by block, where the guest's writes
+// (if any) replace want's data.
+func (d *demo) verify(ctx context.Context, got, want blockdev.Device, guest []guestWrite) error {
+	patterns := map[int64]byte{}
+	for _, w := range guest {
+		patterns[w.off] = w.pattern
+	}
+	const step = 4 << 20
+	g, w := make([]byte, step), make([]byte, step)
+	for off := int64(0); off < d.size; off += step {
+		if err := got.ReadAt(ctx, g, off); err != nil {
+			return err
+		}
+		if err := want.ReadAt(ctx, w, off); err != nil {
+			return err
+		}
+		for blk := off; blk < off+step; blk += 4096 {
+			if p, ok := patterns[blk]; ok {
+				copy(w[blk-off:blk-off+4096], bytes.Repeat([]byte{p}, 4096))
+			}
+		}
+		if !bytes.Equal(g, w) {
+			i := 0
+			for g[i] == w[i] {
+				i++
+			}
+			return fmt.Errorf("differs at offset %d", off+int64(i))
+		}
+	}
+	return nil
+}

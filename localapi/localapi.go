@@ -1,0 +1,178 @@
+// Package localapi is the agent's API on a unix socket, and its client.
+// The libvirt hook and the operator CLI are thin clients of it (the
+// tailscale pattern): they never touch libvirt, the store or the network
+// themselves. The hook in particular must not call libvirt, because
+// libvirtd waits for the hook to return.
+package localapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+)
+
+// HookRequest is one call of libvirt's qemu hook: the hook's arguments and
+// the domain XML libvirt wrote on its stdin.
+type HookRequest struct {
+	Domain string `json:"domain"`
+	Op     string `json:"op"`
+	SubOp  string `json:"sub_op"`
+	Extra  string `json:"extra"`
+	XML    string `json:"xml"`
+}
+
+// HookResponse is the agent's answer. XML, when not empty, replaces the
+// domain XML (libvirt honours this for "migrate begin" and "restore").
+type HookResponse struct {
+	XML string `json:"xml,omitempty"`
+}
+
+// Backend is what the agent implements behind the socket.
+type Backend interface {
+	// Hook decides a hook call. An error aborts the libvirt operation and
+	// its text is what libvirt logs.
+	Hook(ctx context.Context, req HookRequest) (HookResponse, error)
+	// Status reports migrations and replicas for `shareless status`.
+	Status(ctx context.Context) (json.RawMessage, error)
+}
+
+// errorBody is the JSON body of every non-2xx answer.
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+// Handler serves a Backend over HTTP.
+func Handler(b Backend) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/hook", func(w http.ResponseWriter, r *http.Request) {
+		var req HookRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, maxBody)).Decode(&req); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("decoding hook request: %w", err))
+			return
+		}
+		resp, err := b.Hook(r.Context(), req)
+		if err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, resp)
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		st, err := b.Status(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	})
+	return mux
+}
+
+// maxBody bounds request bodies: a domain XML is a few KiB.
+const maxBody = 8 << 20
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, errorBody{Error: err.Error()})
+}
+
+// Client talks to the agent's socket.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// NewClient returns a client for the agent listening on socket.
+func NewClient(socket string) *Client {
+	return &Client{socket: socket, http: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		// One request per process: keep-alive would only hold the agent's
+		// connection open after the hook exits.
+		DisableKeepAlives: true,
+	}}}
+}
+
+// ErrAgentUnreachable reports that nothing answers on the socket.
+var ErrAgentUnreachable = errors.New("shareless agent unreachable")
+
+// Hook sends a hook call. ctx bounds the whole exchange.
+func (c *Client) Hook(ctx context.Context, req HookRequest) (HookResponse, error) {
+	var resp HookResponse
+	err := c.do(ctx, http.MethodPost, "/v1/hook", req, &resp)
+	return resp, err
+}
+
+// Status fetches the agent's status document.
+func (c *Client) Status(ctx context.Context) (json.RawMessage, error) {
+	var st json.RawMessage
+	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
+	return st, err
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var opErr *net.OpError
+		if errors.As(err, &opErr) && opErr.Op == "dial" {
+			return fmt.Errorf("%w at %s: %v", ErrAgentUnreachable, c.socket, opErr.Err)
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("agent at %s did not answer in time: %w", c.socket, ctx.Err())
+		}
+		return fmt.Errorf("agent at %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(io.LimitReader(resp.Body, maxBody))
+	if resp.StatusCode/100 != 2 {
+		var e errorBody
+		if err := dec.Decode(&e); err != nil || e.Error == "" {
+			return fmt.Errorf("agent answered %s", resp.Status)
+		}
+		return errors.New(e.Error)
+	}
+	if err := dec.Decode(out); err != nil {
+		return fmt.Errorf("decoding agent answer: %w", err)
+	}
+	return nil
+}
+
+// Serve serves b on the unix socket until ctx ends.
+func Serve(ctx context.Context, l net.Listener, b Backend) error {
+	srv := &http.Server{Handler: Handler(b), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdown)
+	}()
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,142 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shareless/shareless/blockdev"
+)
+
+// Source is the image a replica copies: the other host's sealed (or, before
+// the switch-over, still live) export, reached through the iSCSI initiator.
+// ReadAt must fill p entirely or fail; it should honour ctx, but the replica
+// does not rely on it (see boundedSource).
+type Source interface {
+	Size() int64
+	ReadAt(ctx context.Context, p []byte, off int64) error
+}
+
+// Clock is the time source, injected so that tests control time.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+// SystemClock is the real clock.
+type SystemClock struct{}
+
+// Now implements Clock.
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// After implements Clock.
+func (SystemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// boundedSource reads a Source within a time bound (design.md §2 rule 8):
+// a read is retried with backoff while the source fails, and fails with an
+// error wrapping blockdev.ErrUnavailable once the bound is spent, even if the
+// Source itself hangs and ignores its context. Once an outage outlasts the
+// bound, further reads wait at most maxBackoff. Reads go to a private buffer,
+// so that a read abandoned on timeout cannot write into the caller's memory
+// later.
+type boundedSource struct {
+	src     Source
+	timeout time.Duration
+	clock   Clock
+	log     *slog.Logger
+
+	bytes atomic.Int64 // bytes read successfully
+
+	mu        sync.Mutex
+	downSince time.Time // first failure of the current outage; zero when up
+}
+
+const (
+	minBackoff = 10 * time.Millisecond
+	maxBackoff = time.Second
+)
+
+func (b *boundedSource) ReadAt(ctx context.Context, p []byte, off int64) error {
+	start := b.clock.Now()
+	bound := b.timeout
+	if down := b.since(); !down.IsZero() && start.Sub(down) >= b.timeout {
+		// The outage already outlasted the bound: fail fast rather than
+		// make every guest read wait the full bound again, but still try,
+		// so that the source coming back is noticed.
+		bound = min(bound, maxBackoff)
+	}
+	deadline := start.Add(bound)
+	backoff := minBackoff
+	for {
+		err := b.attempt(ctx, p, off, deadline)
+		if err == nil {
+			b.up()
+			return nil
+		}
+		if ctx.Err() != nil || errors.Is(err, blockdev.ErrOutOfRange) {
+			return err
+		}
+		b.down(err)
+		wait := min(backoff, deadline.Sub(b.clock.Now()))
+		if wait <= 0 || errors.Is(err, errAttemptTimeout) {
+			return fmt.Errorf("source read at %d: unreachable for %v: %w: %w", off, b.clock.Now().Sub(start), blockdev.ErrUnavailable, err)
+		}
+		select {
+		case <-b.clock.After(wait):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+var errAttemptTimeout = errors.New("no answer within the source timeout")
+
+func (b *boundedSource) attempt(ctx context.Context, p []byte, off int64, deadline time.Time) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	buf := make([]byte, len(p))
+	done := make(chan error, 1)
+	go func() { done <- b.src.ReadAt(ctx, buf, off) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return err
+		}
+		copy(p, buf)
+		b.bytes.Add(int64(len(p)))
+		return nil
+	case <-b.clock.After(deadline.Sub(b.clock.Now())):
+		return errAttemptTimeout
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *boundedSource) down(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.downSince.IsZero() {
+		b.downSince = b.clock.Now()
+		b.log.Error("replica source unreachable", "err", err)
+	}
+}
+
+func (b *boundedSource) up() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.downSince.IsZero() {
+		b.log.Info("replica source reachable again", "outage", b.clock.Now().Sub(b.downSince))
+		b.downSince = time.Time{}
+	}
+}
+
+func (b *boundedSource) since() time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.downSince
+}
