@@ -2,7 +2,6 @@ package target
 
 import (
 	"bytes"
-	"errors"
 	"strconv"
 	"strings"
 
@@ -126,8 +125,11 @@ func (a *authenticator) verify(keys map[string]string) ([]pdu.KeyValue, error) {
 		return nil, authFailure("CHAP_I %q", ci)
 	}
 	c, err := chap.DecodeBinary(cc)
-	if err != nil || len(c) == 0 || len(c) > 1024 {
-		return nil, authFailure("CHAP_C: %v", errors.Join(err, errors.New("bad length")))
+	if err != nil {
+		return nil, authFailure("CHAP_C: %v", err)
+	}
+	if len(c) == 0 || len(c) > 1024 {
+		return nil, authFailure("CHAP_C of %d bytes", len(c))
 	}
 	if bytes.Equal(c, a.challenge) {
 		// §12.1.3: a reflected challenge must be refused.

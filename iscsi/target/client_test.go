@@ -100,6 +100,9 @@ type testClient struct {
 	// noImmediate keeps write data out of the command PDU (for
 	// ImmediateData=No); everything then goes by R2T.
 	noImmediate bool
+	// firstBurst > 0 sends unsolicited Data-Out up to that many bytes
+	// (InitialR2T=No) after the immediate data.
+	firstBurst int
 }
 
 func dial(t testing.TB, addr string) *testClient {
@@ -133,7 +136,7 @@ func defaultLogin() loginOpts {
 	return loginOpts{initiator: testInitiator, target: testIQN, user: testUser, secret: testSecret}
 }
 
-// loginError is a login that ended with a non-zero status.
+// loginStatus is a login that ended with a non-zero status.
 type loginStatus struct{ class, detail uint8 }
 
 func (e *loginStatus) Error() string {
@@ -298,7 +301,15 @@ func (c *testClient) command(lun uint16, cdb []byte, out []byte, readLen uint32)
 	} else {
 		cmd.Read, cmd.ExpectedDataLength = readLen > 0, readLen
 	}
+	unsolEnd := min(c.firstBurst, len(out))
+	cmd.Final = len(imm) >= unsolEnd
 	c.send(cmd)
+	for off, sn := len(imm), uint32(0); off < unsolEnd; sn++ {
+		n := min(c.maxXmit, unsolEnd-off)
+		c.send(&pdu.DataOut{ITT: itt, TTT: pdu.ReservedTag, LUN: cmd.LUN, BufferOffset: uint32(off), DataSN: sn,
+			Final: off+n == unsolEnd, Data: out[off : off+n], ExpStatSN: c.expStatSN})
+		off += n
+	}
 	var res scsiResult
 	for {
 		switch m := c.recv().(type) {

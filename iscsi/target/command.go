@@ -19,16 +19,17 @@ const ascIUCRCError scsi.AdditionalSense = 0x4703
 
 // scsiCommand starts a task for a SCSI Command PDU (§11.3).
 func (c *conn) scsiCommand(m *pdu.SCSICommand) {
+	defer c.dropImmediateBuffer() // unless the task adopted it
 	op := &c.sess.op
 	if m.ITT == pdu.ReservedTag {
-		c.reject(pdu.RejectInvalidPDUField, headerOf(m))
+		c.rejectPDU(pdu.RejectInvalidPDUField, headerOf(m))
 		return
 	}
 	n := uint32(len(m.Data))
 	if n > 0 && (!m.Write || !op.ImmediateData || n > m.ExpectedDataLength || n > op.FirstBurstLength) {
 		// §11.3.4: immediate data only with ImmediateData=Yes, within
 		// FirstBurstLength and the expected length.
-		c.reject(pdu.RejectProtocolError, headerOf(m))
+		c.rejectPDU(pdu.RejectProtocolError, headerOf(m))
 		return
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
@@ -38,11 +39,21 @@ func (c *conn) scsiCommand(m *pdu.SCSICommand) {
 		ctx: ctx, cancel: cancel, done: make(chan struct{}),
 	}
 	if t.write {
-		if t.edtl > c.t.cfg.MaxTransferLength {
+		switch {
+		case t.edtl > c.t.cfg.MaxTransferLength:
 			t.fail(scsi.Sense{Key: scsi.SenseIllegalRequest, Code: scsi.ASCInvalidFieldInCDB})
-		} else {
-			t.buf = make([]byte, t.edtl)
-			copy(t.buf, m.Data)
+		case !c.sess.reserve(t.edtl):
+			// Too much Data-Out outstanding on the session: TASK SET FULL
+			// asks the initiator to retry once some commands complete.
+			t.failed, t.buf = &scsi.Response{Status: scsi.StatusTaskSetFull}, nil
+		default:
+			t.reserved = t.edtl
+			if imm := c.takeImmediateBuffer(m.Data); imm != nil {
+				t.buf = imm[:t.edtl] // the immediate data is already in place
+			} else {
+				t.buf = c.t.bufs.Get(int(t.edtl))
+				copy(t.buf, m.Data)
+			}
 			t.received = n
 			t.unsolEnd = n
 			if !m.Final && !op.InitialR2T {
@@ -56,7 +67,8 @@ func (c *conn) scsiCommand(m *pdu.SCSICommand) {
 	t.dataDone = t.failed != nil || t.dataComplete()
 	if !c.sess.register(t) {
 		cancel()
-		c.reject(pdu.RejectTaskInProgress, headerOf(m))
+		c.sess.finish(t) // returns its buffer budget; the tag stays with its owner
+		c.rejectPDU(pdu.RejectTaskInProgress, headerOf(m))
 		return
 	}
 	if !c.ordered(m.Immediate, m.CmdSN, func() { c.deliver(t) }) {
@@ -200,6 +212,11 @@ func (c *conn) execute(t *task, deps []<-chan struct{}) {
 // complete ends t: its tag is free again and its window slot returns
 // before the response goes out, so the response carries the new MaxCmdSN.
 func (c *conn) complete(t *task, resp *scsi.Response) {
+	if t.reserved > 0 {
+		// The unit is done with the Data-Out; the reader no longer writes
+		// into it either (the task is dispatched).
+		c.t.bufs.Put(t.buf)
+	}
 	c.sess.finish(t)
 	t.cancel()
 	if !t.immediate {

@@ -48,12 +48,13 @@ type conn struct {
 	tasksWG sync.WaitGroup
 
 	seq       sequencer
+	immBuf    []byte        // immediate data read by dataOutBuffer, for scsiCommand
 	loggedOut chan struct{} // set by logout: closed once its response is sent
 	nextTTT   atomic.Uint32
 	lastRecv  atomic.Int64 // unix nanoseconds of the last PDU received
 }
 
-func newConn(t *Target, nc net.Conn) *conn {
+func newConn(ctx context.Context, t *Target, nc net.Conn) *conn {
 	c := &conn{
 		t: t, nc: nc, fr: pdu.NewFramer(nc, nc),
 		log:      t.log.With("peer", nc.RemoteAddr().String()),
@@ -63,15 +64,14 @@ func newConn(t *Target, nc net.Conn) *conn {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
+	c.ctx, c.cancel = context.WithCancelCause(ctx)
 	return c
 }
 
 // close ends the connection; every goroutine of it winds down.
 func (c *conn) close(err error) {
 	c.closeOnce.Do(func() {
-		if c.cancel != nil {
-			c.cancel(err)
-		}
+		c.cancel(err)
 		c.nc.Close()
 	})
 }
@@ -88,8 +88,7 @@ func (c *conn) dropAfterPanic(where string, r any) {
 	c.close(fmt.Errorf("panic in %s: %v", where, r))
 }
 
-func (c *conn) serve(parent context.Context) {
-	c.ctx, c.cancel = context.WithCancelCause(parent)
+func (c *conn) serve() {
 	defer close(c.finished)
 	defer c.cleanup()
 	defer c.recoverPanic("reader")
@@ -106,9 +105,13 @@ func (c *conn) serve(parent context.Context) {
 	c.close(c.readLoop())
 }
 
+// cleanup ends the connection's session: its commands are aborted (their
+// contexts are cancelled with the connection's) and waited for, so that
+// nothing touches a device after the target has let go of it.
 func (c *conn) cleanup() {
 	c.close(errors.New("connection closed"))
 	c.workers.Wait()
+	c.tasksWG.Wait()
 	if s := c.sess; s != nil {
 		for _, t := range s.matching(func(*task) bool { return true }) {
 			t.abort()
@@ -173,22 +176,53 @@ func (c *conn) login() error {
 	}
 }
 
-// dataOutBuffer lets the framer read a Data-Out segment straight into its
-// task's buffer at the PDU's offset; the checks of task.unsolicited and
-// task.solicited follow once the PDU is decoded.
+// dataOutBuffer lets the framer read write data straight into the
+// command's buffer: a Data-Out segment at its offset in its task's buffer
+// (the checks of task.unsolicited and task.solicited follow once the PDU
+// is decoded), and the immediate data of a write command into a pooled
+// buffer of the command's whole length, which scsiCommand then adopts.
 func (c *conn) dataOutBuffer(h *pdu.BHS, n int) []byte {
-	if h.Opcode() != pdu.OpDataOut || c.sess == nil {
+	switch h.Opcode() {
+	case pdu.OpDataOut:
+		t := c.sess.lookup(h.ITT())
+		if t == nil || t.dataDone || t.buf == nil {
+			return nil
+		}
+		off := uint64(binary.BigEndian.Uint32(h[40:]))
+		if off+uint64(n) > uint64(len(t.buf)) {
+			return nil
+		}
+		return t.buf[off : off+uint64(n)]
+	case pdu.OpSCSICommand:
+		edtl := binary.BigEndian.Uint32(h[20:])
+		if h[1]&0x20 == 0 || uint64(n) > uint64(edtl) || edtl > c.t.cfg.MaxTransferLength {
+			return nil // not a write, or one scsiCommand refuses
+		}
+		c.dropImmediateBuffer()
+		c.immBuf = c.t.bufs.Get(int(edtl))
+		return c.immBuf[:n]
+	}
+	return nil
+}
+
+// takeImmediateBuffer returns the pooled buffer dataOutBuffer filled with
+// data, if data is its start, and hands its ownership to the caller.
+func (c *conn) takeImmediateBuffer(data []byte) []byte {
+	b := c.immBuf
+	if b == nil || len(data) == 0 || &b[0] != &data[0] {
 		return nil
 	}
-	t := c.sess.lookup(h.ITT())
-	if t == nil || t.dataDone || t.buf == nil {
-		return nil
+	c.immBuf = nil
+	return b
+}
+
+// dropImmediateBuffer recycles an immediate-data buffer nobody adopted
+// (its PDU was rejected).
+func (c *conn) dropImmediateBuffer() {
+	if c.immBuf != nil {
+		c.t.bufs.Put(c.immBuf)
+		c.immBuf = nil
 	}
-	off := uint64(binary.BigEndian.Uint32(h[40:]))
-	if off+uint64(n) > uint64(len(t.buf)) {
-		return nil
-	}
-	return t.buf[off : off+uint64(n)]
 }
 
 // errLogout ends the read loop after a logout response was sent.
@@ -225,7 +259,7 @@ func (c *conn) handle(m pdu.Message) {
 		case *pdu.TextRequest, *pdu.NOPOut, *pdu.LogoutRequest:
 		default:
 			// §4.3: a discovery session carries only Text, NOP and Logout.
-			c.reject(pdu.RejectProtocolError, headerOf(m))
+			c.rejectPDU(pdu.RejectProtocolError, headerOf(m))
 			return
 		}
 	}
@@ -244,50 +278,40 @@ func (c *conn) handle(m pdu.Message) {
 		c.logout(m)
 	case *pdu.SNACKRequest:
 		// ErrorRecoveryLevel 0 has no SNACK (§11.16).
-		c.reject(pdu.RejectSNACK, headerOf(m))
+		c.rejectPDU(pdu.RejectSNACK, headerOf(m))
 	default:
-		c.reject(pdu.RejectProtocolError, headerOf(m))
+		c.rejectPDU(pdu.RejectProtocolError, headerOf(m))
 	}
 }
 
 // badPDU answers an invalid PDU the codec consumed whole with a Reject
-// (§11.17). A rejected command still used up its CmdSN, which is consumed
-// in order so that later commands are not held back; a SCSI command or
-// Data-Out that failed its data digest ends its task with CHECK CONDITION
-// (§7.8, ErrorRecoveryLevel 0).
+// (§11.17); a SCSI command or Data-Out that failed its data digest also
+// ends its task with CHECK CONDITION (§7.8, ErrorRecoveryLevel 0).
 func (c *conn) badPDU(pe *pdu.PDUError) {
 	h := &pe.Header
-	c.reject(pe.Reason, h[:])
-	cmdSN := binary.BigEndian.Uint32(h[24:])
-	switch h.Opcode() {
-	case pdu.OpSCSICommand:
-		if pe.Reason != pdu.RejectDataDigest {
-			break
-		}
+	switch {
+	case h.Opcode() == pdu.OpSCSICommand && pe.Reason == pdu.RejectDataDigest:
+		c.reject(pe.Reason, h[:])
 		ctx, cancel := context.WithCancel(c.ctx)
-		t := &task{itt: h.ITT(), cmdSN: cmdSN, immediate: h.Immediate(), cdb: []byte{0},
+		t := &task{itt: h.ITT(), cmdSN: cmdSNOf(h), immediate: h.Immediate(), cdb: []byte{0},
 			ctx: ctx, cancel: cancel, done: make(chan struct{}), dataDone: true}
 		t.fail(scsi.Sense{Key: scsi.SenseAbortedCommand, Code: ascIUCRCError})
 		if !c.sess.register(t) {
 			cancel()
+			c.consumeCmdSN(h)
 			return
 		}
-		if !c.ordered(t.immediate, cmdSN, func() { c.deliver(t) }) {
+		if !c.ordered(t.immediate, t.cmdSN, func() { c.deliver(t) }) {
 			cancel()
 			c.sess.finish(t)
 		}
-		return
-	case pdu.OpDataOut:
+	case h.Opcode() == pdu.OpDataOut:
+		c.reject(pe.Reason, h[:])
 		if t := c.sess.lookup(h.ITT()); t != nil && !t.dataDone {
 			c.failTransfer(t, pe.Err)
 		}
-		return
-	case pdu.OpNOPOut, pdu.OpTaskMgmtRequest, pdu.OpTextRequest, pdu.OpLogoutRequest:
 	default:
-		return
-	}
-	if !h.Immediate() {
-		c.ordered(false, cmdSN, c.sess.window.release)
+		c.rejectPDU(pe.Reason, h)
 	}
 }
 
@@ -296,11 +320,38 @@ func (c *conn) reject(reason uint8, header []byte) {
 	c.send(outItem{msgs: []pdu.Message{&pdu.Reject{Reason: reason, Data: header}}})
 }
 
+// rejectPDU rejects a PDU and, if it is a non-immediate command, consumes
+// its CmdSN in order: the initiator counted it, and the commands after it
+// must not wait for it for ever.
+func (c *conn) rejectPDU(reason uint8, h *pdu.BHS) {
+	c.reject(reason, h[:])
+	c.consumeCmdSN(h)
+}
+
+func (c *conn) consumeCmdSN(h *pdu.BHS) {
+	switch h.Opcode() {
+	case pdu.OpSCSICommand, pdu.OpTaskMgmtRequest, pdu.OpTextRequest, pdu.OpLogoutRequest:
+	case pdu.OpNOPOut:
+		if h.ITT() == pdu.ReservedTag {
+			return // a ping reply takes no CmdSN
+		}
+	default:
+		return
+	}
+	if !h.Immediate() {
+		c.ordered(false, cmdSNOf(h), c.sess.window.release)
+	}
+}
+
+func cmdSNOf(h *pdu.BHS) uint32 { return binary.BigEndian.Uint32(h[24:]) }
+
 // headerOf re-encodes a decoded PDU's Basic Header Segment for a Reject.
-func headerOf(m pdu.Message) []byte {
+func headerOf(m pdu.Message) *pdu.BHS {
 	var b bytes.Buffer
 	pdu.NewFramer(nil, &b).WriteMessage(m)
-	return b.Bytes()[:pdu.BHSLen]
+	var h pdu.BHS
+	copy(h[:], b.Bytes())
+	return &h
 }
 
 // send queues PDUs for the writer; it gives up when the connection ends.
@@ -362,6 +413,9 @@ func (c *conn) writeLoop() {
 			}
 		}
 		if err == nil {
+			// An initiator that stops reading for NOPTimeout is as dead as
+			// one that stops answering pings.
+			c.nc.SetWriteDeadline(time.Now().Add(c.t.cfg.NOPTimeout))
 			w := bufs // WriteTo consumes its receiver; bufs keeps the capacity
 			_, err = w.WriteTo(c.nc)
 		}

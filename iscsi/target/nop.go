@@ -50,8 +50,13 @@ func (c *conn) keepalive() {
 				c.close(errors.New("NOP-In timeout"))
 				return
 			case pingAt.IsZero() && now.Sub(last) >= cfg.NOPInterval:
-				pingAt = now
-				c.send(outItem{msgs: []pdu.Message{&pdu.NOPIn{ITT: pdu.ReservedTag, TTT: c.newTTT()}}})
+				// A full queue means the connection is busy, not idle:
+				// skip the ping rather than wait behind it.
+				select {
+				case c.out <- outItem{msgs: []pdu.Message{&pdu.NOPIn{ITT: pdu.ReservedTag, TTT: c.newTTT()}}}:
+					pingAt = now
+				default:
+				}
 			}
 		}
 	}

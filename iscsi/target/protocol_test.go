@@ -133,8 +133,16 @@ func TestRFC7143_11_17_Reject(t *testing.T) {
 	// A target opcode sent by the initiator.
 	c.send(&pdu.NOPIn{ITT: 5, TTT: pdu.ReservedTag})
 	wantReject(pdu.RejectProtocolError)
-	nop(c, true, c.cmdSN)
-	recvNOPIn(t, c)
+	// A rejected non-immediate command still used its CmdSN (§11.17.1):
+	// the next command is not held back waiting for it.
+	c.send(&pdu.SCSICommand{Final: true, Read: true, ITT: pdu.ReservedTag, CmdSN: c.cmdSN, ExpectedDataLength: 512, CDB: read10(0, 1)})
+	wantReject(pdu.RejectInvalidPDUField)
+	c.cmdSN++
+	nop(c, false, c.cmdSN)
+	if r := recvNOPIn(t, c); r.ExpCmdSN != c.cmdSN+1 {
+		t.Fatalf("after a rejected command ExpCmdSN is %d, want %d", r.ExpCmdSN, c.cmdSN+1)
+	}
+	c.cmdSN++
 
 	// Truncated: half a header, then the connection closes.
 	d := dial(t, addr)
@@ -230,6 +238,29 @@ func TestRFC7143_11_8_R2T(t *testing.T) {
 	}
 	res := c.command(0, read10(100, 2048), nil, 1<<20)
 	if res.status != 0 || !bytes.Equal(res.data, data) {
+		t.Fatalf("READ back: status %d equal %v", res.status, bytes.Equal(res.data, data))
+	}
+}
+
+// TestRFC7143_4_2_5_2_UnsolicitedData: with InitialR2T=No the initiator
+// sends immediate data, then unsolicited Data-Out up to FirstBurstLength,
+// and the rest on R2T; the target takes all three.
+func TestRFC7143_4_2_5_2_UnsolicitedData(t *testing.T) {
+	_, addr := startTarget(t, testConfig(t))
+	o := defaultLogin()
+	o.ops = []pdu.KeyValue{{Key: "InitialR2T", Value: "No"}, {Key: "ImmediateData", Value: "Yes"},
+		{Key: "FirstBurstLength", Value: "65536"}, {Key: "MaxBurstLength", Value: "131072"}, {Key: "MaxRecvDataSegmentLength", Value: "8192"}}
+	c := dial(t, addr)
+	c.mustLogin(o)
+	c.maxXmit, c.firstBurst = 8192, 65536
+	data := make([]byte, 512<<10)
+	for i := range data {
+		data[i] = byte(i*13>>10) ^ byte(i)
+	}
+	if res := c.command(0, write10(4096, 1024), data, 0); res.status != 0 {
+		t.Fatalf("WRITE: status %d sense %x", res.status, res.sense)
+	}
+	if res := c.command(0, read10(4096, 1024), nil, 512<<10); res.status != 0 || !bytes.Equal(res.data, data) {
 		t.Fatalf("READ back: status %d equal %v", res.status, bytes.Equal(res.data, data))
 	}
 }
@@ -378,3 +409,32 @@ func TestRFC7143_11_19_NOPInKeepalive(t *testing.T) {
 }
 
 func errorsAsEOF(err error) bool { return bytes.Contains([]byte(err.Error()), []byte(io.EOF.Error())) }
+
+// TestStalledInitiatorDropped: an initiator that keeps the connection open
+// but stops reading responses is dropped once its socket stays full for
+// NOPTimeout; the target does not hang on it.
+func TestStalledInitiatorDropped(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.NOPInterval, cfg.NOPTimeout = 100*time.Millisecond, 300*time.Millisecond
+	tg, addr := startTarget(t, cfg)
+	c := dial(t, addr)
+	c.mustLogin(defaultLogin())
+	for i := range 64 {
+		c.send(&pdu.SCSICommand{Final: true, Read: true, Attr: pdu.AttrSimple, ITT: uint32(100 + i), ExpectedDataLength: 1 << 20,
+			CmdSN: c.cmdSN, ExpStatSN: c.expStatSN, CDB: read10(0, 2048)})
+		c.cmdSN++
+	}
+	for i := 0; ; i++ {
+		tg.mu.Lock()
+		n := len(tg.sessions)
+		tg.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if i == 300 {
+			t.Fatal("session of an initiator that stopped reading is still up after 3 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	dial(t, addr).mustLogin(defaultLogin())
+}

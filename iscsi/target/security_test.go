@@ -3,8 +3,12 @@ package target
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
 	"testing"
 
+	"github.com/shareless/shareless/internal/testenv"
 	"github.com/shareless/shareless/iscsi/pdu"
 )
 
@@ -132,5 +136,52 @@ func TestRFC7143_11_13_5_LoginStatus(t *testing.T) {
 			c.mod(&o)
 			wantStatus(t, dial(t, addr).login(o), pdu.LoginInitiatorError, c.detail)
 		})
+	}
+}
+
+// TestDiscoveryWithISCSILs: libiscsi's own discovery tool sees the target
+// (and its LUN) only from an initiator in the ACL and only with the right
+// CHAP secret.
+func TestDiscoveryWithISCSILs(t *testing.T) {
+	testenv.NeedCommands(t, "iscsi-ls")
+	cfg := testConfig(t)
+	cfg.AllowInitiators = []string{testInitiator}
+	_, addr := startTarget(t, cfg)
+	ls := func(initiator, secret string) (string, error) {
+		out, err := exec.Command("iscsi-ls", "-s", "-i", initiator,
+			fmt.Sprintf("iscsi://%s%%%s@%s", testUser, secret, addr)).CombinedOutput()
+		return string(out), err
+	}
+	out, err := ls(testInitiator, testSecret)
+	if err != nil || !strings.Contains(out, "Target:"+testIQN+" Portal:"+addr+",1") || !strings.Contains(out, "Lun:0") {
+		t.Errorf("allowed initiator: %v\n%s", err, out)
+	}
+	if out, err := ls("iqn.2026-11.org.example:stranger", testSecret); err != nil || strings.Contains(out, "Target:") {
+		t.Errorf("initiator outside the ACL: %v\n%s", err, out)
+	}
+	if out, err := ls(testInitiator, "wrong-secret-123"); err == nil || !strings.Contains(out, "Authentication failure") {
+		t.Errorf("wrong secret: %v\n%s", err, out)
+	}
+}
+
+// TestRFC7143_11_10_TextInFullFeaturePhase: in a normal session,
+// SendTargets with no value describes the current target; keys the target
+// does not renegotiate after login are rejected, unknown ones not
+// understood; a non-immediate Text Request takes a CmdSN.
+func TestRFC7143_11_10_TextInFullFeaturePhase(t *testing.T) {
+	_, addr := startTarget(t, testConfig(t))
+	c := dial(t, addr)
+	c.mustLogin(defaultLogin())
+	c.send(&pdu.TextRequest{Final: true, ITT: c.nextITT(), TTT: pdu.ReservedTag, CmdSN: c.cmdSN, ExpStatSN: c.expStatSN,
+		Data: pdu.EncodeText([]pdu.KeyValue{{Key: "SendTargets", Value: ""}, {Key: "MaxBurstLength", Value: "4096"}, {Key: "X-com.example.foo", Value: "1"}})})
+	c.cmdSN++
+	resp, ok := c.recv().(*pdu.TextResponse)
+	if !ok {
+		t.Fatalf("want a Text Response, got %+v", resp)
+	}
+	want := pdu.EncodeText([]pdu.KeyValue{{Key: "TargetName", Value: testIQN}, {Key: "TargetAddress", Value: addr + ",1"},
+		{Key: "MaxBurstLength", Value: "Reject"}, {Key: "X-com.example.foo", Value: "NotUnderstood"}})
+	if !bytes.Equal(resp.Data, want) || resp.ExpCmdSN != c.cmdSN {
+		t.Fatalf("Text Response %q ExpCmdSN %d; want %q %d", resp.Data, resp.ExpCmdSN, want, c.cmdSN)
 	}
 }

@@ -30,6 +30,24 @@ type session struct {
 	writes map[*task]struct{}
 	// ua holds the LUNs with a pending unit attention (see ua.go).
 	ua map[pdu.LUN]bool
+	// bufBytes is the Data-Out buffer memory the session's commands hold.
+	bufBytes uint64
+}
+
+// maxSessionBuffers bounds the Data-Out buffers of one session's
+// outstanding commands, so that a full window of maximum-length writes
+// cannot exhaust memory.
+const maxSessionBuffers = 256 << 20
+
+// reserve takes n bytes of the session's Data-Out budget.
+func (s *session) reserve(n uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bufBytes+uint64(n) > maxSessionBuffers {
+		return false
+	}
+	s.bufBytes += uint64(n)
+	return true
 }
 
 func newSession(t *Target, tsih uint16, r *loginResult, c *conn) *session {
@@ -88,6 +106,8 @@ func (s *session) finish(t *task) {
 		delete(s.tasks, t.itt)
 	}
 	delete(s.writes, t)
+	s.bufBytes -= uint64(t.reserved)
+	t.reserved = 0
 	s.mu.Unlock()
 	t.finishOnce.Do(func() { close(t.done) })
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 
+	"github.com/shareless/shareless/internal/bufpool"
 	"github.com/shareless/shareless/iscsi/scsi"
 )
 
@@ -18,6 +19,7 @@ type Target struct {
 	units []*scsi.LogicalUnit
 	lunNo []uint16
 	lns   []net.Listener
+	bufs  bufpool.Pool // Data-Out buffers
 
 	mu       sync.Mutex
 	closed   bool
@@ -138,7 +140,7 @@ func (t *Target) accept(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 		}
-		c := newConn(t, nc)
+		c := newConn(ctx, t, nc)
 		t.mu.Lock()
 		if t.closed {
 			t.mu.Unlock()
@@ -150,7 +152,7 @@ func (t *Target) accept(ctx context.Context, ln net.Listener) error {
 		t.mu.Unlock()
 		go func() {
 			defer t.wg.Done()
-			c.serve(ctx)
+			c.serve()
 			t.mu.Lock()
 			delete(t.conns, c)
 			t.mu.Unlock()

@@ -26,6 +26,7 @@ type task struct {
 	write     bool
 
 	buf      []byte // Data-Out, edtl bytes for writes
+	reserved uint32 // bytes of the session's Data-Out budget buf holds
 	received uint32 // Data-Out bytes received
 
 	// Unsolicited data (§4.2.5.2): immediate data plus Data-Out with the

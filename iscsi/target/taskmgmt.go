@@ -44,6 +44,12 @@ func (c *conn) performTMF(m *pdu.TaskMgmtRequest) (uint8, []*task) {
 	switch m.Function {
 	case pdu.TMFAbortTask:
 		t := mine.lookup(m.ReferencedTag)
+		if t == nil && mine.window.contains(m.RefCmdSN) && serialLess(m.RefCmdSN, m.CmdSN) {
+			// §11.5.1: the command has not arrived yet. Its CmdSN counts
+			// as received now, so the command is ignored if it comes.
+			c.ordered(false, m.RefCmdSN, mine.window.release)
+			return pdu.TMFComplete, nil
+		}
 		if t == nil {
 			return pdu.TMFTaskDoesNotExist, nil
 		}

@@ -59,6 +59,16 @@ func TestRFC7143_11_5_AbortTask(t *testing.T) {
 	if r := tmf(c, pdu.TMFAbortTask, 0, 12345); r.Response != pdu.TMFTaskDoesNotExist {
 		t.Fatalf("ABORT TASK of an unknown tag: response %d", r.Response)
 	}
+	// A command not yet received (RefCmdSN in the window, before the
+	// TMF's CmdSN) is aborted in advance and ignored when it comes.
+	c.cmdSN++ // the TMF below refers to c.cmdSN-1, which was never sent
+	itt := c.nextITT()
+	c.send(&pdu.TaskMgmtRequest{Immediate: true, Function: pdu.TMFAbortTask, ITT: itt, ReferencedTag: 777,
+		RefCmdSN: c.cmdSN - 1, CmdSN: c.cmdSN, ExpStatSN: c.expStatSN})
+	if r, ok := c.recv().(*pdu.TaskMgmtResponse); !ok || r.ITT != itt || r.Response != pdu.TMFComplete {
+		t.Fatalf("ABORT TASK of a command not yet received: %+v", r)
+	}
+	c.send(&pdu.SCSICommand{Final: true, Read: true, ITT: 777, CmdSN: c.cmdSN - 1, ExpectedDataLength: 512, CDB: read10(0, 1)})
 	if r := tmf(c, pdu.TMFTargetColdReset, 0, 0); r.Response != pdu.TMFNotSupported {
 		t.Fatalf("TARGET COLD RESET: response %d", r.Response)
 	}

@@ -17,7 +17,7 @@ func (c *conn) text(m *pdu.TextRequest) {
 		kvs, err := pdu.ParseText(m.Data)
 		if err != nil || m.Continue {
 			// Multi-PDU text requests are not needed by any key we serve.
-			c.reject(pdu.RejectProtocolError, headerOf(m))
+			c.reject(pdu.RejectProtocolError, headerOf(m)[:])
 			if !m.Immediate {
 				c.sess.window.release()
 			}
