@@ -21,10 +21,11 @@ import (
 
 const copySummary = "copy a disk image between files and iSCSI LUNs, skipping holes and zeroes"
 
-// copyChunk is the unit of work of a copy: one read and at most a few
-// writes. Larger chunks mean fewer commands; 1 MiB keeps the memory at
-// depth × 1 MiB.
-const copyChunk = 1 << 20
+// copyChunk is the unit of work of a copy: one read (split into commands
+// of the session's maximum transfer) and at most a few writes. 2 MiB, as
+// qemu-img convert uses, measured best of 1, 2 and 4 MiB here; memory is
+// depth × 2 MiB.
+const copyChunk = 2 << 20
 
 // zeroGrain is the granularity at which read data is checked for zeroes:
 // a zero run of at least this size becomes a hole (or WRITE SAME) in the

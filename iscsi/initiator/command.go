@@ -82,6 +82,12 @@ func (s *Session) exec(ctx context.Context, t *task) (result, error) {
 			return t.res, nil
 		case <-c.dead:
 			timer.Stop()
+			select {
+			case <-t.done: // answered just before the connection died
+				s.forget(t)
+				return t.res, nil
+			default:
+			}
 			s.forget(t)
 		case <-timer.C:
 			itt, sn := s.forget(t)

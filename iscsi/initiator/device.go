@@ -403,12 +403,14 @@ func (r *result) check() error {
 }
 
 // transferred is the Data-In byte count: the expected length minus an
-// underflow residual (§11.4.5).
+// underflow residual (§11.4.5), and never more than the target actually
+// sent, so that a short answer cannot pass stale buffer bytes off as data.
 func (r *result) transferred(readLen int) int {
+	n := readLen
 	if r.underflow {
-		return max(readLen-int(r.resid), 0)
+		n = max(readLen-int(r.resid), 0)
 	}
-	return readLen
+	return min(n, r.received)
 }
 
 // deviceError maps SCSI errors onto the blockdev errors that callers

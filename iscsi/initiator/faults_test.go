@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/shareless/shareless/blockdev"
+	"github.com/shareless/shareless/internal/testenv"
 )
 
 // proxy forwards TCP connections to a target and can cut them or swallow
@@ -181,9 +182,11 @@ func TestCommandTimeout(t *testing.T) {
 	if !errors.Is(err, ErrTimeout) {
 		t.Fatalf("got %v, want ErrTimeout", err)
 	}
-	if d := time.Since(start); d > 2*time.Second {
+	d := time.Since(start)
+	if d > 2*time.Second {
 		t.Errorf("timeout took %v", d)
 	}
+	testenv.Report(t, "a command the target never answers failed with ErrTimeout after %v (CommandTimeout 500ms)", d.Round(time.Millisecond))
 	if err := s.ReadAt(ctx, buf, 0); err != nil {
 		t.Fatalf("after the target answers again: %v", err)
 	}

@@ -70,20 +70,42 @@ func chapScript(t testing.TB) []byte {
 }
 
 func scriptLogin(script []byte, c Credentials) (*loginResult, error) {
+	res, _, err := scriptLoginSent(script, c)
+	return res, err
+}
+
+// scriptLoginSent also returns what the initiator sent.
+func scriptLoginSent(script []byte, c Credentials) (*loginResult, []byte, error) {
 	conn := &scriptConn{r: bytes.NewReader(script)}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	return loginConn(ctx, conn, pdu.NewFramer(conn, conn), &loginParams{
+	res, err := loginConn(ctx, conn, pdu.NewFramer(conn, conn), &loginParams{
 		initiatorName: "iqn.2026-11.io.shareless:test", targetName: "iqn.t:x", isid: fuzzISID,
 		cmdSN: 1, creds: c, ours: offer(), log: slog.New(slog.DiscardHandler)})
+	return res, conn.out.Bytes(), err
 }
 
 // TestLoginScript follows a scripted CHAP login through to full feature
 // phase and checks the negotiated values (§5.3, §13).
 func TestLoginScript(t *testing.T) {
-	res, err := scriptLogin(chapScript(t), creds(t, false))
+	res, sent, err := scriptLoginSent(chapScript(t), creds(t, false))
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The first request: security stage, NSG 1 without T (CHAP comes
+	// first), our ISID, TSIH 0, and the leading keys (§6.3, §11.12).
+	m, err := pdu.NewFramer(bytes.NewReader(sent), nil).ReadMessage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := m.(*pdu.LoginRequest)
+	wantText := "InitiatorName=iqn.2026-11.io.shareless:test\x00SessionType=Normal\x00TargetName=iqn.t:x\x00AuthMethod=CHAP,None\x00"
+	if first.Transit || first.CSG != pdu.StageSecurity || first.ISID != fuzzISID || first.TSIH != 0 ||
+		first.CmdSN != 1 || string(first.Data) != wantText {
+		t.Errorf("first login request %+v, text %q", first, first.Data)
+	}
+	if bytes.Contains(sent, []byte(testSecret)) {
+		t.Error("the CHAP secret went on the wire")
 	}
 	if res.tsih != 9 || res.op.MaxXmitDataSegmentLength != 8192 || res.op.MaxBurstLength != 262144 ||
 		res.op.FirstBurstLength != 65536 || !res.op.InitialR2T || res.op.MaxRecvDataSegmentLength != 256<<10 ||
