@@ -1,0 +1,386 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Host is one lab host: a network namespace with an address on Subnet and
+// an "anchor" process that holds the host's private mount and UTS
+// namespaces, into which libvirtd and any Command are entered. The anchor
+// outlives libvirtd restarts, so the host keeps its identity across them.
+type Host struct {
+	Name     string // "a", "b", ...
+	Hostname string // inside the UTS namespace; libvirt refuses to migrate between equal hostnames
+	Addr     netip.Addr
+	UUID     string // libvirtd's host_uuid; libvirt refuses to migrate between equal ones
+	NetNS    string
+	// Dir holds the host's private libvirt directories (etc, run, lib,
+	// log, cache), bind-mounted over /etc/libvirt, /run/libvirt, ... in
+	// its mount namespace, and readable from outside for tests.
+	Dir string
+
+	lab          *Lab
+	anchor       *exec.Cmd
+	anchorDone   chan struct{}
+	libvirtd     *exec.Cmd
+	libvirtdDone chan struct{}
+}
+
+func (l *Lab) newHost(i int, hooks map[string][]byte) (*Host, error) {
+	name := string(rune('a' + i))
+	addr := netip.MustParsePrefix(Subnet).Addr()
+	for range i + 1 {
+		addr = addr.Next()
+	}
+	h := &Host{
+		Name:     name,
+		Hostname: "shl-" + l.ID + "-" + name,
+		Addr:     addr,
+		UUID:     randomUUID(),
+		NetNS:    "shl-" + l.ID + "-" + name,
+		Dir:      filepath.Join(l.Dir, "host-"+name),
+		lab:      l,
+	}
+	if err := h.writeConfig(); err != nil {
+		return nil, err
+	}
+	for n, script := range hooks {
+		if err := h.InstallHook(n, script); err != nil {
+			return nil, err
+		}
+	}
+	if err := h.plugNetwork(); err != nil {
+		return nil, err
+	}
+	if err := h.startAnchor(); err != nil {
+		return nil, err
+	}
+	l.teardown = append(l.teardown, func() {
+		logErr(l.t, h.StopLibvirtd())
+		h.killLeftoverQEMU()
+	})
+	return h, nil
+}
+
+// URI is the libvirt URI of the host's daemon, for clients outside the
+// namespaces (tests, virsh).
+func (h *Host) URI() string {
+	return "qemu:///system?socket=" + filepath.Join(h.Dir, "run", "libvirt-sock")
+}
+
+// MigrationURI is the host's daemon as another host's libvirtd reaches it
+// for a peer-to-peer migration.
+func (h *Host) MigrationURI() string {
+	return "qemu+tcp://" + h.Addr.String() + "/system"
+}
+
+// Command prepares a command that runs inside the host: its network, mount
+// and UTS namespaces, seeing the host's /etc/libvirt and /run/libvirt.
+// This is how a test runs an agent or `shareless export` "on" a host.
+func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--target", strconv.Itoa(h.anchor.Process.Pid),
+		"--mount", "--uts", "--net", "--", name}, args...)...)
+}
+
+// InstallHook installs a libvirt qemu hook as /etc/libvirt/hooks/qemu.d/NAME.
+// libvirtd notices new hooks when it starts (RestartLibvirtd).
+func (h *Host) InstallHook(name string, script []byte) error {
+	dir := filepath.Join(h.Dir, "etc", "hooks", "qemu.d")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, name), script, 0o755)
+}
+
+func (h *Host) writeConfig() error {
+	for _, d := range []string{"etc/qemu", "etc/hooks/qemu.d", "run", "lib/qemu", "log/qemu", "cache/qemu/capabilities"} {
+		if err := os.MkdirAll(filepath.Join(h.Dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	files := map[string]string{
+		// Unix sockets without auth for the tests; TCP without auth
+		// between the hosts, on the host's lab address only.
+		"libvirtd.conf": fmt.Sprintf(`unix_sock_dir = "/run/libvirt"
+unix_sock_group = "root"
+unix_sock_ro_perms = "0777"
+unix_sock_rw_perms = "0770"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+listen_tls = 0
+listen_tcp = 1
+listen_addr = %q
+tcp_port = "16509"
+auth_tcp = "none"
+host_uuid = %q
+log_level = 3
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+`, h.Addr, h.UUID),
+		// QEMU as root without cgroups, namespaces, security labels or
+		// virtlogd: what a container can do. Migration on the lab address.
+		"qemu.conf": fmt.Sprintf(`user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+cgroup_controllers = [ ]
+namespaces = [ ]
+stdio_handler = "file"
+migration_address = %q
+migration_host = %q
+migration_port_min = 49152
+migration_port_max = 49215
+`, h.Addr, h.Addr),
+		"libvirt.conf": "uri_default = \"qemu:///system\"\n",
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(h.Dir, "etc", name), []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// plugNetwork creates the host's namespace and a veth pair into the
+// lab's bridge. Both ends are created directly in their namespaces, so
+// nothing appears in the machine's own.
+func (h *Host) plugNetwork() error {
+	l := h.lab
+	if err := run("ip", "netns", "add", h.NetNS); err != nil {
+		return err
+	}
+	l.teardown = append(l.teardown, func() { logErr(l.t, run("ip", "netns", "del", h.NetNS)) })
+	for _, args := range [][]string{
+		{"link", "add", "eth0", "netns", h.NetNS, "type", "veth", "peer", "name", "port-" + h.Name, "netns", l.switchNS},
+		{"-n", l.switchNS, "link", "set", "dev", "port-" + h.Name, "master", "br0"},
+		{"-n", l.switchNS, "link", "set", "dev", "port-" + h.Name, "up"},
+		{"-n", h.NetNS, "addr", "add", h.Addr.String() + "/24", "dev", "eth0"},
+		{"-n", h.NetNS, "link", "set", "eth0", "up"},
+		{"-n", h.NetNS, "link", "set", "lo", "up"},
+	} {
+		if err := run("ip", args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// anchorScript runs in the host's new mount and UTS namespaces: it names
+// the host, mounts its private libvirt directories, reports, and waits.
+const anchorScript = `set -e
+hostname "$1"
+shift
+dir=$1
+shift
+while [ $# -gt 0 ]; do
+	mkdir -p "$2"
+	mount --bind "$dir/$1" "$2"
+	shift 2
+done
+echo ready
+exec sleep infinity
+`
+
+func (h *Host) startAnchor() error {
+	args := []string{"netns", "exec", h.NetNS, "unshare", "--mount", "--uts", "--propagation", "private",
+		"--", "sh", "-c", anchorScript, "anchor", h.Hostname, h.Dir}
+	// The host's subdirectories and where libvirtd sees them.
+	args = append(args, "etc", "/etc/libvirt", "run", "/run/libvirt", "lib", "/var/lib/libvirt",
+		"log", "/var/log/libvirt", "cache", "/var/cache/libvirt")
+	cmd := exec.Command("ip", args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting the namespace anchor of host %s: %w", h.Name, err)
+	}
+	h.anchor, h.anchorDone = cmd, make(chan struct{})
+	go func() { cmd.Wait(); close(h.anchorDone) }()
+	h.lab.teardown = append(h.lab.teardown, func() {
+		h.anchor.Process.Kill()
+		<-h.anchorDone
+	})
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		if err == nil && line != "ready\n" {
+			err = fmt.Errorf("said %q", line)
+		}
+		ready <- err
+		io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case err = <-ready:
+	case <-time.After(10 * time.Second):
+		err = fmt.Errorf("no answer after 10s")
+	}
+	if err != nil {
+		return fmt.Errorf("namespace anchor of host %s: %v: %s", h.Name, err, stderr.String())
+	}
+	return nil
+}
+
+// StartLibvirtd starts the host's libvirtd and waits until it answers.
+func (h *Host) StartLibvirtd() error {
+	if h.libvirtd != nil {
+		return fmt.Errorf("host %s: libvirtd already running", h.Name)
+	}
+	capsDir := filepath.Join(h.Dir, "cache", "qemu", "capabilities")
+	shared := filepath.Join(CacheDir, "qemu-capabilities")
+	if err := copyFiles(shared, capsDir); err != nil {
+		return err
+	}
+	outPath := filepath.Join(h.Dir, "libvirtd.out")
+	out, err := os.OpenFile(outPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	cmd := h.Command(context.Background(), "libvirtd", "--listen", "--pid-file", "/run/libvirt/libvirtd.pid")
+	cmd.Stdout, cmd.Stderr = out, out
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("host %s: starting libvirtd: %w", h.Name, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	h.libvirtd, h.libvirtdDone = cmd, done
+	err = waitFor(90*time.Second, 100*time.Millisecond, func() (bool, error) {
+		select {
+		case <-done:
+			return false, fmt.Errorf("exited: %v", cmd.ProcessState)
+		default:
+		}
+		return exec.Command("virsh", "-c", h.URI(), "version").Run() == nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("host %s: libvirtd (pid %d) not answering on %s: %v\n  %s\n  %s", h.Name, cmd.Process.Pid,
+			h.URI(), err, tail(outPath, 10), tail(filepath.Join(h.Dir, "log", "libvirtd.log"), 10))
+	}
+	h.lab.t.Logf("lab: host %s: libvirtd pid %d answering after %v", h.Name, cmd.Process.Pid, time.Since(start).Round(time.Millisecond))
+	// Share the capability probe with the next daemon (the first start
+	// of a fresh cache spends most of its time probing QEMU).
+	return copyFiles(capsDir, shared)
+}
+
+// StopLibvirtd stops the host's libvirtd (SIGTERM, then SIGKILL after
+// 10 s). Running domains keep running; the next libvirtd takes them back.
+func (h *Host) StopLibvirtd() error {
+	if h.libvirtd == nil {
+		return nil
+	}
+	err := stopPID(h.libvirtd.Process, h.libvirtdDone, 10*time.Second)
+	h.libvirtd = nil
+	if err != nil {
+		return fmt.Errorf("host %s: stopping libvirtd: %w", h.Name, err)
+	}
+	return nil
+}
+
+// RestartLibvirtd stops and starts the host's libvirtd.
+func (h *Host) RestartLibvirtd() error {
+	if err := h.StopLibvirtd(); err != nil {
+		return err
+	}
+	return h.StartLibvirtd()
+}
+
+// destroyDomains powers off every domain of a running libvirtd, so that
+// nothing of a test outlives it.
+func (h *Host) destroyDomains() {
+	if h.libvirtd == nil {
+		return
+	}
+	out, err := exec.Command("virsh", "-c", h.URI(), "list", "--name").Output()
+	if err != nil {
+		h.lab.t.Logf("lab cleanup: host %s: listing domains: %v", h.Name, err)
+		return
+	}
+	for name := range strings.FieldsSeq(string(out)) {
+		logErr(h.lab.t, run("virsh", "-c", h.URI(), "destroy", name))
+	}
+}
+
+// killLeftoverQEMU kills QEMU processes whose libvirtd is gone (libvirtd
+// does not stop its domains when it exits), found by the pid files in the
+// host's private /run/libvirt/qemu.
+func (h *Host) killLeftoverQEMU() {
+	files, _ := filepath.Glob(filepath.Join(h.Dir, "run", "qemu", "*.pid"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !strings.Contains(string(cmdline), "qemu") {
+			continue // already gone, or the pid was reused
+		}
+		h.lab.t.Logf("lab cleanup: host %s: killing leftover QEMU pid %d (%s)", h.Name, pid, filepath.Base(f))
+		logErr(h.lab.t, syscall.Kill(pid, syscall.SIGKILL))
+	}
+}
+
+// copyFiles copies the regular files of src into dst (atomically each),
+// creating dst; a missing src is empty.
+func copyFiles(src, dst string) error {
+	entries, err := os.ReadDir(src)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			return err
+		}
+		if err := writeAtomic(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeAtomic writes a file under a temporary name and renames it, so
+// that a concurrent run never reads half of it.
+func writeAtomic(path string, b []byte, mode os.FileMode) error {
+	tmp := path + ".tmp-" + randomHex(4)
+	if err := os.WriteFile(tmp, b, mode); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+func randomUUID() string {
+	h := randomHex(16)
+	return h[0:8] + "-" + h[8:12] + "-4" + h[13:16] + "-8" + h[17:20] + "-" + h[20:32]
+}

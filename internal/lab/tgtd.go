@@ -1,0 +1,113 @@
+package lab
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/shareless/shareless/internal/testenv"
+)
+
+// LUN is an iSCSI logical unit as QEMU's initiator reaches it.
+type LUN struct {
+	IQN  string
+	LUN  int
+	Host string
+	Port int
+}
+
+// TGTD is Debian's iSCSI target (tgtd) running in a host's network
+// namespace, listening on every address there (the host's lab address
+// and its own 127.0.0.1, where a managed disk is reached).
+type TGTD struct {
+	Host *Host
+	Port int
+
+	control int // tgtd's control port: its socket is /var/run/tgtd/socket.N
+	log     string
+	tids    int
+	cmd     *exec.Cmd
+	done    chan struct{}
+}
+
+// StartTGTD starts tgtd on the host, on iSCSI port 3260, and stops it at
+// cleanup (before libvirtd, after the domains).
+func (h *Host) StartTGTD(t testing.TB) *TGTD {
+	t.Helper()
+	testenv.NeedCommands(t, "tgtd", "tgtadm")
+	g := &TGTD{Host: h, Port: 3260, log: filepath.Join(h.Dir, "tgtd.out")}
+	// The control socket lives in the shared filesystem: pick a number
+	// no other tgtd uses.
+	for {
+		g.control = 20000 + rand.IntN(40000)
+		if _, err := os.Stat(fmt.Sprintf("/var/run/tgtd/socket.%d", g.control)); os.IsNotExist(err) {
+			break
+		}
+	}
+	out, err := os.Create(g.log)
+	if err != nil {
+		t.Fatalf("lab: %v", err)
+	}
+	defer out.Close()
+	g.cmd = exec.Command("ip", "netns", "exec", h.NetNS, "tgtd", "-f",
+		"--iscsi", fmt.Sprintf("portal=0.0.0.0:%d", g.Port), "-C", strconv.Itoa(g.control))
+	g.cmd.Stdout, g.cmd.Stderr = out, out
+	if err := g.cmd.Start(); err != nil {
+		t.Fatalf("lab: starting tgtd on host %s: %v", h.Name, err)
+	}
+	g.done = make(chan struct{})
+	go func() { g.cmd.Wait(); close(g.done) }()
+	h.lab.teardown = append(h.lab.teardown, func() { logErr(t, g.stop()) })
+	err = waitFor(10*time.Second, 100*time.Millisecond, func() (bool, error) {
+		select {
+		case <-g.done:
+			return false, fmt.Errorf("exited: %v", g.cmd.ProcessState)
+		default:
+		}
+		return g.adm("--op", "show", "--mode", "target") == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("lab: tgtd on host %s (pid %d) not answering: %v\n  %s", h.Name, g.cmd.Process.Pid, err, tail(g.log, 10))
+	}
+	return g
+}
+
+// AddLUN exports the file backing as LUN 1 of a new target, open to any
+// initiator, and returns how a guest on the target's own host reaches it
+// over the lab network. Use Host: "127.0.0.1" from the same host.
+func (g *TGTD) AddLUN(t testing.TB, name, backing string) LUN {
+	t.Helper()
+	g.tids++
+	tid := strconv.Itoa(g.tids)
+	iqn := "iqn.2026-11.lab.shareless:" + g.Host.lab.ID + "-" + name
+	for _, args := range [][]string{
+		{"--op", "new", "--mode", "target", "--tid", tid, "-T", iqn},
+		{"--op", "new", "--mode", "logicalunit", "--tid", tid, "--lun", "1", "-b", backing},
+		{"--op", "bind", "--mode", "target", "--tid", tid, "-I", "ALL"},
+	} {
+		if err := g.adm(args...); err != nil {
+			t.Fatalf("lab: %v\n  %s", err, tail(g.log, 10))
+		}
+	}
+	return LUN{IQN: iqn, LUN: 1, Host: g.Host.Addr.String(), Port: g.Port}
+}
+
+func (g *TGTD) adm(args ...string) error {
+	return run("tgtadm", append([]string{"-C", strconv.Itoa(g.control), "--lld", "iscsi"}, args...)...)
+}
+
+// stop deletes the targets and the target system (tgtd ignores SIGTERM
+// while it has targets), then waits for tgtd to exit, killing it after
+// 5 s.
+func (g *TGTD) stop() error {
+	for tid := 1; tid <= g.tids; tid++ {
+		g.adm("--op", "delete", "--mode", "target", "--tid", strconv.Itoa(tid), "--force")
+	}
+	g.adm("--op", "delete", "--mode", "system")
+	return stopPID(g.cmd.Process, g.done, 5*time.Second)
+}
