@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Host is one lab host: a network namespace with an address on Subnet and
@@ -250,7 +252,16 @@ func (h *Host) StartLibvirtd() error {
 		return err
 	}
 	defer out.Close()
-	cmd := h.Command(context.Background(), "libvirtd", "--listen", "--pid-file", "/run/libvirt/libvirtd.pid")
+	// On one CPU: libvirt's cached QEMU capabilities are valid only for
+	// the cpuid of the CPU that checks them, and the vCPUs of some
+	// machines differ (each differing check is an 8 s re-probe). libvirt
+	// gives QEMU all CPUs back.
+	cpu, err := firstCPU()
+	if err != nil {
+		return err
+	}
+	cmd := h.Command(context.Background(), "taskset", "--cpu-list", strconv.Itoa(cpu),
+		"libvirtd", "--listen", "--pid-file", "/run/libvirt/libvirtd.pid")
 	cmd.Stdout, cmd.Stderr = out, out
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -383,4 +394,18 @@ func writeAtomic(path string, b []byte, mode os.FileMode) error {
 func randomUUID() string {
 	h := randomHex(16)
 	return h[0:8] + "-" + h[8:12] + "-4" + h[13:16] + "-8" + h[17:20] + "-" + h[20:32]
+}
+
+// firstCPU is the first CPU this process may run on.
+func firstCPU() (int, error) {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return 0, fmt.Errorf("sched_getaffinity: %w", err)
+	}
+	for i := range 1024 {
+		if set.IsSet(i) {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("no CPU in the affinity mask")
 }

@@ -42,9 +42,9 @@ func (h *Host) StartTGTD(t testing.TB) *TGTD {
 	testenv.NeedCommands(t, "tgtd", "tgtadm")
 	g := &TGTD{Host: h, Port: 3260, log: filepath.Join(h.Dir, "tgtd.out")}
 	// The control socket lives in the shared filesystem: pick a number
-	// no other tgtd uses.
+	// no other tgtd uses (tgtd takes 0..32767).
 	for {
-		g.control = 20000 + rand.IntN(40000)
+		g.control = 1000 + rand.IntN(31000)
 		if _, err := os.Stat(fmt.Sprintf("/var/run/tgtd/socket.%d", g.control)); os.IsNotExist(err) {
 			break
 		}
