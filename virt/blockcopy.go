@@ -110,9 +110,10 @@ func (d ISCSIDisk) XML() (string, error) {
 // alone has lied), then pivots. On any failure, or if ctx ends, the copy
 // is cancelled and the guest stays on its old disk.
 //
-// The pivot changes the live definition only: the persistent one still
-// names the old disk, and a cold boot would use it. Guarding that is the
-// agent's job (design.md §2).
+// libvirt (9.0, measured by the test) writes the pivot into the persistent
+// definition too, so libvirt itself would boot from the LUN; but Nova
+// regenerates file-disk XML on hard reboot and start, which is why the
+// agent guards starts (design.md §2).
 func (c *Conn) CopyDisk(ctx context.Context, d Domain, target string, dst ISCSIDisk) error {
 	dx, err := dst.XML()
 	if err != nil {

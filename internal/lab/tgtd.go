@@ -30,7 +30,7 @@ type TGTD struct {
 
 	control int // tgtd's control port: its socket is /var/run/tgtd/socket.N
 	log     string
-	tids    int
+	tids    map[string]int // target id by IQN
 	cmd     *exec.Cmd
 	done    chan struct{}
 }
@@ -40,7 +40,7 @@ type TGTD struct {
 func (h *Host) StartTGTD(t testing.TB) *TGTD {
 	t.Helper()
 	testenv.NeedCommands(t, "tgtd", "tgtadm")
-	g := &TGTD{Host: h, Port: 3260, log: filepath.Join(h.Dir, "tgtd.out")}
+	g := &TGTD{Host: h, Port: 3260, log: filepath.Join(h.Dir, "tgtd.out"), tids: map[string]int{}}
 	// The control socket lives in the shared filesystem: pick a number
 	// no other tgtd uses (tgtd takes 0..32767).
 	for {
@@ -82,9 +82,9 @@ func (h *Host) StartTGTD(t testing.TB) *TGTD {
 // over the lab network. Use Host: "127.0.0.1" from the same host.
 func (g *TGTD) AddLUN(t testing.TB, name, backing string) LUN {
 	t.Helper()
-	g.tids++
-	tid := strconv.Itoa(g.tids)
 	iqn := "iqn.2026-11.lab.shareless:" + g.Host.lab.ID + "-" + name
+	g.tids[iqn] = len(g.tids) + 1
+	tid := strconv.Itoa(g.tids[iqn])
 	for _, args := range [][]string{
 		{"--op", "new", "--mode", "target", "--tid", tid, "-T", iqn},
 		{"--op", "new", "--mode", "logicalunit", "--tid", tid, "--lun", "1", "-b", backing},
@@ -97,6 +97,22 @@ func (g *TGTD) AddLUN(t testing.TB, name, backing string) LUN {
 	return LUN{IQN: iqn, LUN: 1, Host: g.Host.Addr.String(), Port: g.Port}
 }
 
+// RequireCHAP makes the target of lun accept only initiators that log in
+// with CHAP as user/password.
+func (g *TGTD) RequireCHAP(t testing.TB, lun LUN, user, password string) {
+	t.Helper()
+	tid, ok := g.tids[lun.IQN]
+	if !ok {
+		t.Fatalf("lab: tgtd on host %s has no target %s", g.Host.Name, lun.IQN)
+	}
+	if err := g.adm("--op", "new", "--mode", "account", "--user", user, "--password", password); err != nil {
+		t.Fatalf("lab: %v", err)
+	}
+	if err := g.adm("--op", "bind", "--mode", "account", "--tid", strconv.Itoa(tid), "--user", user); err != nil {
+		t.Fatalf("lab: %v", err)
+	}
+}
+
 func (g *TGTD) adm(args ...string) error {
 	return run("tgtadm", append([]string{"-C", strconv.Itoa(g.control), "--lld", "iscsi"}, args...)...)
 }
@@ -105,7 +121,7 @@ func (g *TGTD) adm(args ...string) error {
 // while it has targets), then waits for tgtd to exit, killing it after
 // 5 s.
 func (g *TGTD) stop() error {
-	for tid := 1; tid <= g.tids; tid++ {
+	for _, tid := range g.tids {
 		g.adm("--op", "delete", "--mode", "target", "--tid", strconv.Itoa(tid), "--force")
 	}
 	g.adm("--op", "delete", "--mode", "system")
