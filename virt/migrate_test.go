@@ -3,6 +3,8 @@ package virt_test
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -17,21 +19,27 @@ import (
 // Nova's default flags). The LUN is served by tgtd on A's lab address,
 // which both hosts reach, so the migration moves RAM only. The guest must
 // keep counting on its disk after each move; the completed job's figures
-// are printed.
+// are printed. Before that, two attempts must fail and leave the guest
+// on A: one refused by B's qemu hook (ErrHookFailed), one cancelled by
+// its context (aborted in libvirt, ErrOperationAborted).
 func TestMigrateThereAndBack(t *testing.T) {
 	testenv.SkipIfShort(t)
-	l := lab.Start(t, lab.Options{})
+	l := lab.Start(t, lab.Options{Hooks: map[string][]byte{"refuse": []byte(refuseHook)}})
 	hosts := []*lab.Host{l.A(), l.B()}
 	conns := []*virt.Conn{connect(t, l.A()), connect(t, l.B())}
 	ctx := t.Context()
-	var events []<-chan virt.LifecycleEvent
-	for _, c := range conns {
-		ch, err := c.LifecycleEvents(ctx)
+	// subscribe follows a host's events for one step of the test, so
+	// that events of earlier steps do not linger.
+	subscribe := func(c *virt.Conn) (<-chan virt.LifecycleEvent, context.CancelFunc) {
+		t.Helper()
+		sctx, cancel := context.WithCancel(ctx)
+		ch, err := c.LifecycleEvents(sctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		events = append(events, ch)
+		return ch, cancel
 	}
+	events, stop := subscribe(conns[0])
 
 	img := rawDisk(t, l.Dir, "mig.img", 32<<20)
 	lun := l.A().StartTGTD(t).AddLUN(t, "mig", img)
@@ -43,11 +51,49 @@ func TestMigrateThereAndBack(t *testing.T) {
 	if err := conns[0].StartDomain(ctx, d); err != nil {
 		t.Fatal(err)
 	}
-	expectEvent(t, events[0], name, virt.EventStarted, "booted")
+	expectEvent(t, events, name, virt.EventStarted, "booted")
+	stop()
 	if err := lab.WaitConsole(l.ConsoleLog(name), lab.BootMarker, 60*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	waitCounter(t, img, 1, 10*time.Second)
+
+	// Two migrations that must fail and leave the guest running on A.
+	stayed := func(t *testing.T) {
+		t.Helper()
+		if _, err := conns[1].LookupDomain(ctx, name); !errors.Is(err, virt.ErrNoDomain) {
+			t.Fatalf("B has the domain: %v", err)
+		}
+		if st, err := conns[0].DomainState(ctx, d); err != nil || st != virt.StateRunning {
+			t.Fatalf("on A: state %v, %v", st, err)
+		}
+		n, _ := lab.ReadCounter(img)
+		waitCounter(t, img, n, 10*time.Second)
+	}
+	t.Run("refused by the destination hook", func(t *testing.T) {
+		marker := filepath.Join(l.B().Dir, "etc", "refuse-migration")
+		if err := os.WriteFile(marker, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(marker)
+		err := conns[0].Migrate(ctx, d, virt.MigrateOptions{DestURI: l.B().MigrationURI()})
+		if !errors.Is(err, virt.ErrHookFailed) {
+			t.Fatalf("got %v, want ErrHookFailed", err)
+		}
+		t.Logf("refused as expected: %v", err)
+		stayed(t)
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		// At 1 MiB/s the guest's ~60 MiB take a minute: cancel first.
+		mctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+		defer cancel()
+		err := conns[0].Migrate(mctx, d, virt.MigrateOptions{DestURI: l.B().MigrationURI(), BandwidthMiB: 1})
+		if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, virt.ErrOperationAborted) {
+			t.Fatalf("got %v, want DeadlineExceeded and ErrOperationAborted", err)
+		}
+		t.Logf("aborted as expected: %v", err)
+		stayed(t)
+	})
 
 	for _, hop := range []struct{ from, to int }{{0, 1}, {1, 0}} {
 		src, dst := conns[hop.from], conns[hop.to]
@@ -64,6 +110,8 @@ func TestMigrateThereAndBack(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		evFrom, stopFrom := subscribe(src)
+		evTo, stopTo := subscribe(dst)
 		mctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		start := time.Now()
 		err = src.Migrate(mctx, d, virt.MigrateOptions{DestURI: hosts[hop.to].MigrationURI(), DestXML: destXML})
@@ -88,8 +136,10 @@ func TestMigrateThereAndBack(t *testing.T) {
 		if _, err := dst.DomainXML(ctx, nd, virt.XMLInactive); err != nil {
 			t.Fatalf("%s: not persistent on the destination: %v", label, err)
 		}
-		expectEvent(t, events[hop.to], name, virt.EventStarted, "migrated")
-		expectEvent(t, events[hop.from], name, virt.EventStopped, "migrated")
+		expectEvent(t, evTo, name, virt.EventStarted, "migrated")
+		expectEvent(t, evFrom, name, virt.EventStopped, "migrated")
+		stopFrom()
+		stopTo()
 
 		js, err := dst.CompletedJobStats(ctx, nd)
 		if err != nil {
@@ -104,5 +154,16 @@ func TestMigrateThereAndBack(t *testing.T) {
 			js.MemoryIteration, js.DiskProcessed, before, after)
 	}
 }
+
+// refuseHook is a libvirt qemu hook that refuses incoming migrations while
+// /etc/libvirt/refuse-migration exists on its host, as the shareless hook
+// refuses one whose disks are not ready.
+const refuseHook = `#!/bin/sh
+if [ "$2 $3" = "migrate begin" ] && [ -e /etc/libvirt/refuse-migration ]; then
+	echo "refused by the test's hook" >&2
+	exit 1
+fi
+exit 0
+`
 
 func mib(b uint64) float64 { return float64(b) / (1 << 20) }
