@@ -84,12 +84,34 @@ func TestMigrateThereAndBack(t *testing.T) {
 		stayed(t)
 	})
 	t.Run("cancelled", func(t *testing.T) {
-		// At 1 MiB/s the guest's ~60 MiB take a minute: cancel first.
-		mctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+		// At 1 MiB/s the guest's ~60 MiB take a minute: cancel once the
+		// source's job stats show memory moving, as Nova's monitor
+		// would when a migration does not converge.
+		mctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		err := conns[0].Migrate(mctx, d, virt.MigrateOptions{DestURI: l.B().MigrationURI(), BandwidthMiB: 1})
-		if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, virt.ErrOperationAborted) {
-			t.Fatalf("got %v, want DeadlineExceeded and ErrOperationAborted", err)
+		done := make(chan error, 1)
+		go func() {
+			done <- conns[0].Migrate(mctx, d, virt.MigrateOptions{DestURI: l.B().MigrationURI(), BandwidthMiB: 1})
+		}()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			js, err := conns[0].JobStats(ctx, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if js.Type == virt.JobUnbounded && js.Operation == virt.JobMigrationOut && js.MemoryProcessed > 0 {
+				t.Logf("migrating: %.1f of %.1f MiB after %v; cancelling", mib(js.MemoryProcessed), mib(js.MemoryTotal), js.Elapsed)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no migration progress in job stats: %+v", js)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		cancel()
+		err := <-done
+		if !errors.Is(err, context.Canceled) || !errors.Is(err, virt.ErrOperationAborted) {
+			t.Fatalf("got %v, want Canceled and ErrOperationAborted", err)
 		}
 		t.Logf("aborted as expected: %v", err)
 		stayed(t)

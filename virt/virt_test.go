@@ -103,6 +103,10 @@ func TestOneHost(t *testing.T) {
 	h := l.A()
 	c := connect(t, h)
 	ctx := t.Context()
+	// Synchronous-writes block copy (adoption) needs libvirt 8.0.
+	if v, err := c.LibVersion(ctx); err != nil || v < 8_000_000 {
+		t.Fatalf("libvirt version %d, %v; want >= 8.0.0", v, err)
+	}
 
 	t.Run("secrets", func(t *testing.T) {
 		usage := "shl-" + l.ID + "-chap"
