@@ -11,8 +11,9 @@ import (
 	libvirt "github.com/digitalocean/go-libvirt"
 )
 
-// blockJobPoll is how often CopyDisk looks at a block job's progress.
-// go-libvirt drops libvirt's block-job-2 events, so it polls.
+// blockJobPoll is how often CopyDisk looks at a block job's progress. It
+// polls: libvirt's first block job event names a disk by a path, which a
+// network disk does not have, and go-libvirt drops the second kind.
 const blockJobPoll = 200 * time.Millisecond
 
 // ISCSIDisk is where a network disk's bytes are: an iSCSI LUN that QEMU
@@ -123,7 +124,14 @@ func (c *Conn) CopyDisk(ctx context.Context, d Domain, target string, dst ISCSID
 	log := c.log.With("domain", d.Name, "disk", target, "dest", dst.IQN)
 	const flags = libvirt.DomainBlockCopyReuseExt | libvirt.DomainBlockCopyTransientJob |
 		libvirt.DomainBlockCopySynchronousWrites
-	if err := do(ctx, c, op, notIdempotent, func(l *libvirt.Libvirt) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("virt: %s: %w", op, err)
+	}
+	// Starting and pivoting are not abandoned halfway (detached): a job
+	// left behind would mirror the disk for ever.
+	sctx, cancel := detached(ctx)
+	defer cancel()
+	if err := do(sctx, c, op, notIdempotent, func(l *libvirt.Libvirt) error {
 		return l.DomainBlockCopy(d.raw(), target, dx, nil, flags)
 	}); err != nil {
 		return err
@@ -131,7 +139,7 @@ func (c *Conn) CopyDisk(ctx context.Context, d Domain, target string, dst ISCSID
 	start := time.Now()
 	log.Info("block copy started")
 	if err := c.waitMirrorReady(ctx, d, target); err != nil {
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), probeTimeout)
+		actx, cancel := detached(ctx)
 		defer cancel()
 		abortErr := do(actx, c, op+": cancel", notIdempotent, func(l *libvirt.Libvirt) error {
 			return l.DomainBlockJobAbort(d.raw(), target, 0)
@@ -140,7 +148,9 @@ func (c *Conn) CopyDisk(ctx context.Context, d Domain, target string, dst ISCSID
 		return errors.Join(err, abortErr)
 	}
 	log.Info("block copy ready; pivoting", "after", time.Since(start).Round(time.Millisecond))
-	return do(ctx, c, op+": pivot", notIdempotent, func(l *libvirt.Libvirt) error {
+	pctx, cancel := detached(ctx)
+	defer cancel()
+	return do(pctx, c, op+": pivot", notIdempotent, func(l *libvirt.Libvirt) error {
 		return l.DomainBlockJobAbort(d.raw(), target, libvirt.DomainBlockJobAbortPivot)
 	})
 }

@@ -353,6 +353,14 @@ func call[T any](ctx context.Context, c *Conn, op string, retry bool, fn func(*l
 	}
 }
 
+// detached returns a context for a step that must not be abandoned
+// halfway, such as starting, committing or aborting a job: the caller's
+// cancellation does not reach it, so its outcome is known, and it is
+// bounded by probeTimeout instead.
+func detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), probeTimeout)
+}
+
 // do is call for operations without a result.
 func do(ctx context.Context, c *Conn, op string, retry bool, fn func(*libvirt.Libvirt) error) error {
 	_, err := call(ctx, c, op, retry, func(l *libvirt.Libvirt) (struct{}, error) { return struct{}{}, fn(l) })

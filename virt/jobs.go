@@ -197,14 +197,20 @@ func (c *Conn) Migrate(ctx context.Context, d Domain, o MigrateOptions) error {
 	log.Info("live migration starting", "copy_disks", o.CopyDisks)
 	start := time.Now()
 
-	// Perform3Params blocks for the whole migration; do not let call's
-	// context handling abandon it: abort the job instead, then wait.
+	// Perform3Params blocks for the whole migration. Once sent, it is
+	// not abandoned: a cancelled ctx aborts the job in libvirt, and
+	// Migrate waits for libvirt's answer.
+	s, err := c.session(ctx)
+	if err != nil {
+		return fmt.Errorf("virt: %s: %w", op, err)
+	}
 	done := make(chan error, 1)
 	go func() {
-		done <- do(context.WithoutCancel(ctx), c, op, notIdempotent, func(l *libvirt.Libvirt) error {
-			_, err := l.DomainMigratePerform3Params(d.raw(), libvirt.OptString{o.DestURI}, params, nil, flags)
-			return err
-		})
+		_, err := s.l.DomainMigratePerform3Params(d.raw(), libvirt.OptString{o.DestURI}, params, nil, flags)
+		if err = mapError(op, err); errors.Is(err, ErrDisconnected) {
+			c.drop(s.l)
+		}
+		done <- err
 	}()
 	select {
 	case err := <-done:
@@ -217,18 +223,16 @@ func (c *Conn) Migrate(ctx context.Context, d Domain, o MigrateOptions) error {
 	case <-ctx.Done():
 	}
 	log.Warn("aborting live migration", "reason", context.Cause(ctx))
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), probeTimeout)
+	actx, cancel := detached(ctx)
 	defer cancel()
 	abortErr := c.AbortJob(actx, d)
-	var err error
 	select {
 	case err = <-done:
 	case <-actx.Done():
-		err = fmt.Errorf("no answer from libvirtd after abort: %w", actx.Err())
+		err = fmt.Errorf("virt: %s: no answer from libvirtd after the abort: %w", op, actx.Err())
 	}
 	if err == nil {
-		// The migration completed before the abort took.
-		log.Info("live migration done despite abort", "took", time.Since(start).Round(time.Millisecond))
+		log.Info("live migration done despite the abort", "took", time.Since(start).Round(time.Millisecond))
 		return nil
 	}
 	return errors.Join(fmt.Errorf("virt: %s: %w", op, ctx.Err()), abortErr, err)
