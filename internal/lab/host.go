@@ -1,10 +1,9 @@
 package lab
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -32,11 +31,9 @@ type Host struct {
 	// its mount namespace, and readable from outside for tests.
 	Dir string
 
-	lab          *Lab
-	anchor       *exec.Cmd
-	anchorDone   chan struct{}
-	libvirtd     *exec.Cmd
-	libvirtdDone chan struct{}
+	lab      *Lab
+	anchor   *Proc
+	libvirtd *Proc // nil while stopped
 }
 
 func (l *Lab) newHost(i int, hooks map[string][]byte) (*Host, error) {
@@ -68,10 +65,9 @@ func (l *Lab) newHost(i int, hooks map[string][]byte) (*Host, error) {
 	if err := h.startAnchor(); err != nil {
 		return nil, err
 	}
-	l.teardown = append(l.teardown, func() {
-		logErr(l.t, h.StopLibvirtd())
-		h.killLeftoverQEMU()
-	})
+	// Registered before libvirtd is spawned, so it runs after libvirtd
+	// is stopped (teardown runs backwards).
+	l.teardown = append(l.teardown, h.killLeftoverQEMU)
 	return h, nil
 }
 
@@ -91,7 +87,7 @@ func (h *Host) MigrationURI() string {
 // and UTS namespaces, seeing the host's /etc/libvirt and /run/libvirt.
 // This is how a test runs an agent or `shareless export` "on" a host.
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "nsenter", append([]string{"--target", strconv.Itoa(h.anchor.Process.Pid),
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--target", strconv.Itoa(h.anchor.Pid()),
 		"--mount", "--uts", "--net", "--", name}, args...)...)
 }
 
@@ -196,42 +192,26 @@ exec sleep infinity
 
 func (h *Host) startAnchor() error {
 	args := []string{"netns", "exec", h.NetNS, "unshare", "--mount", "--uts", "--propagation", "private",
-		"--", "sh", "-c", anchorScript, "anchor", h.Hostname, h.Dir}
-	// The host's subdirectories and where libvirtd sees them.
-	args = append(args, "etc", "/etc/libvirt", "run", "/run/libvirt", "lib", "/var/lib/libvirt",
-		"log", "/var/log/libvirt", "cache", "/var/cache/libvirt")
-	cmd := exec.Command("ip", args...)
-	stdout, err := cmd.StdoutPipe()
+		"--", "sh", "-c", anchorScript, "anchor", h.Hostname, h.Dir,
+		// The host's subdirectories and where libvirtd sees them.
+		"etc", "/etc/libvirt", "run", "/run/libvirt", "lib", "/var/lib/libvirt",
+		"log", "/var/log/libvirt", "cache", "/var/cache/libvirt"}
+	p, err := h.spawn("anchor", exec.Command("ip", args...))
 	if err != nil {
 		return err
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting the namespace anchor of host %s: %w", h.Name, err)
-	}
-	h.anchor, h.anchorDone = cmd, make(chan struct{})
-	go func() { cmd.Wait(); close(h.anchorDone) }()
-	h.lab.teardown = append(h.lab.teardown, func() {
-		h.anchor.Process.Kill()
-		<-h.anchorDone
-	})
-	ready := make(chan error, 1)
-	go func() {
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		if err == nil && line != "ready\n" {
-			err = fmt.Errorf("said %q", line)
+	h.anchor = p
+	err = waitFor(10*time.Second, 20*time.Millisecond, func() (bool, error) {
+		select {
+		case <-p.Exited():
+			return false, fmt.Errorf("exited: %v", p.cmd.ProcessState)
+		default:
 		}
-		ready <- err
-		io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case err = <-ready:
-	case <-time.After(10 * time.Second):
-		err = fmt.Errorf("no answer after 10s")
-	}
+		b, err := os.ReadFile(p.Log)
+		return bytes.Contains(b, []byte("ready\n")), err
+	})
 	if err != nil {
-		return fmt.Errorf("namespace anchor of host %s: %v: %s", h.Name, err, stderr.String())
+		return fmt.Errorf("host %s: namespace anchor: %v\n  %s", h.Name, err, tail(p.Log, 10))
 	}
 	return nil
 }
@@ -246,12 +226,6 @@ func (h *Host) StartLibvirtd() error {
 	if err := copyFiles(shared, capsDir); err != nil {
 		return err
 	}
-	outPath := filepath.Join(h.Dir, "libvirtd.out")
-	out, err := os.OpenFile(outPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
 	// On one CPU: libvirt's cached QEMU capabilities are valid only for
 	// the cpuid of the CPU that checks them, and the vCPUs of some
 	// machines differ (each differing check is an 8 s re-probe). libvirt
@@ -260,29 +234,26 @@ func (h *Host) StartLibvirtd() error {
 	if err != nil {
 		return err
 	}
-	cmd := h.Command(context.Background(), "taskset", "--cpu-list", strconv.Itoa(cpu),
-		"libvirtd", "--listen", "--pid-file", "/run/libvirt/libvirtd.pid")
-	cmd.Stdout, cmd.Stderr = out, out
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("host %s: starting libvirtd: %w", h.Name, err)
+	p, err := h.spawn("libvirtd", h.Command(context.Background(), "taskset", "--cpu-list", strconv.Itoa(cpu),
+		"libvirtd", "--listen", "--pid-file", "/run/libvirt/libvirtd.pid"))
+	if err != nil {
+		return err
 	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	h.libvirtd, h.libvirtdDone = cmd, done
+	h.libvirtd = p
 	err = waitFor(90*time.Second, 100*time.Millisecond, func() (bool, error) {
 		select {
-		case <-done:
-			return false, fmt.Errorf("exited: %v", cmd.ProcessState)
+		case <-p.Exited():
+			return false, fmt.Errorf("exited: %v", p.cmd.ProcessState)
 		default:
 		}
 		return exec.Command("virsh", "-c", h.URI(), "version").Run() == nil, nil
 	})
 	if err != nil {
-		return fmt.Errorf("host %s: libvirtd (pid %d) not answering on %s: %v\n  %s\n  %s", h.Name, cmd.Process.Pid,
-			h.URI(), err, tail(outPath, 10), tail(filepath.Join(h.Dir, "log", "libvirtd.log"), 10))
+		return fmt.Errorf("host %s: libvirtd (pid %d) not answering on %s: %v\n  %s\n  %s", h.Name, p.Pid(),
+			h.URI(), err, tail(p.Log, 10), tail(filepath.Join(h.Dir, "log", "libvirtd.log"), 10))
 	}
-	h.lab.t.Logf("lab: host %s: libvirtd pid %d answering after %v", h.Name, cmd.Process.Pid, time.Since(start).Round(time.Millisecond))
+	h.lab.t.Logf("lab: host %s: libvirtd pid %d answering after %v", h.Name, p.Pid(), time.Since(start).Round(time.Millisecond))
 	// Share the capability probe with the next daemon (the first start
 	// of a fresh cache spends most of its time probing QEMU).
 	return copyFiles(capsDir, shared)
@@ -294,12 +265,9 @@ func (h *Host) StopLibvirtd() error {
 	if h.libvirtd == nil {
 		return nil
 	}
-	err := stopPID(h.libvirtd.Process, h.libvirtdDone, 10*time.Second)
+	err := h.libvirtd.Stop(10 * time.Second)
 	h.libvirtd = nil
-	if err != nil {
-		return fmt.Errorf("host %s: stopping libvirtd: %w", h.Name, err)
-	}
-	return nil
+	return err
 }
 
 // RestartLibvirtd stops and starts the host's libvirtd.

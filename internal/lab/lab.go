@@ -17,13 +17,11 @@ package lab
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -114,9 +112,10 @@ func (l *Lab) A() *Host { return l.Hosts[0] }
 // B is the second host.
 func (l *Lab) B() *Host { return l.Hosts[1] }
 
-// cleanup stops everything: each host's domains, then whatever was
-// registered (targets before daemons before namespaces), in reverse order
-// of registration per kind.
+// cleanup stops everything: each host's domains first, then what was
+// registered in teardown, backwards (what started last stops first:
+// targets and test programs before libvirtd, libvirtd before leftover
+// QEMU, namespaces last).
 func (l *Lab) cleanup() {
 	for _, h := range l.Hosts {
 		h.destroyDomains()
@@ -200,24 +199,6 @@ func tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return filepath.Base(path) + ":\n    " + strings.Join(lines, "\n    ")
-}
-
-// stopPID sends SIGTERM to pid, waits for exited up to grace, then
-// SIGKILLs it.
-func stopPID(p *os.Process, exited <-chan struct{}, grace time.Duration) error {
-	if err := p.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("signal %d: %w", p.Pid, err)
-	}
-	select {
-	case <-exited:
-		return nil
-	case <-time.After(grace):
-	}
-	if err := p.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("kill %d: %w", p.Pid, err)
-	}
-	<-exited
-	return nil
 }
 
 // ConsoleLog is where a lab domain's serial console goes (Guest.DomainXML).

@@ -1,8 +1,10 @@
 package lab
 
 import (
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/shareless/shareless/internal/testenv"
 )
@@ -27,5 +29,24 @@ func TestTwoHosts(t *testing.T) {
 	out, err := a.Command(t.Context(), "virsh", "-c", b.MigrationURI(), "hostname").CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != b.Hostname {
 		t.Fatalf("from a, %s answers %q, %v; want %s", b.MigrationURI(), out, err, b.Hostname)
+	}
+
+	// A program under test runs in the host and dies by SIGKILL.
+	p, err := b.Spawn("sh", "-c", "hostname; exec sleep 600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = waitFor(5*time.Second, 20*time.Millisecond, func() (bool, error) {
+		b, err := os.ReadFile(p.Log)
+		return string(b) == l.B().Hostname+"\n", err
+	})
+	if err != nil {
+		t.Fatalf("spawned program: %v: %s", err, tail(p.Log, 3))
+	}
+	if err := p.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Stop(time.Second); err != nil {
+		t.Fatalf("stopping an exited process: %v", err)
 	}
 }

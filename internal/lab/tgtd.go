@@ -5,7 +5,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -28,11 +27,9 @@ type TGTD struct {
 	Host *Host
 	Port int
 
-	control int // tgtd's control port: its socket is /var/run/tgtd/socket.N
-	log     string
+	control int            // tgtd's control port: its socket is /var/run/tgtd/socket.N
 	tids    map[string]int // target id by IQN
-	cmd     *exec.Cmd
-	done    chan struct{}
+	proc    *Proc
 }
 
 // StartTGTD starts tgtd on the host, on iSCSI port 3260, and stops it at
@@ -40,7 +37,7 @@ type TGTD struct {
 func (h *Host) StartTGTD(t testing.TB) *TGTD {
 	t.Helper()
 	testenv.NeedCommands(t, "tgtd", "tgtadm")
-	g := &TGTD{Host: h, Port: 3260, log: filepath.Join(h.Dir, "tgtd.out"), tids: map[string]int{}}
+	g := &TGTD{Host: h, Port: 3260, tids: map[string]int{}}
 	// The control socket lives in the shared filesystem: pick a number
 	// no other tgtd uses (tgtd takes 0..32767).
 	for {
@@ -49,30 +46,25 @@ func (h *Host) StartTGTD(t testing.TB) *TGTD {
 			break
 		}
 	}
-	out, err := os.Create(g.log)
+	proc, err := h.spawn("tgtd", exec.Command("ip", "netns", "exec", h.NetNS, "tgtd", "-f",
+		"--iscsi", fmt.Sprintf("portal=0.0.0.0:%d", g.Port), "-C", strconv.Itoa(g.control)))
 	if err != nil {
 		t.Fatalf("lab: %v", err)
 	}
-	defer out.Close()
-	g.cmd = exec.Command("ip", "netns", "exec", h.NetNS, "tgtd", "-f",
-		"--iscsi", fmt.Sprintf("portal=0.0.0.0:%d", g.Port), "-C", strconv.Itoa(g.control))
-	g.cmd.Stdout, g.cmd.Stderr = out, out
-	if err := g.cmd.Start(); err != nil {
-		t.Fatalf("lab: starting tgtd on host %s: %v", h.Name, err)
-	}
-	g.done = make(chan struct{})
-	go func() { g.cmd.Wait(); close(g.done) }()
-	h.lab.teardown = append(h.lab.teardown, func() { logErr(t, g.stop()) })
+	g.proc = proc
+	// tgtd ignores SIGTERM while it has targets: delete them first. This
+	// runs before the Proc's own stop (teardown runs backwards).
+	h.lab.teardown = append(h.lab.teardown, g.deleteAll)
 	err = waitFor(10*time.Second, 100*time.Millisecond, func() (bool, error) {
 		select {
-		case <-g.done:
-			return false, fmt.Errorf("exited: %v", g.cmd.ProcessState)
+		case <-proc.Exited():
+			return false, fmt.Errorf("exited: %v", proc.cmd.ProcessState)
 		default:
 		}
 		return g.adm("--op", "show", "--mode", "target") == nil, nil
 	})
 	if err != nil {
-		t.Fatalf("lab: tgtd on host %s (pid %d) not answering: %v\n  %s", h.Name, g.cmd.Process.Pid, err, tail(g.log, 10))
+		t.Fatalf("lab: tgtd on host %s (pid %d) not answering: %v\n  %s", h.Name, proc.Pid(), err, tail(proc.Log, 10))
 	}
 	return g
 }
@@ -91,7 +83,7 @@ func (g *TGTD) AddLUN(t testing.TB, name, backing string) LUN {
 		{"--op", "bind", "--mode", "target", "--tid", tid, "-I", "ALL"},
 	} {
 		if err := g.adm(args...); err != nil {
-			t.Fatalf("lab: %v\n  %s", err, tail(g.log, 10))
+			t.Fatalf("lab: %v\n  %s", err, tail(g.proc.Log, 10))
 		}
 	}
 	return LUN{IQN: iqn, LUN: 1, Host: g.Host.Addr.String(), Port: g.Port}
@@ -117,13 +109,11 @@ func (g *TGTD) adm(args ...string) error {
 	return run("tgtadm", append([]string{"-C", strconv.Itoa(g.control), "--lld", "iscsi"}, args...)...)
 }
 
-// stop deletes the targets and the target system (tgtd ignores SIGTERM
-// while it has targets), then waits for tgtd to exit, killing it after
-// 5 s.
-func (g *TGTD) stop() error {
+// deleteAll deletes the targets and the target system, after which tgtd
+// exits.
+func (g *TGTD) deleteAll() {
 	for _, tid := range g.tids {
 		g.adm("--op", "delete", "--mode", "target", "--tid", strconv.Itoa(tid), "--force")
 	}
 	g.adm("--op", "delete", "--mode", "system")
-	return stopPID(g.cmd.Process, g.done, 5*time.Second)
 }
