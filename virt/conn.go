@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,7 +37,8 @@ const (
 type Config struct {
 	// URI names the daemon the way libvirt clients do: "qemu:///system"
 	// (the default), "qemu:///system?socket=/path/to/libvirt-sock",
-	// "qemu+unix:///system?socket=...", or "qemu+tcp://host[:port]/system".
+	// "qemu+unix:///system?socket=...", or "qemu+tcp://host[:port]/system";
+	// or it is the path of libvirtd's socket, for qemu:///system there.
 	URI string
 	// Logger receives connection events and operations; nil discards.
 	Logger *slog.Logger
@@ -106,6 +108,9 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 func parseURI(uri string) (network, address string, driverURI libvirt.ConnectURI, err error) {
 	if uri == "" {
 		uri = string(libvirt.QEMUSystem)
+	}
+	if strings.HasPrefix(uri, "/") {
+		return "unix", uri, libvirt.QEMUSystem, nil
 	}
 	u, err := url.Parse(uri)
 	if err != nil {

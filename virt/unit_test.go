@@ -16,6 +16,7 @@ func TestParseURI(t *testing.T) {
 		{"qemu:///system", "unix", "/run/libvirt/libvirt-sock", "qemu:///system"},
 		{"qemu:///system?socket=/tmp/x/libvirt-sock", "unix", "/tmp/x/libvirt-sock", "qemu:///system"},
 		{"qemu+unix:///system?socket=/s", "unix", "/s", "qemu:///system"},
+		{"/run/libvirt/libvirt-sock", "unix", "/run/libvirt/libvirt-sock", "qemu:///system"},
 		{"qemu+tcp://10.0.0.2/system", "tcp", "10.0.0.2:16509", "qemu:///system"},
 		{"qemu+tcp://[fd00::2]:16600/system", "tcp", "[fd00::2]:16600", "qemu:///system"},
 	} {

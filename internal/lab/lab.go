@@ -58,7 +58,7 @@ type Lab struct {
 
 	t        testing.TB
 	switchNS string
-	teardown []func() // run in order at cleanup: domains first
+	teardown []func() // run backwards at cleanup, once the domains are destroyed
 }
 
 // Start builds the guest (cached), creates the namespaces and starts
@@ -131,9 +131,9 @@ func (l *Lab) ipIn(ns string, args ...string) error {
 }
 
 // ensureQEMUUser creates the libvirt-qemu system user when missing:
-// libvirtd resolves its compiled-in default user before reading qemu.conf
-// (where the lab says root), and the package that creates it
-// (libvirt-daemon-system) would also start a system libvirtd.
+// libvirtd's QEMU driver fails to start without it ("Failed to parse user
+// 'libvirt-qemu'") although qemu.conf says root, and the package that
+// creates it (libvirt-daemon-system) would also start a system libvirtd.
 func ensureQEMUUser(t testing.TB) {
 	if run("getent", "passwd", "libvirt-qemu") == nil {
 		return
