@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -190,6 +191,27 @@ func TestOneHost(t *testing.T) {
 		}
 		if st, err := c.DomainState(ctx, d); err != nil || st != virt.StateRunning {
 			t.Fatalf("state %v, %v", st, err)
+		}
+	})
+
+	t.Run("hung daemon", func(t *testing.T) {
+		// A deadline holds even when libvirtd does not answer at all.
+		if err := h.Libvirtd().Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		start := time.Now()
+		_, err := c.LookupDomain(short, name)
+		took := time.Since(start)
+		cancel()
+		if err := h.Libvirtd().Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		if !errors.Is(err, context.DeadlineExceeded) || took > 2*time.Second {
+			t.Fatalf("call to a stopped libvirtd: %v after %v, want DeadlineExceeded after 500ms", err, took)
+		}
+		if _, err := c.LookupDomain(ctx, name); err != nil {
+			t.Fatalf("after SIGCONT: %v", err)
 		}
 	})
 

@@ -259,6 +259,9 @@ func (h *Host) StartLibvirtd() error {
 	return copyFiles(capsDir, shared)
 }
 
+// Libvirtd is the host's running libvirtd, nil while stopped.
+func (h *Host) Libvirtd() *Proc { return h.libvirtd }
+
 // StopLibvirtd stops the host's libvirtd (SIGTERM, then SIGKILL after
 // 10 s). Running domains keep running; the next libvirtd takes them back.
 func (h *Host) StopLibvirtd() error {

@@ -57,7 +57,7 @@ func (p *Proc) Exited() <-chan struct{} { return p.done }
 // Stop sends SIGTERM and waits for the process to exit, killing it after
 // grace. Stopping an exited process does nothing.
 func (p *Proc) Stop(grace time.Duration) error {
-	if err := p.signal(syscall.SIGTERM); err != nil {
+	if err := p.Signal(syscall.SIGTERM); err != nil {
 		return err
 	}
 	select {
@@ -71,14 +71,16 @@ func (p *Proc) Stop(grace time.Duration) error {
 // Kill sends SIGKILL and waits for the process to exit: a crash, for
 // fault tests.
 func (p *Proc) Kill() error {
-	if err := p.signal(syscall.SIGKILL); err != nil {
+	if err := p.Signal(syscall.SIGKILL); err != nil {
 		return err
 	}
 	<-p.done
 	return nil
 }
 
-func (p *Proc) signal(sig syscall.Signal) error {
+// Signal sends sig unless the process has exited, e.g. SIGSTOP and SIGCONT
+// to make a daemon hang and recover.
+func (p *Proc) Signal(sig syscall.Signal) error {
 	select {
 	case <-p.done:
 		return nil
