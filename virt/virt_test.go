@@ -215,6 +215,25 @@ func TestOneHost(t *testing.T) {
 		}
 	})
 
+	t.Run("frozen daemon is dropped", func(t *testing.T) {
+		// Frozen beyond the probe's patience, the daemon's connection is
+		// dropped; after the thaw the Conn reconnects and the event
+		// subscription resyncs.
+		if err := h.Libvirtd().Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(17 * time.Second) // probe interval 5 s + probe timeout 10 s, and some
+		if err := h.Libvirtd().Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		if e := nextEvent(t, events, name); !e.Resync {
+			t.Fatalf("first event after the thaw: %s, want resync", e)
+		}
+		if _, err := c.LookupDomain(ctx, name); err != nil {
+			t.Fatalf("after the thaw: %v", err)
+		}
+	})
+
 	t.Run("reconnect", func(t *testing.T) {
 		if err := h.StopLibvirtd(); err != nil {
 			t.Fatal(err)
