@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -65,9 +64,12 @@ func (l *Lab) newHost(i int, hooks map[string][]byte) (*Host, error) {
 	if err := h.startAnchor(); err != nil {
 		return nil, err
 	}
+	if err := l.record("hosts", h.Dir); err != nil {
+		return nil, err
+	}
 	// Registered before libvirtd is spawned, so it runs after libvirtd
 	// is stopped (teardown runs backwards).
-	l.teardown = append(l.teardown, h.killLeftoverQEMU)
+	l.teardown = append(l.teardown, func() { killQEMU(l.t, h.Dir) })
 	return h, nil
 }
 
@@ -294,29 +296,6 @@ func (h *Host) destroyDomains() {
 	}
 	for name := range strings.FieldsSeq(string(out)) {
 		logErr(h.lab.t, run("virsh", "-c", h.URI(), "destroy", name))
-	}
-}
-
-// killLeftoverQEMU kills QEMU processes whose libvirtd is gone (libvirtd
-// does not stop its domains when it exits), found by the pid files in the
-// host's private /run/libvirt/qemu.
-func (h *Host) killLeftoverQEMU() {
-	files, _ := filepath.Glob(filepath.Join(h.Dir, "run", "qemu", "*.pid"))
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil || !strings.Contains(string(cmdline), "qemu") {
-			continue // already gone, or the pid was reused
-		}
-		h.lab.t.Logf("lab cleanup: host %s: killing leftover QEMU pid %d (%s)", h.Name, pid, filepath.Base(f))
-		logErr(h.lab.t, syscall.Kill(pid, syscall.SIGKILL))
 	}
 }
 

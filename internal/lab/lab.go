@@ -11,7 +11,9 @@
 // the machine's own interfaces or routes, so it cannot collide with a real
 // network). Names carry a random run id, so concurrent runs do not collide.
 // Everything the lab starts is stopped by PID in t.Cleanup, in dependency
-// order: domains, iSCSI targets, libvirtd, leftover QEMU, namespaces.
+// order: domains, iSCSI targets, libvirtd, leftover QEMU, namespaces. A
+// run killed before its cleanup (go test -timeout) is cleaned up by the
+// next lab (RunDir).
 package lab
 
 import (
@@ -72,9 +74,13 @@ func Start(t testing.TB, opts Options) *Lab {
 	if opts.Hosts == 0 {
 		opts.Hosts = 2
 	}
+	sweep(t)
 	l := &Lab{ID: randomHex(3), Dir: t.TempDir(), t: t}
 	l.switchNS = "shl-" + l.ID + "-sw"
 	t.Cleanup(l.cleanup)
+	if err := l.register(); err != nil {
+		t.Fatalf("lab: %v", err)
+	}
 	var err error
 	if l.Guest, err = BuildGuest(t); err != nil {
 		t.Fatalf("lab: building the guest: %v", err)

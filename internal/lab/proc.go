@@ -40,6 +40,13 @@ func (h *Host) spawn(logName string, cmd *exec.Cmd) (*Proc, error) {
 		return nil, fmt.Errorf("host %s: starting %s: %w", h.Name, logName, err)
 	}
 	go func() { cmd.Wait(); close(p.done) }()
+	id, err := procIdentity(cmd.Process.Pid)
+	if err == nil {
+		err = h.lab.record("procs", id)
+	}
+	if err != nil {
+		h.lab.t.Logf("lab: host %s: recording %s (pid %d) for a later sweep: %v", h.Name, logName, cmd.Process.Pid, err)
+	}
 	h.lab.teardown = append(h.lab.teardown, func() {
 		if err := p.Stop(5 * time.Second); err != nil {
 			h.lab.t.Logf("lab cleanup: host %s: %v", h.Name, err)
