@@ -1,9 +1,7 @@
 package virt_test
 
 import (
-	"bytes"
-	"crypto/rand"
-	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,15 +25,8 @@ func TestCopyDiskAdoption(t *testing.T) {
 	ctx := t.Context()
 
 	const size = 32 << 20
-	file := rawDisk(t, l.Dir, "local.img", size)
-	data := make([]byte, 8<<20) // something to copy besides the counter
-	rand.Read(data)
-	if err := os.WriteFile(file, append(make([]byte, 512), data...), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(file, size); err != nil {
-		t.Fatal(err)
-	}
+	file := filepath.Join(l.Dir, "local.img")
+	dataDisk(t, file, size)
 	managed := rawDisk(t, l.Dir, "managed.img", size)
 	tgt := h.StartTGTD(t)
 	lun := tgt.AddLUN(t, "adopt", managed)
@@ -107,15 +98,5 @@ func TestCopyDiskAdoption(t *testing.T) {
 	}
 	t.Logf("guest counts on the LUN: file stopped at %d, LUN at %d", last, n)
 
-	a, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(managed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(a[512:], b[512:]) {
-		t.Fatal("the LUN does not hold the file's data beyond the counter sector")
-	}
+	sameBeyondCounter(t, file, managed)
 }

@@ -1,7 +1,9 @@
 package virt_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"os"
@@ -42,6 +44,38 @@ func rawDisk(t *testing.T, dir, name string, size int64) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// dataDisk creates a raw image of size bytes at path holding 8 MiB of
+// random data after sector 0 (where the guest counts), so that a copy of
+// the disk has something to get wrong.
+func dataDisk(t *testing.T, path string, size int64) {
+	t.Helper()
+	data := make([]byte, 512+8<<20)
+	rand.Read(data[512:])
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sameBeyondCounter fails the test unless two images are equal after
+// sector 0.
+func sameBeyondCounter(t *testing.T, a, b string) {
+	t.Helper()
+	x, err := os.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := os.ReadFile(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(x) != len(y) || !bytes.Equal(x[512:], y[512:]) {
+		t.Fatalf("%s and %s differ beyond the counter sector", a, b)
+	}
 }
 
 // waitCounter waits until the guest's counter on image passes after.

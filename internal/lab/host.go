@@ -27,7 +27,8 @@ type Host struct {
 	NetNS    string
 	// Dir holds the host's private libvirt directories (etc, run, lib,
 	// log, cache), bind-mounted over /etc/libvirt, /run/libvirt, ... in
-	// its mount namespace, and readable from outside for tests.
+	// its mount namespace, and readable from outside for tests; and its
+	// local storage, DIR/instances, mounted at InstancesPath.
 	Dir string
 
 	lab      *Lab
@@ -103,8 +104,17 @@ func (h *Host) InstallHook(name string, script []byte) error {
 	return os.WriteFile(filepath.Join(dir, name), script, 0o755)
 }
 
+// InstancesPath is each host's local, unshared storage as its libvirtd and
+// QEMU see it, like Nova's instances_path: the same path names a
+// different file on each host, so a disk there must be copied (or
+// adopted) to move with its VM. From outside: Host.Instances.
+const InstancesPath = "/var/lib/shareless-lab/instances"
+
+// Instances is the outside path of the host's InstancesPath.
+func (h *Host) Instances() string { return filepath.Join(h.Dir, "instances") }
+
 func (h *Host) writeConfig() error {
-	for _, d := range []string{"etc/qemu", "etc/hooks/qemu.d", "run", "lib/qemu", "log/qemu", "cache/qemu/capabilities"} {
+	for _, d := range []string{"etc/qemu", "etc/hooks/qemu.d", "run", "lib/qemu", "log/qemu", "cache/qemu/capabilities", "instances"} {
 		if err := os.MkdirAll(filepath.Join(h.Dir, d), 0o755); err != nil {
 			return err
 		}
@@ -197,7 +207,7 @@ func (h *Host) startAnchor() error {
 		"--", "sh", "-c", anchorScript, "anchor", h.Hostname, h.Dir,
 		// The host's subdirectories and where libvirtd sees them.
 		"etc", "/etc/libvirt", "run", "/run/libvirt", "lib", "/var/lib/libvirt",
-		"log", "/var/log/libvirt", "cache", "/var/cache/libvirt"}
+		"log", "/var/log/libvirt", "cache", "/var/cache/libvirt", "instances", InstancesPath}
 	p, err := h.spawn("anchor", exec.Command("ip", args...))
 	if err != nil {
 		return err
