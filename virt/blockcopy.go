@@ -108,8 +108,8 @@ func (d ISCSIDisk) XML() (string, error) {
 // (libvirt >= 8.0), as a transient job, so it works on Nova's persistent
 // domains. It waits until the mirror is ready (block job at its end and
 // libvirt's mirror ready='yes', which Nova also checks because the first
-// alone has lied), then pivots. On any failure, or if ctx ends, the copy
-// is cancelled and the guest stays on its old disk.
+// alone has lied), then pivots. On any failure, or if ctx ends before
+// the pivot, the copy is cancelled and the guest stays on its old disk.
 //
 // libvirt (9.0, measured by the test) writes the pivot into the persistent
 // definition too, so libvirt itself would boot from the LUN; but Nova
@@ -138,21 +138,31 @@ func (c *Conn) CopyDisk(ctx context.Context, d Domain, target string, dst ISCSID
 	}
 	start := time.Now()
 	log.Info("block copy started")
-	if err := c.waitMirrorReady(ctx, d, target); err != nil {
+	// abandon cancels the copy; after a failed pivot too, since a job
+	// left mirroring would never end (if the pivot did happen, there is
+	// no job left to cancel and libvirt says so).
+	abandon := func(cause error) error {
 		actx, cancel := detached(ctx)
 		defer cancel()
-		abortErr := do(actx, c, op+": cancel", notIdempotent, func(l *libvirt.Libvirt) error {
+		err := do(actx, c, op+": cancel", notIdempotent, func(l *libvirt.Libvirt) error {
 			return l.DomainBlockJobAbort(d.raw(), target, 0)
 		})
-		log.Warn("block copy cancelled", "err", err, "cancel_err", abortErr)
-		return errors.Join(err, abortErr)
+		log.Warn("block copy cancelled", "err", cause, "cancel_err", err)
+		return errors.Join(cause, err)
+	}
+	if err := c.waitMirrorReady(ctx, d, target); err != nil {
+		return abandon(err)
 	}
 	log.Info("block copy ready; pivoting", "after", time.Since(start).Round(time.Millisecond))
 	pctx, cancel := detached(ctx)
 	defer cancel()
-	return do(pctx, c, op+": pivot", notIdempotent, func(l *libvirt.Libvirt) error {
+	if err := do(pctx, c, op+": pivot", notIdempotent, func(l *libvirt.Libvirt) error {
 		return l.DomainBlockJobAbort(d.raw(), target, libvirt.DomainBlockJobAbortPivot)
-	})
+	}); err != nil {
+		return abandon(err)
+	}
+	log.Info("pivoted", "took", time.Since(start).Round(time.Millisecond))
+	return nil
 }
 
 // waitMirrorReady polls until the copy of target is ready to pivot.

@@ -215,7 +215,7 @@ func (c *Conn) Migrate(ctx context.Context, d Domain, o MigrateOptions) error {
 	select {
 	case err := <-done:
 		if err != nil {
-			log.Warn("live migration failed", "err", err, "after", time.Since(start))
+			log.Warn("live migration failed", "err", err, "after", time.Since(start).Round(time.Millisecond))
 			return err
 		}
 		log.Info("live migration done", "took", time.Since(start).Round(time.Millisecond))
