@@ -1,7 +1,10 @@
 package virt_test
 
 import (
+	"bytes"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -75,6 +78,16 @@ func TestCopyDiskAdoption(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("adopted a %d MiB disk in %v", size>>20, time.Since(start).Round(time.Millisecond))
+	// What libvirt asked of QEMU: a mirror in write-blocking mode (the
+	// synchronous-writes flag).
+	qmp, err := os.ReadFile(filepath.Join(h.Dir, "log", "libvirtd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirror := regexp.MustCompile(`"execute":"blockdev-mirror".*`).Find(qmp)
+	if !bytes.Contains(mirror, []byte(`"copy-mode":"write-blocking"`)) {
+		t.Fatalf("no write-blocking blockdev-mirror in libvirtd's QMP log; found: %s", mirror)
+	}
 
 	live, err := c.DomainXML(ctx, d, 0)
 	if err != nil || !strings.Contains(live, "protocol='iscsi' name='"+lun.IQN+"/1'") || strings.Contains(live, "<mirror") {

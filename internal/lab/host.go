@@ -121,7 +121,9 @@ func (h *Host) writeConfig() error {
 	}
 	files := map[string]string{
 		// Unix sockets without auth for the tests; TCP without auth
-		// between the hosts, on the host's lab address only.
+		// between the hosts, on the host's lab address only. The log
+		// has warnings, plus the QMP commands libvirt sends to QEMU, so
+		// that a test can check what libvirt asked QEMU to do.
 		"libvirtd.conf": fmt.Sprintf(`unix_sock_dir = "/run/libvirt"
 unix_sock_group = "root"
 unix_sock_ro_perms = "0777"
@@ -135,7 +137,8 @@ tcp_port = "16509"
 auth_tcp = "none"
 host_uuid = %q
 log_level = 3
-log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+log_filters = "1:qemu.qemu_monitor"
+log_outputs = "1:file:/var/log/libvirt/libvirtd.log"
 `, h.Addr, h.UUID),
 		// QEMU as root without cgroups, namespaces, security labels or
 		// virtlogd: what a container can do. Migration on the lab address.
