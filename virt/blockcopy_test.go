@@ -2,7 +2,6 @@ package virt_test
 
 import (
 	"bytes"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -80,11 +79,7 @@ func TestCopyDiskAdoption(t *testing.T) {
 	t.Logf("adopted a %d MiB disk in %v", size>>20, time.Since(start).Round(time.Millisecond))
 	// What libvirt asked of QEMU: a mirror in write-blocking mode (the
 	// synchronous-writes flag).
-	qmp, err := os.ReadFile(filepath.Join(h.Dir, "log", "libvirtd.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mirror := regexp.MustCompile(`"execute":"blockdev-mirror".*`).Find(qmp)
+	mirror := regexp.MustCompile(`"execute":"blockdev-mirror".*`).Find(qmpLog(t, h))
 	if !bytes.Contains(mirror, []byte(`"copy-mode":"write-blocking"`)) {
 		t.Fatalf("no write-blocking blockdev-mirror in libvirtd's QMP log; found: %s", mirror)
 	}

@@ -1,6 +1,7 @@
 package virt_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -135,10 +136,12 @@ func TestMigrateThereAndBack(t *testing.T) {
 		evFrom, stopFrom := subscribe(src)
 		evTo, stopTo := subscribe(dst)
 		mctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		watch := watchJob(ctx, src, d)
 		start := time.Now()
 		err = src.Migrate(mctx, d, virt.MigrateOptions{DestURI: hosts[hop.to].MigrationURI(), DestXML: destXML})
 		wall := time.Since(start)
 		cancel()
+		srcJob := watch()
 		if err != nil {
 			t.Fatalf("migrate %s: %v", label, err)
 		}
@@ -167,13 +170,21 @@ func TestMigrateThereAndBack(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if js.Type != virt.JobCompleted || js.Operation != virt.JobMigrationIn || js.DiskTotal != 0 {
-			t.Fatalf("%s: completed job %+v, want an incoming RAM-only migration", label, js)
+		if js.Type != virt.JobCompleted || js.Operation != virt.JobMigrationIn {
+			t.Fatalf("%s: completed job %+v, want an incoming migration", label, js)
+		}
+		// RAM only: the source's job never had a disk to copy, and the
+		// destination's QEMU never served NBD.
+		if srcJob.MemoryTotal == 0 || srcJob.DiskTotal != 0 {
+			t.Fatalf("%s: source job %+v, want memory and no disk", label, srcJob)
+		}
+		if bytes.Contains(qmpLog(t, hosts[hop.to]), []byte("nbd-server-start")) {
+			t.Fatalf("%s: the destination started an NBD server", label)
 		}
 		after := waitCounter(t, img, before, 10*time.Second)
-		t.Logf("migration %s: downtime=%v total=%v wall=%v memory=%.1fMiB of %.1fMiB in %d iterations, disk copied=%d bytes; counter %d -> %d",
+		t.Logf("migration %s: downtime=%v total=%v wall=%v memory=%.1fMiB of %.1fMiB in %d iterations, disk copied=%d bytes (source job); counter %d -> %d",
 			label, js.Downtime, js.Elapsed, wall.Round(time.Millisecond), mib(js.MemoryProcessed), mib(js.MemoryTotal),
-			js.MemoryIteration, js.DiskProcessed, before, after)
+			js.MemoryIteration, srcJob.DiskProcessed, before, after)
 	}
 }
 
@@ -250,6 +261,9 @@ func TestBlockMigration(t *testing.T) {
 	}
 	if src.DiskTotal != size || src.DiskProcessed == 0 {
 		t.Fatalf("source job %+v: want the %d-byte disk copied", src, size)
+	}
+	if !bytes.Contains(qmpLog(t, b), []byte("nbd-server-start")) {
+		t.Fatal("the destination never started an NBD server")
 	}
 	last, err := lab.ReadCounter(srcFile)
 	if err != nil {

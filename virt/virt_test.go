@@ -78,6 +78,17 @@ func sameBeyondCounter(t *testing.T, a, b string) {
 	}
 }
 
+// qmpLog returns the host's libvirtd log, which the lab makes hold every
+// QMP command libvirt sent to QEMU.
+func qmpLog(t *testing.T, h *lab.Host) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(h.Dir, "log", "libvirtd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // waitCounter waits until the guest's counter on image passes after.
 func waitCounter(t *testing.T, image string, after uint64, timeout time.Duration) uint64 {
 	t.Helper()
