@@ -75,9 +75,16 @@ func Start(t testing.TB, opts Options) *Lab {
 		opts.Hosts = 2
 	}
 	sweep(t)
-	l := &Lab{ID: randomHex(3), Dir: t.TempDir(), t: t}
+	l := &Lab{ID: randomHex(3), t: t}
 	l.switchNS = "shl-" + l.ID + "-sw"
 	t.Cleanup(l.cleanup)
+	// A short directory, not t.TempDir (named after the test): unix
+	// socket paths such as DIR/host-a/run/libvirt-sock must fit 108 bytes.
+	l.Dir = filepath.Join(os.TempDir(), "shl-"+l.ID)
+	if err := os.Mkdir(l.Dir, 0o755); err != nil {
+		t.Fatalf("lab: %v", err)
+	}
+	l.teardown = append(l.teardown, func() { logErr(t, os.RemoveAll(l.Dir)) })
 	if err := l.register(); err != nil {
 		t.Fatalf("lab: %v", err)
 	}
