@@ -57,11 +57,11 @@ while true; do
 done
 `
 
-// BuildGuest returns the guest, building it on first use from the .debs
+// ensureGuest returns the guest, building it on first use from the .debs
 // of the running Debian (apt-get download) into CacheDir. Concurrent runs
 // serialize on a lock; a change of kernel or of the guest's recipe makes a
 // new build.
-func BuildGuest(t testing.TB) (Guest, error) {
+func ensureGuest(t testing.TB) (Guest, error) {
 	kpkg, err := kernelPackage()
 	if err != nil {
 		return Guest{}, err

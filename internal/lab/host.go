@@ -88,14 +88,15 @@ func (h *Host) MigrationURI() string {
 
 // Command prepares a command that runs inside the host: its network, mount
 // and UTS namespaces, seeing the host's /etc/libvirt and /run/libvirt.
-// This is how a test runs an agent or `shareless export` "on" a host.
+// This is how a test runs a command such as `shareless export` "on" a
+// host; Spawn runs a long-lived one (the agent) in the background.
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "nsenter", append([]string{"--target", strconv.Itoa(h.anchor.Pid()),
 		"--mount", "--uts", "--net", "--", name}, args...)...)
 }
 
 // InstallHook installs a libvirt qemu hook as /etc/libvirt/hooks/qemu.d/NAME.
-// libvirtd notices new hooks when it starts (RestartLibvirtd).
+// libvirtd notices new hooks when it starts (StopLibvirtd, StartLibvirtd).
 func (h *Host) InstallHook(name string, script []byte) error {
 	dir := filepath.Join(h.Dir, "etc", "hooks", "qemu.d")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -286,14 +287,6 @@ func (h *Host) StopLibvirtd() error {
 	err := h.libvirtd.Stop(10 * time.Second)
 	h.libvirtd = nil
 	return err
-}
-
-// RestartLibvirtd stops and starts the host's libvirtd.
-func (h *Host) RestartLibvirtd() error {
-	if err := h.StopLibvirtd(); err != nil {
-		return err
-	}
-	return h.StartLibvirtd()
 }
 
 // destroyDomains powers off every domain of a running libvirtd, so that

@@ -89,7 +89,7 @@ func Start(t testing.TB, opts Options) *Lab {
 		t.Fatalf("lab: %v", err)
 	}
 	var err error
-	if l.Guest, err = BuildGuest(t); err != nil {
+	if l.Guest, err = ensureGuest(t); err != nil {
 		t.Fatalf("lab: building the guest: %v", err)
 	}
 	if err := run("ip", "netns", "add", l.switchNS); err != nil {
