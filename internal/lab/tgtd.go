@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,8 +71,10 @@ func (h *Host) StartTGTD(t testing.TB) *TGTD {
 }
 
 // AddLUN exports the file backing as LUN 1 of a new target, open to any
-// initiator, and returns how a guest on the target's own host reaches it
-// over the lab network. Use Host: "127.0.0.1" from the same host.
+// initiator, and returns how a guest reaches it over the lab network. Use
+// Host: "127.0.0.1" from the target's own host. The IQN depends on the
+// lab and name only, so each host's tgtd can serve the same IQN on its
+// own loopback, as each host's agent serves a managed disk.
 func (g *TGTD) AddLUN(t testing.TB, name, backing string) LUN {
 	t.Helper()
 	iqn := "iqn.2026-11.lab.shareless:" + g.Host.lab.ID + "-" + name
@@ -103,6 +106,18 @@ func (g *TGTD) RequireCHAP(t testing.TB, lun LUN, user, password string) {
 	if err := g.adm("--op", "bind", "--mode", "account", "--tid", strconv.Itoa(tid), "--user", user); err != nil {
 		t.Fatalf("lab: %v", err)
 	}
+}
+
+// Sessions returns how many iSCSI sessions are logged in to lun's target:
+// which host's QEMU uses it.
+func (g *TGTD) Sessions(t testing.TB, lun LUN) int {
+	t.Helper()
+	out, err := exec.Command("tgtadm", "-C", strconv.Itoa(g.control), "--lld", "iscsi",
+		"--op", "show", "--mode", "conn", "--tid", strconv.Itoa(g.tids[lun.IQN])).CombinedOutput()
+	if err != nil {
+		t.Fatalf("lab: tgtadm show conn: %v: %s", err, out)
+	}
+	return strings.Count(string(out), "Session:")
 }
 
 func (g *TGTD) adm(args ...string) error {
