@@ -297,13 +297,19 @@ func (c *peerClient) call(ctx context.Context, method, path string, out any) err
 	if err != nil {
 		return fmt.Errorf("peer %s: %s %s: %w", c.host, method, path, err)
 	}
-	if err := c.sign.checkResponse(nonce, resp, body); err != nil {
-		return fmt.Errorf("peer %s: %s %s: %w", c.host, method, path, err)
-	}
+	authErr := c.sign.checkResponse(nonce, resp, body)
 	if resp.StatusCode != http.StatusOK {
+		// A failure is reported even unsigned (a refused request is answered
+		// without the key's proof); only its text is then unverified.
 		var e struct{ Error string }
 		json.Unmarshal(body, &e)
+		if authErr != nil {
+			e.Error += " (unverified answer)"
+		}
 		return fmt.Errorf("peer %s: %s %s: %s: %s", c.host, method, path, resp.Status, e.Error)
+	}
+	if authErr != nil {
+		return fmt.Errorf("peer %s: %s %s: %w", c.host, method, path, authErr)
 	}
 	if err := json.Unmarshal(body, out); err != nil {
 		return fmt.Errorf("peer %s: %s %s: decoding answer: %w", c.host, method, path, err)
