@@ -1,0 +1,526 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	mrand "math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/shareless/shareless/internal/novaemit"
+	"github.com/shareless/shareless/internal/rabbit"
+	"github.com/shareless/shareless/internal/testenv"
+	"github.com/shareless/shareless/localapi"
+	"github.com/shareless/shareless/replicator"
+	"github.com/shareless/shareless/replicator/vfs"
+)
+
+// The end-to-end tests run real agents (the shareless binary, as separate
+// processes so that one can be SIGKILLed), one real RabbitMQ and Nova's
+// notifier library, on loopback with distinct ports. Only the processes the
+// tests start are stopped, by PID.
+
+// shared is what the package's end-to-end tests share: the binary and the
+// broker, made by the first test that needs them.
+var shared struct {
+	once   sync.Once
+	dir    string
+	bin    string
+	broker *rabbit.Server
+	err    error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared.broker != nil {
+		shared.broker.Close()
+	}
+	if shared.dir != "" {
+		os.RemoveAll(shared.dir)
+	}
+	os.Exit(code)
+}
+
+func needE2E(t *testing.T) {
+	t.Helper()
+	testenv.SkipIfShort(t)
+	testenv.NeedCommands(t, append(rabbit.Commands(), "qemu-io", "qemu-img")...)
+	novaemit.Need(t)
+	shared.once.Do(func() {
+		if shared.dir, shared.err = os.MkdirTemp("", "agent-e2e-"); shared.err != nil {
+			return
+		}
+		shared.bin = filepath.Join(shared.dir, "shareless")
+		if out, err := exec.Command("go", "build", "-o", shared.bin, "../cmd/shareless").CombinedOutput(); err != nil {
+			shared.err = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		brokerDir := filepath.Join(shared.dir, "rabbit")
+		if shared.err = os.Mkdir(brokerDir, 0o700); shared.err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		shared.broker, shared.err = rabbit.Start(ctx, brokerDir)
+	})
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+}
+
+const (
+	testCHAP  = "0123456789abcdef" // 16 bytes: what QEMU's libiscsi accepts
+	testGrain = 64 << 10
+	testChunk = 1 << 20
+)
+
+// host is one agent process and its files.
+type host struct {
+	t                                 *testing.T
+	name, dir, conf, sock, store, log string
+	iscsiPort, apiPort, metricsPort   int
+
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+type clusterOpts struct {
+	hookWait  time.Duration
+	bandwidth string // [replicator] bandwidth_limit
+}
+
+// newCluster writes the configuration of two agents that know each other
+// as peers; they are not started.
+func newCluster(t *testing.T, o clusterOpts) (a, b *host) {
+	t.Helper()
+	needE2E(t)
+	base := t.TempDir()
+	psk := filepath.Join(base, "psk")
+	chap := filepath.Join(base, "chap")
+	for f, v := range map[string]string{psk: "test pre-shared key " + t.Name(), chap: testCHAP} {
+		if err := os.WriteFile(f, []byte(v+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Host names are per test, so are the agents' queues.
+	prefix := strings.ToLower(regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(t.Name(), "-"))
+	hs := []*host{{name: prefix + "-a"}, {name: prefix + "-b"}}
+	for _, h := range hs {
+		h.t = t
+		h.dir = filepath.Join(base, h.name)
+		h.conf, h.sock = filepath.Join(h.dir, "shareless.conf"), filepath.Join(h.dir, "agent.sock")
+		h.store, h.log = filepath.Join(h.dir, "store"), filepath.Join(h.dir, "agent.log")
+		h.iscsiPort, h.apiPort, h.metricsPort = testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
+		if err := os.MkdirAll(h.dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if o.hookWait == 0 {
+		o.hookWait = 30 * time.Second
+	}
+	if o.bandwidth == "" {
+		o.bandwidth = "0"
+	}
+	for _, h := range hs {
+		conf := fmt.Sprintf(`[DEFAULT]
+host = %s
+state_path = %s
+log_level = debug
+
+[amqp]
+transport_url = %s
+reconnect_min = 100ms
+reconnect_max = 2s
+
+[iscsi]
+listen = 127.0.0.1
+port = %d
+chap_user = shareless
+chap_secret_file = %s
+
+[store]
+path = %s
+
+[api]
+listen = 127.0.0.1:%d
+psk_file = %s
+socket = %s
+metrics_listen = 127.0.0.1:%d
+
+[peers]
+%s = 127.0.0.1:%d
+%s = 127.0.0.1:%d
+
+[replicator]
+grain = %d
+chunk = %d
+bandwidth_limit = %s
+source_timeout = 20s
+hook_wait = %s
+`, h.name, filepath.Join(h.dir, "state"), shared.broker.TransportURL(), h.iscsiPort, chap, h.store,
+			h.apiPort, psk, h.sock, h.metricsPort, hs[0].name, hs[0].apiPort, hs[1].name, hs[1].apiPort,
+			testGrain, testChunk, o.bandwidth, o.hookWait)
+		if err := os.WriteFile(h.conf, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, h := range hs {
+			h.stop()
+		}
+		if t.Failed() {
+			for _, h := range hs {
+				b, _ := os.ReadFile(h.log)
+				t.Logf("log of %s:\n%s", h.name, tail(string(b), 60))
+			}
+		}
+	})
+	return hs[0], hs[1]
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// start runs the agent and waits until its local API answers.
+func (h *host) start() {
+	h.t.Helper()
+	logf, err := os.OpenFile(h.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer logf.Close()
+	h.cmd = exec.Command(shared.bin, "agent", "--config-file", h.conf)
+	h.cmd.Stdout, h.cmd.Stderr = logf, logf
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := h.cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	h.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(h.cmd, h.exited)
+	eventually(h.t, 15*time.Second, "agent "+h.name+" answers", func() (bool, string) {
+		select {
+		case <-h.exited:
+			b, _ := os.ReadFile(h.log)
+			h.t.Fatalf("agent %s exited:\n%s", h.name, tail(string(b), 20))
+		default:
+		}
+		_, err := localapi.NewClient(h.sock).Status(context.Background())
+		return err == nil, fmt.Sprint(err)
+	})
+}
+
+// signal sends sig to the agent's process and waits for it to exit.
+func (h *host) signal(sig syscall.Signal) {
+	if h.cmd == nil {
+		return
+	}
+	syscall.Kill(h.cmd.Process.Pid, sig)
+	select {
+	case <-h.exited:
+	case <-time.After(15 * time.Second):
+		syscall.Kill(h.cmd.Process.Pid, syscall.SIGKILL)
+		<-h.exited
+	}
+	h.cmd = nil
+}
+
+func (h *host) stop() { h.signal(syscall.SIGTERM) }
+func (h *host) kill() { h.signal(syscall.SIGKILL) }
+
+func (h *host) status() localapi.Status {
+	h.t.Helper()
+	raw, err := localapi.NewClient(h.sock).Status(context.Background())
+	if err != nil {
+		h.t.Fatalf("status of %s: %v", h.name, err)
+	}
+	var st localapi.Status
+	if err := json.Unmarshal(raw, &st); err != nil {
+		h.t.Fatal(err)
+	}
+	return st
+}
+
+func migration(st localapi.Status, inst, role string) (localapi.Migration, bool) {
+	for _, m := range st.Migrations {
+		if m.Instance == inst && m.Role == role {
+			return m, true
+		}
+	}
+	return localapi.Migration{}, false
+}
+
+func diskOf(st localapi.Status, inst string) (localapi.Disk, bool) {
+	for _, d := range st.Disks {
+		if d.Instance == inst {
+			return d, true
+		}
+	}
+	return localapi.Disk{}, false
+}
+
+// eventually polls cond until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %v (%s)", what, timeout, detail)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// shareless runs the binary (the hook, status) and returns its exit code
+// and output.
+func shareless(t *testing.T, stdin string, args ...string) (code int, stdout, stderr string, took time.Duration) {
+	t.Helper()
+	cmd := exec.Command(shared.bin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	took = time.Since(start)
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), out.String(), errb.String(), took
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0, out.String(), errb.String(), took
+}
+
+func newUUID(t *testing.T) string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// seedDisk creates a managed disk in h's store (the agent is not running)
+// filled with pseudo-random data, and returns its contents.
+func seedDisk(t *testing.T, h *host, ref DiskRef, size int) []byte {
+	t.Helper()
+	st, err := replicator.NewStore(vfs.OS{}, h.store, replicator.StoreOptions{Grain: testGrain, Chunk: testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := st.Create(context.Background(), ref.storeName(), int64(size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, size)
+	r := mrand.NewChaCha8([32]byte{1})
+	r.Read(data[:size*3/4]) // the last quarter stays a hole of zeroes
+	ctx := context.Background()
+	if err := rep.WriteAt(ctx, data, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// lm is a line of Nova's live migration: event from publisher's
+// nova-compute, with payload.host set to payloadHost.
+func lm(event, inst, publisher, payloadHost string) novaemit.Line {
+	return novaemit.Line{Sample: filepath.Join("..", "testdata", "nova-notifications", "resolved", "instance-live_migration_"+event+".json"),
+		PublisherID: "nova-compute:" + publisher, UUID: inst, Host: payloadHost}
+}
+
+func emit(t *testing.T, lines ...novaemit.Line) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := novaemit.Emit(ctx, shared.broker.TransportURL(), "messagingv2", lines); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// domainXML is the domain as libvirt hands it to the hook: the disk is a
+// network disk on the local portal, valid on both hosts.
+func domainXML(ref DiskRef, port int) string {
+	return fmt.Sprintf(`<domain type='qemu'><name>instance-00000001</name><uuid>%s</uuid><devices>
+<disk type='network' device='disk'><driver name='qemu' type='raw'/>
+<source protocol='iscsi' name='%s/0'><host name='127.0.0.1' port='%d'/></source><target dev='vda' bus='virtio'/></disk>
+</devices></domain>`, ref.Instance, ref.IQN(), port)
+}
+
+func hook(t *testing.T, h *host, ref DiskRef, args ...string) (int, string, time.Duration) {
+	t.Helper()
+	code, _, stderr, took := shareless(t, domainXML(ref, h.iscsiPort),
+		append([]string{"hook", "--socket", h.sock, "--state-dir", filepath.Join(h.dir, "state")}, args...)...)
+	return code, stderr, took
+}
+
+// lunURL is ref's LUN on h as QEMU names it, CHAP included.
+func lunURL(h *host, ref DiskRef) string {
+	return fmt.Sprintf("iscsi://shareless%%%s@127.0.0.1:%d/%s/0", testCHAP, h.iscsiPort, ref.IQN())
+}
+
+// qemuIO runs qemu-io commands on ref's LUN on h.
+func qemuIO(t *testing.T, h *host, ref DiskRef, cmds ...string) error {
+	t.Helper()
+	args := []string{"-f", "raw"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	out, err := exec.Command("qemu-io", append(args, lunURL(h, ref))...).CombinedOutput()
+	if err != nil || bytes.Contains(out, []byte("failed")) {
+		return fmt.Errorf("qemu-io %v: %v\n%s", cmds, err, out)
+	}
+	return nil
+}
+
+// readLUN reads ref's whole LUN on h with qemu-img.
+func readLUN(t *testing.T, h *host, ref DiskRef) []byte {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "read.raw")
+	if b, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "raw", lunURL(h, ref), out).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert: %v\n%s", err, b)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// sameBytes fails the test at the first differing offset.
+func sameBytes(t *testing.T, what string, got, want []byte) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d bytes, want %d", what, len(got), len(want))
+	}
+	if i := firstDiff(got, want); i >= 0 {
+		t.Fatalf("%s: first difference at offset %d (got %#x, want %#x)", what, i, got[i], want[i])
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return -1
+}
+
+// guestWrite is a write a guest makes on the destination during the copy.
+type guestWrite struct {
+	off, n  int
+	pattern byte
+}
+
+func (w guestWrite) qemuIO() string { return fmt.Sprintf("write -P %#x %d %d", w.pattern, w.off, w.n) }
+
+func (w guestWrite) apply(b []byte) {
+	for i := w.off; i < w.off+w.n; i++ {
+		b[i] = w.pattern
+	}
+}
+
+// waitPhase waits until h's record of inst in role reaches phase.
+func waitPhase(t *testing.T, h *host, inst, role, phase string, timeout time.Duration) {
+	t.Helper()
+	eventually(t, timeout, fmt.Sprintf("%s %s %s", h.name, role, phase), func() (bool, string) {
+		m, ok := migration(h.status(), inst, role)
+		return ok && m.Phase == phase, fmt.Sprintf("%+v", m)
+	})
+}
+
+// prepared replays a migration's beginning in Nova's order up to the
+// destination's migrate hook, which must let libvirt proceed.
+func prepared(t *testing.T, a, b *host, ref DiskRef) {
+	t.Helper()
+	emit(t, lm("pre-start", ref.Instance, b.name, a.name), lm("pre-end", ref.Instance, b.name, a.name))
+	if code, stderr, _ := hook(t, b, ref, "qemu", "instance-00000001", "migrate", "begin", "-"); code != 0 {
+		t.Fatalf("hook migrate begin on the destination: exit %d: %s", code, stderr)
+	}
+}
+
+// TestMigrationThere: a VM with a managed disk moves A→B as Nova orders
+// it; B's replica serves the guest at once, copies in the background while
+// A says it is not safe to power off, and ends with A's bytes plus the
+// guest's writes made on B.
+func TestMigrationThere(t *testing.T) {
+	a, b := newCluster(t, clusterOpts{bandwidth: "8MiB"})
+	ref, _ := NewDiskRef(newUUID(t), "disk")
+	const size = 24 << 20
+	want := seedDisk(t, a, ref, size)
+	a.start()
+	b.start()
+
+	prepared(t, a, b, ref)
+	// Pass-through: B serves A's bytes before anything is copied.
+	if err := qemuIO(t, b, ref, fmt.Sprintf("read -P 0 %d 65536", size-65536)); err != nil {
+		t.Fatal(err)
+	}
+	// The switch-over: the guest runs on B; Nova's post.start comes from A.
+	emit(t, lm("post-start", ref.Instance, a.name, a.name))
+	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+	writes := []guestWrite{{off: size - 8<<20, n: 256 << 10, pattern: 0xab}, {off: 5<<20 + 4096, n: 8192, pattern: 0xcd}}
+	for _, w := range writes {
+		if err := qemuIO(t, b, ref, w.qemuIO()); err != nil {
+			t.Fatal(err)
+		}
+		w.apply(want)
+	}
+	code, out, stderr, _ := shareless(t, "", "status", "--socket", a.sock)
+	if code != 0 || !strings.Contains(out, "safe to power off: no (1 replicas still copying from this host, ETA") {
+		t.Fatalf("status on A while B copies: exit %d\n%s%s", code, out, stderr)
+	}
+	t.Logf("status on A while copying:\n%s", out)
+	emit(t, lm("post_dest-start", ref.Instance, b.name, a.name), lm("post_dest-end", ref.Instance, b.name, b.name),
+		lm("post-end", ref.Instance, a.name, a.name))
+
+	waitPhase(t, b, ref.Instance, "dest", "copied", time.Minute)
+	waitPhase(t, a, ref.Instance, "source", "copied", 20*time.Second)
+	code, out, _, _ = shareless(t, "", "status", "--socket", a.sock)
+	if code != 0 || !strings.Contains(out, "safe to power off: yes") {
+		t.Fatalf("status on A after the copy: exit %d\n%s", code, out)
+	}
+	if m, _ := migration(b.status(), ref.Instance, "dest"); !m.Home {
+		t.Errorf("B did not record the new home: %+v", m)
+	}
+	sameBytes(t, "B's disk after the copy", readLUN(t, b, ref), want)
+
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", b.metricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m bytes.Buffer
+	m.ReadFrom(resp.Body)
+	for _, line := range []string{
+		fmt.Sprintf(`shareless_replica_bytes_remaining{instance=%q,disk="disk"} 0`, ref.Instance),
+		`shareless_notifications_total{outcome="applied"}`,
+	} {
+		if !strings.Contains(m.String(), line) {
+			t.Errorf("metrics of B lack %q:\n%s", line, m.String())
+		}
+	}
+}
