@@ -524,3 +524,131 @@ func TestMigrationThere(t *testing.T) {
 		}
 	}
 }
+
+// TestMigrationSurvivesSIGKILL: each agent is SIGKILLed in the middle of
+// the copy and started again; both resume from what they persisted (the
+// node's journal, the replica's metadata) and the copy completes exactly,
+// the guest's writes on B included.
+func TestMigrationSurvivesSIGKILL(t *testing.T) {
+	a, b := newCluster(t, clusterOpts{bandwidth: "3MiB"})
+	ref, _ := NewDiskRef(newUUID(t), "disk")
+	const size = 24 << 20
+	want := seedDisk(t, a, ref, size)
+	a.start()
+	b.start()
+	prepared(t, a, b, ref)
+	emit(t, lm("post-start", ref.Instance, a.name, a.name))
+	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+
+	local := func(min int64) func() (bool, string) {
+		return func() (bool, string) {
+			d, _ := diskOf(b.status(), ref.Instance)
+			return d.BytesLocal >= min && d.BytesLocal < size, fmt.Sprintf("%+v", d)
+		}
+	}
+	eventually(t, 20*time.Second, "B copied a little", local(2<<20))
+	w1 := guestWrite{off: size - 4<<20, n: 128 << 10, pattern: 0x5a}
+	if err := qemuIO(t, b, ref, w1.qemuIO()); err != nil {
+		t.Fatal(err)
+	}
+	w1.apply(want)
+	before, _ := diskOf(b.status(), ref.Instance)
+	b.kill()
+	b.start()
+	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+	after, _ := diskOf(b.status(), ref.Instance)
+	t.Logf("B killed at %d bytes local, resumed at %d", before.BytesLocal, after.BytesLocal)
+
+	// The source dies too; B's reads wait for it (bounded) and go on.
+	eventually(t, 30*time.Second, "B copied more", local(before.BytesLocal+2<<20))
+	a.kill()
+	time.Sleep(time.Second)
+	a.start()
+	w2 := guestWrite{off: 12<<20 + 512, n: 4096, pattern: 0xa5}
+	if err := qemuIO(t, b, ref, w2.qemuIO()); err != nil {
+		t.Fatal(err)
+	}
+	w2.apply(want)
+	emit(t, lm("post_dest-start", ref.Instance, b.name, a.name), lm("post_dest-end", ref.Instance, b.name, b.name),
+		lm("post-end", ref.Instance, a.name, a.name))
+	waitPhase(t, b, ref.Instance, "dest", "copied", time.Minute)
+	waitPhase(t, a, ref.Instance, "source", "copied", 30*time.Second)
+	sameBytes(t, "B's disk after two crashes", readLUN(t, b, ref), want)
+}
+
+// TestHookBound: libvirt's migrate hook on the destination never waits
+// longer than [replicator] hook_wait for replicas (nor the hook's own
+// --timeout), and refuses — exit non-zero, which aborts the migration.
+func TestHookBound(t *testing.T) {
+	const wait = 2 * time.Second
+	a, b := newCluster(t, clusterOpts{hookWait: wait})
+	b.start()
+	ref, _ := NewDiskRef(newUUID(t), "disk")
+
+	// No pre.start ever comes: the replicas are never ready.
+	code, stderr, took := hook(t, b, ref, "qemu", "instance-00000001", "migrate", "begin", "-")
+	if code == 0 || !strings.Contains(stderr, "replicas not ready in time") || took < wait || took > wait+2*time.Second {
+		t.Fatalf("no replicas: exit %d after %v (bound %v): %s", code, took, wait, stderr)
+	}
+	// The hook's own bound holds when it is shorter.
+	code, stderr, took = hook(t, b, ref, "--timeout", "500ms", "qemu", "instance-00000001", "migrate", "begin", "-")
+	if code == 0 || took > 2*time.Second {
+		t.Fatalf("--timeout 500ms: exit %d after %v: %s", code, took, stderr)
+	}
+	// Nova begins, but the source's agent is down: preparing fails and
+	// the hook refuses at once with the reason.
+	emit(t, lm("pre-start", ref.Instance, b.name, a.name))
+	code, stderr, took = hook(t, b, ref, "qemu", "instance-00000001", "migrate", "begin", "-")
+	if code == 0 || !strings.Contains(stderr, "replicas failed") || took > wait+2*time.Second {
+		t.Fatalf("source down: exit %d after %v: %s", code, took, stderr)
+	}
+	t.Logf("refusal: %s", strings.TrimSpace(stderr))
+}
+
+// TestRollback: Nova rolls the migration back before the switch-over; B
+// discards its replica and A's export is writable again.
+func TestRollback(t *testing.T) {
+	a, b := newCluster(t, clusterOpts{})
+	ref, _ := NewDiskRef(newUUID(t), "disk")
+	seedDisk(t, a, ref, 4<<20)
+	a.start()
+	b.start()
+	prepared(t, a, b, ref)
+	if _, ok := diskOf(b.status(), ref.Instance); !ok {
+		t.Fatal("B does not serve the replica")
+	}
+	// Seal A as a destination does before copying, so that the rollback
+	// has something to undo.
+	psk, _ := os.ReadFile(filepath.Join(filepath.Dir(a.dir), "psk"))
+	p := &peerClient{host: a.name, addr: fmt.Sprintf("127.0.0.1:%d", a.apiPort),
+		sign: newSigner(strings.TrimSpace(string(psk)), time.Now), http: http.DefaultClient}
+	if _, err := p.seal(context.Background(), ref.Instance); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := diskOf(a.status(), ref.Instance); !d.Sealed {
+		t.Fatalf("A not sealed: %+v", d)
+	}
+	if err := qemuIO(t, a, ref, "write -P 0x11 0 4096"); err == nil {
+		t.Fatal("a sealed export accepted a write")
+	}
+
+	emit(t, lm("rollback-start", ref.Instance, a.name, a.name), lm("rollback_dest-start", ref.Instance, b.name, a.name),
+		lm("rollback_dest-end", ref.Instance, b.name, a.name), lm("rollback-end", ref.Instance, a.name, a.name))
+	waitPhase(t, b, ref.Instance, "dest", "rolled-back", 20*time.Second)
+	waitPhase(t, a, ref.Instance, "source", "rolled-back", 20*time.Second)
+	eventually(t, 10*time.Second, "B's replica gone", func() (bool, string) {
+		_, open := diskOf(b.status(), ref.Instance)
+		entries, _ := os.ReadDir(b.store)
+		return !open && len(entries) == 0, fmt.Sprintf("open %v, store %v", open, entries)
+	})
+	eventually(t, 10*time.Second, "A unsealed", func() (bool, string) {
+		d, _ := diskOf(a.status(), ref.Instance)
+		return !d.Sealed, fmt.Sprintf("%+v", d)
+	})
+	if err := qemuIO(t, a, ref, "write -P 0x11 0 4096", "read -P 0x11 0 4096"); err != nil {
+		t.Fatalf("A's export after the rollback: %v", err)
+	}
+	if err := qemuIO(t, b, ref, "read 0 4096"); err == nil {
+		t.Fatal("B still serves the discarded replica")
+	}
+}
