@@ -330,14 +330,18 @@ func (a *Agent) follow(ctx context.Context, inst string, ds []*disk) error {
 	}
 }
 
-// discard (destination): the migration was rolled back; the replicas go.
-// Disks of the instance that are on disk but could not be opened (a
-// replica whose source was never reached again) are removed too.
+// discard (destination): the migration was rolled back before the
+// switch-over; the replicas go. Only pass-through replicas are discarded:
+// a disk past the switch-over holds the guest's writes (the machine never
+// rolls those back), and this host's own images are not replicas. Disks of
+// the instance that are on disk but could not be opened (a replica whose
+// source was never reached again) are removed too.
 func (a *Agent) discard(inst string) error {
 	var errs []error
 	for _, dk := range a.disks.ofInstance(inst) {
-		if dk.rep.Stats().Source.IsZero() {
-			continue // this host's own image, not a replica
+		if st := dk.rep.State(); st != replicator.StatePassThrough {
+			a.log.Warn("disk kept: not a pass-through replica", "disk", dk.ref, "state", st)
+			continue
 		}
 		a.disks.take(dk.ref)
 		errs = append(errs, dk.shut(dk.rep.Rollback))
