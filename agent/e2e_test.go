@@ -62,7 +62,11 @@ func needE2E(t *testing.T) {
 			return
 		}
 		shared.bin = filepath.Join(shared.dir, "shareless")
-		if out, err := exec.Command("go", "build", "-o", shared.bin, "../cmd/shareless").CombinedOutput(); err != nil {
+		args := []string{"build", "-o", shared.bin}
+		if raceBuild {
+			args = append(args, "-race")
+		}
+		if out, err := exec.Command("go", append(args, "../cmd/shareless")...).CombinedOutput(); err != nil {
 			shared.err = fmt.Errorf("go build: %v\n%s", err, out)
 			return
 		}
@@ -178,6 +182,9 @@ hook_wait = %s
 	t.Cleanup(func() {
 		for _, h := range hs {
 			h.stop()
+			if b, _ := os.ReadFile(h.log); bytes.Contains(b, []byte("WARNING: DATA RACE")) {
+				t.Errorf("agent %s had a data race", h.name)
+			}
 		}
 		if t.Failed() {
 			for _, h := range hs {
