@@ -469,11 +469,12 @@ func prepared(t *testing.T, a, b *host, ref DiskRef) {
 	}
 }
 
-// TestMigrationThere: a VM with a managed disk moves A→B as Nova orders
-// it; B's replica serves the guest at once, copies in the background while
-// A says it is not safe to power off, and ends with A's bytes plus the
-// guest's writes made on B.
-func TestMigrationThere(t *testing.T) {
+// TestMigrationThereAndBack: a VM with a managed disk moves A→B as Nova
+// orders it; B's replica serves the guest at once, copies in the background
+// while A says it is not safe to power off, and ends with A's bytes plus the
+// guest's writes made on B. Then it moves back B→A, and A fetches only the
+// blocks B's guest modified (design.md §2 rule 7).
+func TestMigrationThereAndBack(t *testing.T) {
 	a, b := newCluster(t, clusterOpts{bandwidth: "8MiB"})
 	ref, _ := NewDiskRef(newUUID(t), "disk")
 	const size = 24 << 20
@@ -515,6 +516,31 @@ func TestMigrationThere(t *testing.T) {
 	}
 	sameBytes(t, "B's disk after the copy", readLUN(t, b, ref), want)
 
+	checkMetrics(t, b, ref)
+
+	// The way back. A still holds its sealed image, which is exactly what
+	// B's replica copied: only the modified blocks move.
+	emit(t, lm("pre-start", ref.Instance, a.name, b.name), lm("pre-end", ref.Instance, a.name, b.name))
+	if code, stderr, _ := hook(t, a, ref, "qemu", "instance-00000001", "migrate", "begin", "-"); code != 0 {
+		t.Fatalf("hook migrate begin on A: exit %d: %s", code, stderr)
+	}
+	emit(t, lm("post-start", ref.Instance, b.name, b.name), lm("post_dest-start", ref.Instance, a.name, b.name),
+		lm("post_dest-end", ref.Instance, a.name, a.name), lm("post-end", ref.Instance, b.name, b.name))
+	waitPhase(t, a, ref.Instance, "dest", "copied", time.Minute)
+	waitPhase(t, b, ref.Instance, "source", "copied", 20*time.Second)
+	d, _ := diskOf(a.status(), ref.Instance)
+	modified := int64(4*testGrain + testGrain) // the two writes, in whole tracking blocks
+	if d.BytesCopied != modified {
+		t.Errorf("way back copied %d bytes, want the %d modified on B", d.BytesCopied, modified)
+	}
+	sameBytes(t, "A's disk after the way back", readLUN(t, a, ref), want)
+	_, out, _, _ = shareless(t, "", "status", "--socket", a.sock)
+	t.Logf("status on A after the way back:\n%s", out)
+}
+
+// checkMetrics reads b's /metrics after a complete copy of ref.
+func checkMetrics(t *testing.T, b *host, ref DiskRef) {
+	t.Helper()
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", b.metricsPort))
 	if err != nil {
 		t.Fatal(err)

@@ -130,7 +130,7 @@ func (b localBackend) Status(ctx context.Context) (json.RawMessage, error) {
 	for _, dk := range a.disks.all() {
 		s := dk.rep.Stats()
 		d := localapi.Disk{Instance: dk.ref.Instance, Disk: dk.ref.Disk, IQN: dk.ref.IQN(), State: s.State.String(),
-			Sealed: s.Sealed, Size: s.Size, BytesLocal: s.BytesLocal, BytesRemaining: s.BytesRemaining,
+			Sealed: s.Sealed, Size: s.Size, BytesLocal: s.BytesLocal, BytesRemaining: s.BytesRemaining, BytesCopied: s.BytesCopied,
 			Rate: s.Rate, ETASeconds: s.ETA.Seconds()}
 		if !s.SourceDownSince.IsZero() {
 			d.SourceDownSince = &s.SourceDownSince

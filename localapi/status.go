@@ -41,10 +41,13 @@ type Disk struct {
 	Sealed   bool   `json:"sealed"`
 	Size     int64  `json:"size"`
 	// BytesLocal are held here, BytesRemaining only at the source.
-	BytesLocal     int64   `json:"bytes_local"`
-	BytesRemaining int64   `json:"bytes_remaining"`
-	Rate           float64 `json:"rate"`
-	ETASeconds     float64 `json:"eta_seconds"`
+	BytesLocal     int64 `json:"bytes_local"`
+	BytesRemaining int64 `json:"bytes_remaining"`
+	// BytesCopied were fetched from the source since the disk was opened:
+	// the whole disk for a full copy, the modified blocks for a way back.
+	BytesCopied int64   `json:"bytes_copied"`
+	Rate        float64 `json:"rate"`
+	ETASeconds  float64 `json:"eta_seconds"`
 	// SourceDownSince is set while the source does not answer.
 	SourceDownSince *time.Time `json:"source_down_since,omitempty"`
 }

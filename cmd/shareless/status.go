@@ -90,8 +90,12 @@ func printStatus(w io.Writer, st *localapi.Status) {
 		if d.Sealed {
 			sealed = " sealed"
 		}
-		fmt.Fprintf(w, "  %s/%s  %s%s  %s\n", d.Instance, d.Disk, d.State, sealed,
-			progressLine(d.BytesLocal, d.Size, d.Rate, seconds(d.ETASeconds)))
+		copied := ""
+		if d.BytesCopied > 0 {
+			copied = "  copied " + human(d.BytesCopied)
+		}
+		fmt.Fprintf(w, "  %s/%s  %s%s  %s%s\n", d.Instance, d.Disk, d.State, sealed,
+			progressLine(d.BytesLocal, d.Size, d.Rate, seconds(d.ETASeconds)), copied)
 		if d.SourceDownSince != nil {
 			fmt.Fprintf(w, "    ALERT: source unreachable since %s\n", d.SourceDownSince.UTC().Format(time.RFC3339))
 		}
