@@ -149,7 +149,11 @@ func (d *disks) openStore(ctx context.Context) error {
 			continue
 		}
 		rep, err := d.store.Open(ctx, name, nil, replicator.ReplicaOptions{})
-		if err != nil {
+		switch {
+		case errors.Is(err, replicator.ErrCorruptMetadata):
+			d.log.Error("disk not opened: its metadata is corrupt", "disk", ref, "err", err)
+			continue
+		case err != nil:
 			d.log.Info("disk not opened at start; its migration reopens it", "disk", ref, "err", err)
 			continue
 		}

@@ -655,6 +655,11 @@ func TestRollback(t *testing.T) {
 	psk, _ := os.ReadFile(filepath.Join(filepath.Dir(a.dir), "psk"))
 	p := &peerClient{host: a.name, addr: fmt.Sprintf("127.0.0.1:%d", a.apiPort),
 		sign: newSigner(strings.TrimSpace(string(psk)), time.Now), http: http.DefaultClient}
+	impostor := *p
+	impostor.sign = newSigner("not the cloud's key", time.Now)
+	if _, err := impostor.seal(context.Background(), ref.Instance); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("the agent took a seal signed with the wrong key: %v", err)
+	}
 	if _, err := p.seal(context.Background(), ref.Instance); err != nil {
 		t.Fatal(err)
 	}
