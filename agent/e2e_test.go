@@ -475,7 +475,7 @@ func prepared(t *testing.T, a, b *host, ref DiskRef) {
 // guest's writes made on B. Then it moves back B→A, and A fetches only the
 // blocks B's guest modified (design.md §2 rule 7).
 func TestMigrationThereAndBack(t *testing.T) {
-	a, b := newCluster(t, clusterOpts{bandwidth: "8MiB"})
+	a, b := newCluster(t, clusterOpts{bandwidth: "4MiB"})
 	ref, _ := NewDiskRef(newUUID(t), "disk")
 	const size = 24 << 20
 	want := seedDisk(t, a, ref, size)
@@ -490,6 +490,11 @@ func TestMigrationThereAndBack(t *testing.T) {
 	// The switch-over: the guest runs on B; Nova's post.start comes from A.
 	emit(t, lm("post-start", ref.Instance, a.name, a.name))
 	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+	code, out, stderr, _ := shareless(t, "", "status", "--socket", a.sock)
+	if code != 0 || !strings.Contains(out, "safe to power off: no (1 replicas still copying from this host, ETA") {
+		t.Fatalf("status on A while B copies: exit %d\n%s%s", code, out, stderr)
+	}
+	t.Logf("status on A while copying:\n%s", out)
 	writes := []guestWrite{{off: size - 8<<20, n: 256 << 10, pattern: 0xab}, {off: 5<<20 + 4096, n: 8192, pattern: 0xcd}}
 	for _, w := range writes {
 		if err := qemuIO(t, b, ref, w.qemuIO()); err != nil {
@@ -497,11 +502,9 @@ func TestMigrationThereAndBack(t *testing.T) {
 		}
 		w.apply(want)
 	}
-	code, out, stderr, _ := shareless(t, "", "status", "--socket", a.sock)
-	if code != 0 || !strings.Contains(out, "safe to power off: no (1 replicas still copying from this host, ETA") {
-		t.Fatalf("status on A while B copies: exit %d\n%s%s", code, out, stderr)
+	if d, _ := diskOf(b.status(), ref.Instance); d.State != "copying" {
+		t.Logf("note: the copy finished before the guest's writes (%+v); they still count", d)
 	}
-	t.Logf("status on A while copying:\n%s", out)
 	emit(t, lm("post_dest-start", ref.Instance, b.name, a.name), lm("post_dest-end", ref.Instance, b.name, b.name),
 		lm("post-end", ref.Instance, a.name, a.name))
 
@@ -620,7 +623,8 @@ func TestHookBound(t *testing.T) {
 
 	// No pre.start ever comes: the replicas are never ready.
 	code, stderr, took := hook(t, b, ref, "qemu", "instance-00000001", "migrate", "begin", "-")
-	if code == 0 || !strings.Contains(stderr, "replicas not ready in time") || took < wait || took > wait+2*time.Second {
+	// The node answers on the first tick (1 s) after the deadline.
+	if code == 0 || !strings.Contains(stderr, "replicas not ready in time") || took < wait || took > wait+3*time.Second {
 		t.Fatalf("no replicas: exit %d after %v (bound %v): %s", code, took, wait, stderr)
 	}
 	// The hook's own bound holds when it is shorter.
