@@ -7,3 +7,5 @@ require (
 	github.com/rabbitmq/amqp091-go v1.16.0
 	gopkg.in/ini.v1 v1.67.3
 )
+
+require gopkg.in/yaml.v2 v2.4.0 // indirect

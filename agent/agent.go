@@ -44,6 +44,7 @@ type Agent struct {
 	hooks    *hookWaiters
 	metrics  *metrics
 	peerHTTP *http.Client
+	nova     *novaHosts // nil without [openstack] credentials
 
 	apiLn, metricsLn, localLn net.Listener
 
@@ -63,6 +64,7 @@ func New(cfg config.Config, opts Options) (_ *Agent, err error) {
 	}
 	a.log = a.log.With("host", cfg.Default.Host)
 	a.exec = &executor{a: a, queues: make(map[string][]novahook.Action)}
+	a.nova = newNovaHosts(cfg.OpenStack, a.clock.Now)
 	var closers []func() error
 	defer func() {
 		if err != nil {

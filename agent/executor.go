@@ -107,7 +107,7 @@ func (a *Agent) perform(ctx context.Context, act novahook.Action) error {
 		return nil
 	case novahook.ReportCopied:
 		return a.retry(ctx, "report copied to "+x.Source, func(ctx context.Context) error {
-			p, err := a.peer(x.Source)
+			p, err := a.peer(ctx, x.Source)
 			if err != nil {
 				return err
 			}
@@ -146,7 +146,7 @@ func (a *Agent) prepare(ctx context.Context, inst, source string) error {
 // ensureReplicas makes every managed disk the source holds for inst open
 // here as a replica of it, exported, and returns the source's listing.
 func (a *Agent) ensureReplicas(ctx context.Context, inst, source string) error {
-	p, err := a.peer(source)
+	p, err := a.peer(ctx, source)
 	if err != nil {
 		return err
 	}
@@ -243,7 +243,7 @@ func (a *Agent) startCopy(ctx context.Context, inst, source string) error {
 			if err := a.ensureReplicas(ctx, inst, source); err != nil {
 				return err
 			}
-			p, err := a.peer(source)
+			p, err := a.peer(ctx, source)
 			if err != nil {
 				return err
 			}

@@ -151,13 +151,13 @@ func (a *Agent) outgoing(ctx context.Context, m novahook.Migration) localapi.Out
 		o.Error = "destination not known yet"
 		return o
 	}
-	p, err := a.peer(m.Dest)
+	ctx, cancel := context.WithTimeout(ctx, statusPeerTimeout)
+	defer cancel()
+	p, err := a.peer(ctx, m.Dest)
 	if err != nil {
 		o.Error = err.Error()
 		return o
 	}
-	ctx, cancel := context.WithTimeout(ctx, statusPeerTimeout)
-	defer cancel()
 	r, err := p.progress(ctx, m.Instance)
 	if err != nil {
 		o.Error = err.Error()

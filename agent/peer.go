@@ -258,12 +258,20 @@ type peerClient struct {
 	http *http.Client
 }
 
-// peer returns the client of a Nova host's agent, from [peers]. Looking
-// peers up in Nova (hypervisor host_ip) is not implemented yet.
-func (a *Agent) peer(host string) (*peerClient, error) {
+// peer returns the client of a Nova host's agent: its address from
+// [peers], else its hypervisor's host_ip in Nova, with the port of
+// [api] listen when the address has none.
+func (a *Agent) peer(ctx context.Context, host string) (*peerClient, error) {
 	addr, ok := a.cfg.Peers[host]
 	if !ok {
-		return nil, fmt.Errorf("peer %q is not in [peers] (looking peers up in Nova is not implemented)", host)
+		if a.nova == nil {
+			return nil, fmt.Errorf("peer %q is not in [peers], and [openstack] has no credentials to look it up in Nova", host)
+		}
+		ip, err := a.nova.hostIP(ctx, host)
+		if err != nil {
+			return nil, fmt.Errorf("peer %q: %w", host, err)
+		}
+		addr = ip
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		_, port, _ := net.SplitHostPort(a.cfg.API.Listen)
