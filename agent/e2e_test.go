@@ -244,7 +244,15 @@ func (h *host) signal(sig syscall.Signal) {
 	h.cmd = nil
 }
 
-func (h *host) stop() { h.signal(syscall.SIGTERM) }
+// stop stops the agent as systemd does; it must exit cleanly.
+func (h *host) stop() {
+	cmd := h.cmd
+	h.signal(syscall.SIGTERM)
+	if cmd != nil && cmd.ProcessState.ExitCode() != 0 {
+		h.t.Errorf("agent %s: %v after SIGTERM", h.name, cmd.ProcessState)
+	}
+}
+
 func (h *host) kill() { h.signal(syscall.SIGKILL) }
 
 func (h *host) status() localapi.Status {
@@ -640,6 +648,23 @@ func TestHookBound(t *testing.T) {
 		t.Fatalf("source down: exit %d after %v: %s", code, took, stderr)
 	}
 	t.Logf("refusal: %s", strings.TrimSpace(stderr))
+
+	// An adopted instance must not boot Nova's stale file disk.
+	guard := filepath.Join(b.dir, "state", "guard")
+	if err := os.MkdirAll(guard, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(guard, "instance-00000001"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fileXML := fmt.Sprintf(`<domain><name>instance-00000001</name><uuid>%s</uuid><devices><disk type='file' device='disk'><source file='/var/lib/nova/instances/%s/disk'/></disk></devices></domain>`, ref.Instance, ref.Instance)
+	code, _, stderr, _ = shareless(t, fileXML, "hook", "--socket", b.sock, "qemu", "instance-00000001", "prepare", "begin", "-")
+	if code == 0 || !strings.Contains(stderr, "was adopted") {
+		t.Fatalf("adopted instance on a file disk: exit %d: %s", code, stderr)
+	}
+	if code, stderr, _ := hook(t, b, ref, "qemu", "instance-00000001", "prepare", "begin", "-"); code != 0 {
+		t.Fatalf("adopted instance on its managed disk: exit %d: %s", code, stderr)
+	}
 }
 
 // TestRollback: Nova rolls the migration back before the switch-over; B
