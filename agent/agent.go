@@ -166,20 +166,6 @@ func loopback(hostport string) bool {
 // that stopped).
 func (a *Agent) fail(err error) { a.cancel(err) }
 
-// Addrs are the bound addresses, for tests and logs that use port 0.
-type Addrs struct {
-	ISCSI, API, Metrics net.Addr // Metrics is nil when disabled
-}
-
-// Addrs returns the agent's bound addresses.
-func (a *Agent) Addrs() Addrs {
-	ad := Addrs{ISCSI: a.portal.addr(), API: a.apiLn.Addr()}
-	if a.metricsLn != nil {
-		ad.Metrics = a.metricsLn.Addr()
-	}
-	return ad
-}
-
 // Run serves until ctx ends (it then returns nil) or a part of the agent
 // fails (it returns why). Everything is closed when it returns.
 func (a *Agent) Run(ctx context.Context) error {

@@ -26,4 +26,20 @@
 // its exports (design.md §2 rule 5): the destination asks for the seal
 // itself, so it does not depend on the order in which the two agents hear
 // Nova's notifications.
+//
+// # Restarts
+//
+// Everything the agent must remember is on disk: the migrations in the
+// node's journal under [DEFAULT] state_path, the disks and their copy
+// progress in the store. At start every disk that opens without a source is
+// exported again; a replica still reading from another host is reopened,
+// with a new session to that host, by the actions the node repeats for its
+// unfinished migrations (Node.Restart).
+//
+// # Peers
+//
+// Agents reach each other on the control API (API.md), HMAC-signed with
+// the cloud's pre-shared key. A peer's address comes from [peers], else from
+// Nova (its hypervisor's host_ip); its iSCSI portal is the same address with
+// the port it reports.
 package agent
