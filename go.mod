@@ -11,3 +11,5 @@ require (
 )
 
 require golang.org/x/crypto v0.55.0 // indirect
+
+require gopkg.in/yaml.v2 v2.4.0 // indirect

@@ -140,24 +140,31 @@ func (t *Target) accept(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 		}
-		c := newConn(ctx, t, nc)
-		t.mu.Lock()
-		if t.closed {
-			t.mu.Unlock()
-			nc.Close()
-			return nil
-		}
-		t.conns[c] = struct{}{}
-		t.wg.Add(1)
-		t.mu.Unlock()
-		go func() {
-			defer t.wg.Done()
-			c.serve()
-			t.mu.Lock()
-			delete(t.conns, c)
-			t.mu.Unlock()
-		}()
+		go t.ServeConn(ctx, nc)
 	}
+}
+
+// ServeConn serves one connection that the caller accepted, until it ends.
+// It lets one listener front several targets (a portal that picks the
+// target by the TargetName of the first Login Request): such a Target is
+// made with no Listen addresses and gets its connections only here.
+// A connection handed to a closed target is closed at once.
+func (t *Target) ServeConn(ctx context.Context, nc net.Conn) {
+	c := newConn(ctx, t, nc)
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		nc.Close()
+		return
+	}
+	t.conns[c] = struct{}{}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	defer t.wg.Done()
+	c.serve()
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.mu.Unlock()
 }
 
 // sessionExists implements sessionRegistry.
