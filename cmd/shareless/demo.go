@@ -213,7 +213,7 @@ func (d *demo) run(ctx context.Context) error {
 type trip struct {
 	plan    replicator.Plan
 	delta   *replicator.Delta
-	elapsed time.Duration // from the source's seal to a complete disk
+	elapsed time.Duration // from the source's seal to a complete, durable disk
 	moved   int64         // bytes the new replica read from its source
 }
 
@@ -243,6 +243,9 @@ func (d *demo) goBack(ctx context.Context, home, away *host, src replicator.Sour
 	}
 	d.printf("way back: %s sealed; %s rebuilds %s with plan %s", away.name, home.name, demoDisk, t.plan)
 	if err := d.waitComplete(ctx, home.name, home.disk); err != nil {
+		return t, err
+	}
+	if err := home.disk.Flush(ctx); err != nil {
 		return t, err
 	}
 	t.elapsed, t.moved = time.Since(start), home.disk.Stats().SourceBytes
@@ -276,23 +279,31 @@ func (d *demo) newHost(name string) (*host, error) {
 
 // serve exports the host's disk on a free loopback port.
 func (h *host) serve(ctx context.Context, d *demo) error {
+	var err error
+	h.target, h.addr, h.stopped, err = d.serveDevice(ctx, h.name, h.disk, h.disk.ID().String())
+	return err
+}
+
+// serveDevice exports dev as the demo disk's LUN, with CHAP, on a free
+// loopback port; stopped receives what Serve returns.
+func (d *demo) serveDevice(ctx context.Context, name string, dev blockdev.Device, id string) (t *target.Target, addr string, stopped chan error, err error) {
 	creds, err := d.credentials()
 	if err != nil {
-		return err
+		return nil, "", nil, err
 	}
-	t, err := target.New(target.Config{
+	t, err = target.New(target.Config{
 		IQN:    demoIQN,
-		LUNs:   []target.LUN{{Device: h.disk, Unit: scsi.UnitConfig{ID: h.disk.ID().String()}}},
+		LUNs:   []target.LUN{{Device: dev, Unit: scsi.UnitConfig{ID: id}}},
 		Listen: []string{"127.0.0.1:0"},
 		CHAP:   &creds,
-		Logger: d.log.With("host", h.name),
+		Logger: d.log.With("host", name),
 	})
 	if err != nil {
-		return err
+		return nil, "", nil, err
 	}
-	h.target, h.addr, h.stopped = t, t.Addrs()[0].String(), make(chan error, 1)
-	go func() { h.stopped <- t.Serve(ctx) }()
-	return nil
+	stopped = make(chan error, 1)
+	go func() { stopped <- t.Serve(ctx) }()
+	return t, t.Addrs()[0].String(), stopped, nil
 }
 
 func (h *host) stopTarget() error {
@@ -412,8 +423,12 @@ func (d *demo) qemuIO(ctx context.Context, addr, script string) error {
 
 // waitComplete prints the replica's progress until it holds every block.
 func (d *demo) waitComplete(ctx context.Context, name string, r *replicator.Replica) error {
-	tick := time.NewTicker(500 * time.Millisecond)
+	// Poll often, so that a caller timing the copy is not off by the
+	// printing interval.
+	const poll, every = 5 * time.Millisecond, 500 * time.Millisecond
+	tick := time.NewTicker(poll)
 	defer tick.Stop()
+	var printed time.Time
 	for {
 		st := r.Stats()
 		if st.BytesRemaining == 0 {
@@ -422,12 +437,15 @@ func (d *demo) waitComplete(ctx context.Context, name string, r *replicator.Repl
 		if !st.SourceDownSince.IsZero() {
 			return fmt.Errorf("%s: source unreachable since %s", name, st.SourceDownSince.Format(time.TimeOnly))
 		}
-		eta := "?"
-		if st.ETA > 0 {
-			eta = st.ETA.Round(time.Second).String()
+		if time.Since(printed) >= every {
+			printed = time.Now()
+			eta := "?"
+			if st.ETA > 0 {
+				eta = st.ETA.Round(time.Second).String()
+			}
+			d.printf("%s: %s  %s of %s local, %s/s, ETA %s", name, bar(st.BytesLocal, st.Size), human(st.BytesLocal), human(st.Size),
+				human(int64(st.Rate)), eta)
 		}
-		d.printf("%s: %s  %s of %s local, %s/s, ETA %s", name, bar(st.BytesLocal, st.Size), human(st.BytesLocal), human(st.Size),
-			human(int64(st.Rate)), eta)
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("interrupted with %s of %s copied: %w", human(st.BytesLocal), human(st.Size), ctx.Err())

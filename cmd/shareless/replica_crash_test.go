@@ -19,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shareless/shareless/blockdev"
 	"github.com/shareless/shareless/internal/testenv"
 	"github.com/shareless/shareless/replicator"
 	"github.com/shareless/shareless/replicator/vfs"
@@ -331,26 +330,6 @@ func startReplicaChild(ctx context.Context, t *testing.T, dir, store, source str
 		return nil, "", 0, fmt.Errorf("replica process did not start (%q, %v): %s", line, err, log)
 	}
 	return cmd, addr, local, nil
-}
-
-// saveImage writes the device's contents to a raw file.
-func saveImage(ctx context.Context, dev blockdev.Device, path string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	buf := make([]byte, 4<<20)
-	for off := int64(0); off < dev.Size(); off += int64(len(buf)) {
-		p := buf[:min(int64(len(buf)), dev.Size()-off)]
-		if err := dev.ReadAt(ctx, p, off); err != nil {
-			return err
-		}
-		if _, err := f.WriteAt(p, off); err != nil {
-			return err
-		}
-	}
-	return f.Close()
 }
 
 // applyBatches writes the batches' patterns into the raw file at path, in

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -139,8 +140,11 @@ func modify(ctx context.Context, dev blockdev.Device, rng *rand.Rand, grain int6
 	return want, dev.Flush(ctx)
 }
 
+// fillRandom fills p with rng's bytes, eight at a time.
 func fillRandom(rng *rand.Rand, p []byte) {
-	for i := range p {
-		p[i] = byte(rng.Uint32())
+	var w [8]byte
+	for i := 0; i < len(p); i += 8 {
+		binary.LittleEndian.PutUint64(w[:], rng.Uint64())
+		copy(p[i:], w[:])
 	}
 }
