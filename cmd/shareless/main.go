@@ -36,6 +36,7 @@ func commands() map[string]command {
 		"export": exportCommand(),
 		"copy":   {copySummary, runCopy},
 		"demo":   {"Method C on one machine: a disk to a second store over iSCSI and back", runDemo},
+		"bench":  {"measure a suite (replica) against its peer tools", runBench},
 	}
 }
 
