@@ -63,28 +63,46 @@ type migration struct {
 // computes do: pre.start/pre.end from the destination (pre_live_migration),
 // then the source's libvirt migrates peer to peer with the destination XML
 // (the destination's hook may refuse), then post.start from the source,
-// post_dest.start/end from the destination and post.end from the source.
-// On failure Nova rolls back: rollback.start on the source,
-// rollback_dest.start/end on the destination, rollback.end. opts adjust
-// the migration (bandwidth); notify=false leaves the pre notifications
-// out, as if they were lost. ctx ending aborts the migration.
-func (c *cloud) migrate(ctx context.Context, t *testing.T, inst *instance, src, dst *node, opts virt.MigrateOptions, notify bool) (migration, error) {
+// post_dest.start/end from the destination and post.end from the source;
+// on failure Nova's rollback (finish).
+func (c *cloud) migrate(t *testing.T, inst *instance, src, dst *node) (migration, error) {
 	t.Helper()
-	if notify {
-		c.emit(t, notification("pre-start", inst, dst, src), notification("pre-end", inst, dst, src))
-	}
+	c.preLiveMigration(t, inst, src, dst)
+	start := time.Now()
+	err := c.liveMigrate(t.Context(), inst, src, dst, virt.MigrateOptions{})
+	return c.finish(t, inst, src, dst, start, err)
+}
+
+// preLiveMigration sends what Nova sends before the migration starts.
+func (c *cloud) preLiveMigration(t *testing.T, inst *instance, src, dst *node) {
+	t.Helper()
+	c.emit(t, notification("pre-start", inst, dst, src), notification("pre-end", inst, dst, src))
+}
+
+// liveMigrate is the libvirt part: the source's libvirtd migrates inst
+// peer to peer with Nova's destination XML, the migratable XML, which for
+// a managed disk needs no change (the same IQN on 127.0.0.1 on every
+// host). ctx ending aborts it. It does not fail the test, so that it may
+// run in its own goroutine.
+func (c *cloud) liveMigrate(ctx context.Context, inst *instance, src, dst *node, opts virt.MigrateOptions) error {
 	d, err := src.conn.LookupDomain(ctx, inst.domain)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	// Nova's destination XML: the migratable XML, which for a managed
-	// disk needs no change (the same IQN on 127.0.0.1 on every host).
 	if opts.DestXML, err = src.conn.DomainXML(ctx, d, virt.XMLMigratable|virt.XMLSecure); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	opts.DestURI = dst.host.MigrationURI()
-	start := time.Now()
-	err = src.conn.Migrate(ctx, d, opts)
+	return src.conn.Migrate(ctx, d, opts)
+}
+
+// finish sends what Nova sends after the migration started at start ended
+// with err: post.start from the source, post_dest.start/end from the
+// destination, post.end from the source; or, when it failed, the rollback:
+// rollback.start on the source, rollback_dest.start/end on the destination,
+// rollback.end. It returns err and, on success, the destination's figures.
+func (c *cloud) finish(t *testing.T, inst *instance, src, dst *node, start time.Time, err error) (migration, error) {
+	t.Helper()
 	m := migration{wall: time.Since(start), landed: time.Now()}
 	if err != nil {
 		c.emit(t, notification("rollback-start", inst, src, src), notification("rollback_dest-start", inst, dst, src),
