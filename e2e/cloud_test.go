@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -90,11 +91,15 @@ type instance struct {
 	domain string
 	ref    agent.DiskRef
 	seed   uint64 // of its pseudo-random data
+	// adopt: the data starts in a local file disk on A, and the managed
+	// disk is created empty, for the guest to be adopted onto it.
+	adopt bool
 }
 
 // startCloud brings up the lab, the broker and both agents, with one
-// instance per name, created on A.
-func startCloud(t *testing.T, names ...string) (*cloud, map[string]*instance) {
+// instance per name, created on A; the instances named in adopt start on
+// a local file disk instead.
+func startCloud(t *testing.T, names []string, adopt ...string) (*cloud, map[string]*instance) {
 	t.Helper()
 	testenv.SkipIfShort(t)
 	testenv.NeedCommands(t, append(rabbit.Commands(), "qemu-img")...)
@@ -133,7 +138,8 @@ func startCloud(t *testing.T, names ...string) (*cloud, map[string]*instance) {
 	}
 	insts := map[string]*instance{}
 	for i, name := range names {
-		inst := &instance{uuid: newUUID(t), domain: "shl-" + c.lab.ID + "-" + name, seed: uint64(i + 1)}
+		inst := &instance{uuid: newUUID(t), domain: "shl-" + c.lab.ID + "-" + name, seed: uint64(i + 1),
+			adopt: slices.Contains(adopt, name)}
 		if inst.ref, err = agent.NewDiskRef(inst.uuid, "disk"); err != nil {
 			t.Fatal(err)
 		}
@@ -142,8 +148,11 @@ func startCloud(t *testing.T, names ...string) (*cloud, map[string]*instance) {
 		}
 		insts[name] = inst
 	}
-	c.a.startAgent()
-	c.b.startAgent()
+	for _, n := range []*node{c.a, c.b} {
+		if err := n.startAgent(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// Before the broker closes (cleanups run backwards), each agent must
 	// stop as systemd stops it: SIGTERM, exit status 0.
 	t.Cleanup(func() {
@@ -235,8 +244,8 @@ hook_wait = %s
 	return n.conn.SetSecretValue(ctx, s, []byte(chap))
 }
 
-// createDisk puts inst's managed disk, filled with its data, into the
-// node's store. The agent must not be running.
+// createDisk puts inst's managed disk, filled with its data unless it is
+// to be adopted, into the node's store. The agent must not be running.
 func (n *node) createDisk(inst *instance) error {
 	ctx := n.t.Context()
 	st, err := replicator.NewStore(vfs.OS{}, n.outside(storePath), replicator.StoreOptions{Grain: grain, Chunk: chunk})
@@ -246,6 +255,9 @@ func (n *node) createDisk(inst *instance) error {
 	rep, err := st.Create(ctx, inst.ref.String(), diskSize)
 	if err != nil {
 		return err
+	}
+	if inst.adopt {
+		return rep.Close()
 	}
 	if err := rep.WriteAt(ctx, inst.data()[:dataSize], 0, false); err != nil {
 		rep.Close()
@@ -267,25 +279,25 @@ func (inst *instance) data() []byte {
 
 // startAgent runs the node's agent inside its host and waits until its
 // local API answers.
-func (n *node) startAgent() {
-	t := n.t
-	t.Helper()
+func (n *node) startAgent() error {
 	p, err := n.host.Spawn(n.bin, "agent", "--config-file", confPath)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	n.agent = p
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		select {
 		case <-p.Exited():
-			t.Fatalf("agent on %s exited:\n%s", n.host.Name, tailFile(p.Log, 20))
+			return fmt.Errorf("agent on %s exited:\n%s", n.host.Name, tailFile(p.Log, 20))
 		default:
 		}
-		if _, err := n.status(); err == nil {
-			return
-		} else if time.Now().After(deadline) {
-			t.Fatalf("agent on %s does not answer: %v\n%s", n.host.Name, err, tailFile(p.Log, 20))
+		_, err := n.status()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent on %s does not answer: %w\n%s", n.host.Name, err, tailFile(p.Log, 20))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -22,6 +22,7 @@ type counterWatch struct {
 	images []string
 	stop   chan struct{}
 	done   chan struct{}
+	once   sync.Once
 
 	mu   sync.Mutex
 	seen map[uint64]bool
@@ -29,11 +30,18 @@ type counterWatch struct {
 	errs []string
 }
 
-func watchCounter(images ...string) *counterWatch {
+// watchCounter follows the counter until finish, or the end of the test.
+func watchCounter(t *testing.T, images ...string) *counterWatch {
 	w := &counterWatch{images: images, stop: make(chan struct{}), done: make(chan struct{}),
 		seen: map[uint64]bool{}, last: make([]uint64, len(images))}
 	go w.run()
+	t.Cleanup(w.halt)
 	return w
+}
+
+func (w *counterWatch) halt() {
+	w.once.Do(func() { close(w.stop) })
+	<-w.done
 }
 
 func (w *counterWatch) run() {
@@ -86,8 +94,7 @@ func (w *counterWatch) waitPast(t *testing.T, n uint64, timeout time.Duration) u
 // back or skipped a value; it returns the range seen.
 func (w *counterWatch) finish(t *testing.T) (first, last uint64) {
 	t.Helper()
-	close(w.stop)
-	<-w.done
+	w.halt()
 	w.sample()
 	w.mu.Lock()
 	defer w.mu.Unlock()

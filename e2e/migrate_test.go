@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shareless/shareless/internal/lab"
 	"github.com/shareless/shareless/internal/testenv"
 	"github.com/shareless/shareless/virt"
 )
@@ -17,12 +18,13 @@ import (
 // instance (the disks are created in A's store before the agents start)
 // in one lab, because a lab and its broker take a while to come up.
 func TestLiveMigration(t *testing.T) {
-	c, insts := startCloud(t, "back", "kill", "cut", "abort", "refuse")
+	c, insts := startCloud(t, []string{"back", "kill", "cut", "abort", "refuse", "adopt"}, "adopt")
 	t.Run("there and back", func(t *testing.T) { thereAndBack(t, c, insts["back"]) })
 	t.Run("destination agent killed mid-copy", func(t *testing.T) { agentKilled(t, c, insts["kill"]) })
 	t.Run("link cut mid-copy", func(t *testing.T) { linkCut(t, c, insts["cut"]) })
 	t.Run("aborted before switch-over", func(t *testing.T) { aborted(t, c, insts["abort"]) })
 	t.Run("destination hook refuses", func(t *testing.T) { refused(t, c, insts["refuse"]) })
+	t.Run("adopted file disk there and back", func(t *testing.T) { adopted(t, c, insts["adopt"]) })
 }
 
 // thereAndBack: A→B with Method C, the guest running throughout; B's
@@ -31,7 +33,7 @@ func TestLiveMigration(t *testing.T) {
 func thereAndBack(t *testing.T, c *cloud, inst *instance) {
 	a, b := c.a, c.b
 	c.boot(t, a, inst)
-	w := watchCounter(a.image(inst), b.image(inst))
+	w := watchCounter(t, a.image(inst), b.image(inst))
 	w.waitPast(t, 2, 20*time.Second)
 
 	m, err := c.migrate(t, inst, a, b)
@@ -39,8 +41,16 @@ func thereAndBack(t *testing.T, c *cloud, inst *instance) {
 		t.Fatalf("migrate A→B: %v", err)
 	}
 	w.waitPast(t, w.max(), 10*time.Second)
+	// A is still the source of B's copy: an operator must not power it
+	// off (design.md §3).
+	if st, err := a.status(); err != nil || st.SafeToPowerOff {
+		t.Errorf("A while B copies from it: safe to power off %v, %v", st.SafeToPowerOff, err)
+	}
 	copied := waitCopied(t, inst, a, b, 2*time.Minute)
 	sameData(t, inst, b.image(inst))
+	if st, err := a.status(); err != nil || !st.SafeToPowerOff {
+		t.Errorf("A after B copied everything: safe to power off %v (%+v), %v", st.SafeToPowerOff, st.CopyingFromHere, err)
+	}
 	testenv.Report(t, "e2e migration a->b (Method C, %d MiB disk, bandwidth_limit %d MiB/s): downtime %v, migration %v (libvirt), copy %v after the switch-over (agent)",
 		diskSize>>20, bandwidth>>20, m.job.Downtime, m.job.Elapsed, copied.Sub(m.landed).Round(time.Millisecond))
 
@@ -83,7 +93,7 @@ func thereAndBack(t *testing.T, c *cloud, inst *instance) {
 func toB(t *testing.T, c *cloud, inst *instance) (*counterWatch, migration) {
 	t.Helper()
 	c.boot(t, c.a, inst)
-	w := watchCounter(c.a.image(inst), c.b.image(inst))
+	w := watchCounter(t, c.a.image(inst), c.b.image(inst))
 	w.waitPast(t, 1, 20*time.Second)
 	m, err := c.migrate(t, inst, c.a, c.b)
 	if err != nil {
@@ -121,7 +131,9 @@ func agentKilled(t *testing.T, c *cloud, inst *instance) {
 		t.Fatal(err)
 	}
 	killed := time.Now()
-	c.b.startAgent()
+	if err := c.b.startAgent(); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, 30*time.Second, "B copies again", func() (bool, string) {
 		d, _ := c.b.disk(inst)
 		return d.BytesLocal > before.BytesLocal, fmt.Sprintf("%+v", d)
@@ -188,7 +200,7 @@ func linkCut(t *testing.T, c *cloud, inst *instance) {
 func aborted(t *testing.T, c *cloud, inst *instance) {
 	a, b := c.a, c.b
 	d := c.boot(t, a, inst)
-	w := watchCounter(a.image(inst))
+	w := watchCounter(t, a.image(inst))
 	w.waitPast(t, 1, 20*time.Second)
 	c.preLiveMigration(t, inst, a, b)
 	done := make(chan error, 1)
@@ -213,7 +225,7 @@ func aborted(t *testing.T, c *cloud, inst *instance) {
 	if !errors.Is(err, virt.ErrOperationAborted) {
 		t.Fatalf("migration ended with %v; want it aborted", err)
 	}
-	c.finish(t, inst, a, b, start, err)
+	c.finish(t, inst, a, b, err)
 	stayed(t, inst, a, b)
 	checkRolledBack(t, c, inst)
 	rolledBack := time.Since(start).Round(time.Millisecond)
@@ -232,7 +244,7 @@ func aborted(t *testing.T, c *cloud, inst *instance) {
 func refused(t *testing.T, c *cloud, inst *instance) {
 	a, b := c.a, c.b
 	c.boot(t, a, inst)
-	w := watchCounter(a.image(inst))
+	w := watchCounter(t, a.image(inst))
 	w.waitPast(t, 1, 20*time.Second)
 	start := time.Now()
 	err := c.liveMigrate(t.Context(), inst, a, b, virt.MigrateOptions{})
@@ -244,7 +256,7 @@ func refused(t *testing.T, c *cloud, inst *instance) {
 	if took < hookWait || took > hookWait+10*time.Second {
 		t.Errorf("the hook answered after %v; want hook_wait, %v", took, hookWait)
 	}
-	c.finish(t, inst, a, b, start, err)
+	c.finish(t, inst, a, b, err)
 	stayed(t, inst, a, b)
 	if d, _ := a.disk(inst); d.Sealed || d.State != "complete" {
 		t.Errorf("A's disk after the refusal: %+v", d)
@@ -254,6 +266,76 @@ func refused(t *testing.T, c *cloud, inst *instance) {
 	w.finish(t)
 	checkImage(t, inst, a.image(inst))
 	testenv.Report(t, "e2e migration a->b refused by B's hook after %v (hook_wait %v); the guest counted on on A", took, hookWait)
+}
+
+// adopted: a running guest on a local file disk is adopted, its disk
+// block-copied onto a managed disk in synchronous-writes mode and pivoted
+// (virt.CopyDisk, libvirt's half of adoption; there is no shareless adopt
+// yet), then migrated to B and back with no block migration: the
+// migrations move RAM only, the disk follows by Method C.
+func adopted(t *testing.T, c *cloud, inst *instance) {
+	a, b := c.a, c.b
+	ctx := t.Context()
+	dir := filepath.Join(a.host.Instances(), inst.uuid)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "disk")
+	if err := os.WriteFile(file, inst.data(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	xml := c.lab.Guest.InstanceXML(inst.uuid, inst.domain, c.lab.ConsoleLog(inst.domain),
+		lab.Disk{Target: "vda", File: filepath.Join(lab.InstancesPath, inst.uuid, "disk")})
+	d, err := a.conn.DefineDomain(ctx, xml)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.destroyAtCleanup(t, inst)
+	if err := a.conn.StartDomain(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.WaitConsole(c.lab.ConsoleLog(inst.domain), lab.BootMarker, 90*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	w := watchCounter(t, file, a.image(inst), b.image(inst))
+	w.waitPast(t, 1, 20*time.Second)
+	start := time.Now()
+	err = a.conn.CopyDisk(ctx, d, "vda", virt.ISCSIDisk{IQN: inst.ref.IQN(), LUN: 0, Host: "127.0.0.1", Port: 3260,
+		Username: chapUser, SecretUsage: secretUsage})
+	if err != nil {
+		t.Fatalf("adoption: %v", err)
+	}
+	adoption := time.Since(start).Round(time.Millisecond)
+	onFile := w.max()
+	w.waitPast(t, onFile, 20*time.Second)
+	if n, _ := lab.ReadCounter(file); n != onFile {
+		t.Logf("note: the file disk's counter is %d, last seen %d", n, onFile)
+	}
+	sameData(t, inst, a.image(inst))
+
+	m, err := c.migrate(t, inst, a, b)
+	if err != nil {
+		t.Fatalf("migrate A→B: %v", err)
+	}
+	copied := waitCopied(t, inst, a, b, 2*time.Minute)
+	there := fmt.Sprintf("downtime %v, migration %v, copy %v", m.job.Downtime, m.job.Elapsed, copied.Sub(m.landed).Round(time.Millisecond))
+	w.waitPast(t, w.max()+1, 20*time.Second)
+	m, err = c.migrate(t, inst, b, a)
+	if err != nil {
+		t.Fatalf("migrate B→A: %v", err)
+	}
+	copied = waitCopied(t, inst, b, a, 2*time.Minute)
+	w.waitPast(t, w.max()+1, 20*time.Second)
+	stop(t, a, inst)
+	_, last := w.finish(t)
+	if n := checkImage(t, inst, a.image(inst)); n < last {
+		t.Errorf("A's image holds counter %d; the guest had counted to %d", n, last)
+	}
+	if n, _ := lab.ReadCounter(file); n > onFile {
+		t.Errorf("the abandoned file disk was written after the pivot: counter %d > %d", n, onFile)
+	}
+	testenv.Report(t, "e2e adoption of a running file-disk guest (%d MiB): block copy and pivot %v; then a->b RAM only (%s) and b->a (downtime %v, migration %v, copy %v), A's image exact",
+		diskSize>>20, adoption, there, m.job.Downtime, m.job.Elapsed, copied.Sub(m.landed).Round(time.Millisecond))
 }
 
 // checkRolledBack checks that a rolled-back migration left nothing on B

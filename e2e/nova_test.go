@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -43,6 +44,7 @@ func (c *cloud) boot(t *testing.T, n *node, inst *instance) virt.Domain {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.destroyAtCleanup(t, inst)
 	if err := n.conn.StartDomain(ctx, d); err != nil {
 		t.Fatal(err)
 	}
@@ -52,11 +54,26 @@ func (c *cloud) boot(t *testing.T, n *node, inst *instance) virt.Domain {
 	return d
 }
 
+// destroyAtCleanup powers inst off wherever it runs when the test ends,
+// so that a scenario that failed half way leaves no guest to slow the
+// next ones down.
+func (c *cloud) destroyAtCleanup(t *testing.T, inst *instance) {
+	t.Cleanup(func() {
+		for _, n := range []*node{c.a, c.b} {
+			ctx := context.WithoutCancel(t.Context())
+			if d, err := n.conn.LookupDomain(ctx, inst.domain); err == nil {
+				if st, err := n.conn.DomainState(ctx, d); err == nil && st != virt.StateShutoff {
+					n.conn.DestroyDomain(ctx, d)
+				}
+			}
+		}
+	})
+}
+
 // migration is what one live migration measured.
 type migration struct {
 	job    virt.JobStats // the destination's completed incoming job
-	wall   time.Duration // Migrate's call, hook included
-	landed time.Time     // when Migrate returned
+	landed time.Time     // when libvirt reported it done: the copy starts
 }
 
 // migrate live-migrates inst from src to dst the way Nova's conductor and
@@ -68,9 +85,8 @@ type migration struct {
 func (c *cloud) migrate(t *testing.T, inst *instance, src, dst *node) (migration, error) {
 	t.Helper()
 	c.preLiveMigration(t, inst, src, dst)
-	start := time.Now()
 	err := c.liveMigrate(t.Context(), inst, src, dst, virt.MigrateOptions{})
-	return c.finish(t, inst, src, dst, start, err)
+	return c.finish(t, inst, src, dst, err)
 }
 
 // preLiveMigration sends what Nova sends before the migration starts.
@@ -96,14 +112,13 @@ func (c *cloud) liveMigrate(ctx context.Context, inst *instance, src, dst *node,
 	return src.conn.Migrate(ctx, d, opts)
 }
 
-// finish sends what Nova sends after the migration started at start ended
-// with err: post.start from the source, post_dest.start/end from the
+// finish sends what Nova sends after the migration ended with err: post.start from the source, post_dest.start/end from the
 // destination, post.end from the source; or, when it failed, the rollback:
 // rollback.start on the source, rollback_dest.start/end on the destination,
 // rollback.end. It returns err and, on success, the destination's figures.
-func (c *cloud) finish(t *testing.T, inst *instance, src, dst *node, start time.Time, err error) (migration, error) {
+func (c *cloud) finish(t *testing.T, inst *instance, src, dst *node, err error) (migration, error) {
 	t.Helper()
-	m := migration{wall: time.Since(start), landed: time.Now()}
+	m := migration{landed: time.Now()}
 	if err != nil {
 		c.emit(t, notification("rollback-start", inst, src, src), notification("rollback_dest-start", inst, dst, src),
 			notification("rollback_dest-end", inst, dst, src), notification("rollback-end", inst, src, src))
@@ -120,6 +135,15 @@ func (c *cloud) finish(t *testing.T, inst *instance, src, dst *node, start time.
 	}
 	if m.job.Type != virt.JobCompleted || m.job.Operation != virt.JobMigrationIn || m.job.DiskTotal != 0 {
 		t.Fatalf("completed job on %s: %+v; want an incoming RAM-only migration", dst.host.Name, m.job)
+	}
+	// No block migration: the destination's QEMU never served NBD (the
+	// incoming job's figures count memory only, so they cannot say).
+	log, err := dst.host.LibvirtdLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(log, []byte("nbd-server-start")) {
+		t.Fatalf("%s started an NBD server: a block migration", dst.host.Name)
 	}
 	return m, nil
 }

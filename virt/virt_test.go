@@ -82,7 +82,7 @@ func sameBeyondCounter(t *testing.T, a, b string) {
 // QMP command libvirt sent to QEMU.
 func qmpLog(t *testing.T, h *lab.Host) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(h.Dir, "log", "libvirtd.log"))
+	b, err := h.LibvirtdLog()
 	if err != nil {
 		t.Fatal(err)
 	}

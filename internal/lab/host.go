@@ -275,6 +275,14 @@ func (h *Host) StartLibvirtd() error {
 	return copyFiles(capsDir, shared)
 }
 
+// LibvirtdLog returns the host's libvirtd log so far: warnings, and the
+// QMP commands libvirt sent to QEMU (log_filters), so that a test can check
+// what libvirt asked QEMU to do, e.g. that a migration started no NBD
+// server (no block migration).
+func (h *Host) LibvirtdLog() ([]byte, error) {
+	return os.ReadFile(filepath.Join(h.Dir, "log", "libvirtd.log"))
+}
+
 // Libvirtd is the host's running libvirtd, nil while stopped.
 func (h *Host) Libvirtd() *Proc { return h.libvirtd }
 
