@@ -3,7 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	mrand "math/rand/v2"
@@ -217,7 +216,7 @@ func (h *host) start() {
 	}
 	h.exited = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(h.cmd, h.exited)
-	eventually(h.t, 15*time.Second, "agent "+h.name+" answers", func() (bool, string) {
+	testenv.Eventually(h.t, 15*time.Second, "agent "+h.name+" answers", func() (bool, string) {
 		select {
 		case <-h.exited:
 			b, _ := os.ReadFile(h.log)
@@ -286,22 +285,6 @@ func diskOf(st localapi.Status, inst string) (localapi.Disk, bool) {
 	return localapi.Disk{}, false
 }
 
-// eventually polls cond until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %v (%s)", what, timeout, detail)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // shareless runs the binary (the hook, status) and returns its exit code
 // and output.
 func shareless(t *testing.T, stdin string, args ...string) (code int, stdout, stderr string, took time.Duration) {
@@ -320,15 +303,6 @@ func shareless(t *testing.T, stdin string, args ...string) (code int, stdout, st
 		t.Fatal(err)
 	}
 	return 0, out.String(), errb.String(), took
-}
-
-func newUUID(t *testing.T) string {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }
 
 // seedDisk creates a managed disk in h's store (the agent is not running)
@@ -461,7 +435,7 @@ func (w guestWrite) apply(b []byte) {
 // waitPhase waits until h's record of inst in role reaches phase.
 func waitPhase(t *testing.T, h *host, inst, role, phase string, timeout time.Duration) {
 	t.Helper()
-	eventually(t, timeout, fmt.Sprintf("%s %s %s", h.name, role, phase), func() (bool, string) {
+	testenv.Eventually(t, timeout, fmt.Sprintf("%s %s %s", h.name, role, phase), func() (bool, string) {
 		m, ok := migration(h.status(), inst, role)
 		return ok && m.Phase == phase, fmt.Sprintf("%+v", m)
 	})
@@ -484,7 +458,7 @@ func prepared(t *testing.T, a, b *host, ref DiskRef) {
 // blocks B's guest modified (design.md §2 rule 7).
 func TestMigrationThereAndBack(t *testing.T) {
 	a, b := newCluster(t, clusterOpts{bandwidth: "4MiB"})
-	ref, _ := NewDiskRef(newUUID(t), "disk")
+	ref, _ := NewDiskRef(testenv.UUID(), "disk")
 	const size = 24 << 20
 	want := seedDisk(t, a, ref, size)
 	a.start()
@@ -575,7 +549,7 @@ func checkMetrics(t *testing.T, b *host, ref DiskRef) {
 // the guest's writes on B included.
 func TestMigrationSurvivesSIGKILL(t *testing.T) {
 	a, b := newCluster(t, clusterOpts{bandwidth: "3MiB"})
-	ref, _ := NewDiskRef(newUUID(t), "disk")
+	ref, _ := NewDiskRef(testenv.UUID(), "disk")
 	const size = 24 << 20
 	want := seedDisk(t, a, ref, size)
 	a.start()
@@ -590,7 +564,7 @@ func TestMigrationSurvivesSIGKILL(t *testing.T) {
 			return d.BytesLocal >= min && d.BytesLocal < size, fmt.Sprintf("%+v", d)
 		}
 	}
-	eventually(t, 20*time.Second, "B copied a little", local(2<<20))
+	testenv.Eventually(t, 20*time.Second, "B copied a little", local(2<<20))
 	w1 := guestWrite{off: size - 4<<20, n: 128 << 10, pattern: 0x5a}
 	if err := qemuIO(t, b, ref, w1.qemuIO()); err != nil {
 		t.Fatal(err)
@@ -604,7 +578,7 @@ func TestMigrationSurvivesSIGKILL(t *testing.T) {
 	t.Logf("B killed at %d bytes local, resumed at %d", before.BytesLocal, after.BytesLocal)
 
 	// The source dies too; B's reads wait for it (bounded) and go on.
-	eventually(t, 30*time.Second, "B copied more", local(before.BytesLocal+2<<20))
+	testenv.Eventually(t, 30*time.Second, "B copied more", local(before.BytesLocal+2<<20))
 	a.kill()
 	time.Sleep(time.Second)
 	a.start()
@@ -627,7 +601,7 @@ func TestHookBound(t *testing.T) {
 	const wait = 2 * time.Second
 	a, b := newCluster(t, clusterOpts{hookWait: wait})
 	b.start()
-	ref, _ := NewDiskRef(newUUID(t), "disk")
+	ref, _ := NewDiskRef(testenv.UUID(), "disk")
 
 	// No pre.start ever comes: the replicas are never ready.
 	code, stderr, took := hook(t, b, ref, "qemu", "instance-00000001", "migrate", "begin", "-")
@@ -671,7 +645,7 @@ func TestHookBound(t *testing.T) {
 // discards its replica and A's export is writable again.
 func TestRollback(t *testing.T) {
 	a, b := newCluster(t, clusterOpts{})
-	ref, _ := NewDiskRef(newUUID(t), "disk")
+	ref, _ := NewDiskRef(testenv.UUID(), "disk")
 	seedDisk(t, a, ref, 4<<20)
 	a.start()
 	b.start()
@@ -703,12 +677,12 @@ func TestRollback(t *testing.T) {
 		lm("rollback_dest-end", ref.Instance, b.name, a.name), lm("rollback-end", ref.Instance, a.name, a.name))
 	waitPhase(t, b, ref.Instance, "dest", "rolled-back", 20*time.Second)
 	waitPhase(t, a, ref.Instance, "source", "rolled-back", 20*time.Second)
-	eventually(t, 10*time.Second, "B's replica gone", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "B's replica gone", func() (bool, string) {
 		_, open := diskOf(b.status(), ref.Instance)
 		entries, _ := os.ReadDir(b.store)
 		return !open && len(entries) == 0, fmt.Sprintf("open %v, store %v", open, entries)
 	})
-	eventually(t, 10*time.Second, "A unsealed", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "A unsealed", func() (bool, string) {
 		d, _ := diskOf(a.status(), ref.Instance)
 		return !d.Sealed, fmt.Sprintf("%+v", d)
 	})

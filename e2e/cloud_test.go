@@ -138,7 +138,7 @@ func startCloud(t *testing.T, names []string, adopt ...string) (*cloud, map[stri
 	}
 	insts := map[string]*instance{}
 	for i, name := range names {
-		inst := &instance{uuid: newUUID(t), domain: "shl-" + c.lab.ID + "-" + name, seed: uint64(i + 1),
+		inst := &instance{uuid: testenv.UUID(), domain: "shl-" + c.lab.ID + "-" + name, seed: uint64(i + 1),
 			adopt: slices.Contains(adopt, name)}
 		if inst.ref, err = agent.NewDiskRef(inst.uuid, "disk"); err != nil {
 			t.Fatal(err)
@@ -399,9 +399,4 @@ func randomHex(t *testing.T, n int) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(b)
-}
-
-func newUUID(t *testing.T) string {
-	h := randomHex(t, 16)
-	return h[0:8] + "-" + h[8:12] + "-4" + h[13:16] + "-8" + h[17:20] + "-" + h[20:32]
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/shareless/shareless/internal/lab"
+	"github.com/shareless/shareless/internal/testenv"
 )
 
 // counterWatch follows the guest's counter (sector 0 of its disk) in the
@@ -84,7 +85,7 @@ func (w *counterWatch) max() uint64 {
 // waitPast waits until the guest has counted past n.
 func (w *counterWatch) waitPast(t *testing.T, n uint64, timeout time.Duration) uint64 {
 	t.Helper()
-	eventually(t, timeout, fmt.Sprintf("guest counts past %d", n), func() (bool, string) {
+	testenv.Eventually(t, timeout, fmt.Sprintf("guest counts past %d", n), func() (bool, string) {
 		return w.max() > n, fmt.Sprintf("at %d", w.max())
 	})
 	return w.max()

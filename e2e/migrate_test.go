@@ -99,7 +99,7 @@ func toB(t *testing.T, c *cloud, inst *instance) (*counterWatch, migration) {
 	if err != nil {
 		t.Fatalf("migrate A→B: %v", err)
 	}
-	eventually(t, 30*time.Second, "B copies", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "B copies", func() (bool, string) {
 		d, _ := c.b.disk(inst)
 		return d.State == "copying" && d.BytesLocal >= diskSize/4, fmt.Sprintf("%+v", d)
 	})
@@ -134,7 +134,7 @@ func agentKilled(t *testing.T, c *cloud, inst *instance) {
 	if err := c.b.startAgent(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "B copies again", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "B copies again", func() (bool, string) {
 		d, _ := c.b.disk(inst)
 		return d.BytesLocal > before.BytesLocal, fmt.Sprintf("%+v", d)
 	})
@@ -179,7 +179,7 @@ func linkCut(t *testing.T, c *cloud, inst *instance) {
 	if w.max() <= counter {
 		t.Errorf("the guest on B stopped counting while the link was cut (at %d)", counter)
 	}
-	eventually(t, 60*time.Second, "B copies again", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "B copies again", func() (bool, string) {
 		d, _ := c.b.disk(inst)
 		return d.BytesLocal > during.BytesLocal || d.BytesRemaining == 0, fmt.Sprintf("%+v", d)
 	})
@@ -209,7 +209,7 @@ func aborted(t *testing.T, c *cloud, inst *instance) {
 		// 1 MiB/s: the guest's memory takes about a minute.
 		done <- c.liveMigrate(t.Context(), inst, a, b, virt.MigrateOptions{BandwidthMiB: 1})
 	}()
-	eventually(t, 30*time.Second, "memory moving", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "memory moving", func() (bool, string) {
 		js, err := a.conn.JobStats(t.Context(), d)
 		return err == nil && js.Operation == virt.JobMigrationOut && js.MemoryProcessed > 0, fmt.Sprintf("%+v %v", js, err)
 	})
@@ -342,12 +342,12 @@ func adopted(t *testing.T, c *cloud, inst *instance) {
 // and A's export writable.
 func checkRolledBack(t *testing.T, c *cloud, inst *instance) {
 	t.Helper()
-	eventually(t, 20*time.Second, "B's replica discarded", func() (bool, string) {
+	testenv.Eventually(t, 20*time.Second, "B's replica discarded", func() (bool, string) {
 		_, open := c.b.disk(inst)
 		_, err := os.Stat(filepath.Join(c.b.outside(storePath), inst.ref.String()))
 		return !open && errors.Is(err, os.ErrNotExist), fmt.Sprintf("open %v, store entry %v", open, err)
 	})
-	eventually(t, 20*time.Second, "A's source record rolled back", func() (bool, string) {
+	testenv.Eventually(t, 20*time.Second, "A's source record rolled back", func() (bool, string) {
 		m, _ := c.a.migration(inst, "source")
 		d, _ := c.a.disk(inst)
 		return m.Phase == "rolled-back" && !d.Sealed, fmt.Sprintf("migration %+v, disk %+v", m, d)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/shareless/shareless/internal/lab"
 	"github.com/shareless/shareless/internal/novaemit"
+	"github.com/shareless/shareless/internal/testenv"
 	"github.com/shareless/shareless/virt"
 )
 
@@ -152,13 +153,13 @@ func (c *cloud) finish(t *testing.T, inst *instance, src, dst *node, err error) 
 // both agents record the migration as copied, and returns when that was.
 func waitCopied(t *testing.T, inst *instance, src, dst *node, timeout time.Duration) time.Time {
 	t.Helper()
-	eventually(t, timeout, "copy to "+dst.host.Name, func() (bool, string) {
+	testenv.Eventually(t, timeout, "copy to "+dst.host.Name, func() (bool, string) {
 		m, _ := dst.migration(inst, "dest")
 		d, _ := dst.disk(inst)
 		return m.Phase == "copied" && d.BytesRemaining == 0, fmt.Sprintf("migration %+v, disk %+v", m, d)
 	})
 	done := time.Now()
-	eventually(t, 30*time.Second, src.host.Name+" released", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, src.host.Name+" released", func() (bool, string) {
 		m, _ := src.migration(inst, "source")
 		return m.Phase == "copied", fmt.Sprintf("%+v", m)
 	})
@@ -178,21 +179,5 @@ func stayed(t *testing.T, inst *instance, src, dst *node) {
 	}
 	if st, err := src.conn.DomainState(t.Context(), d); err != nil || st != virt.StateRunning {
 		t.Fatalf("on %s: state %v, %v", src.host.Name, st, err)
-	}
-}
-
-// eventually polls cond until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %v (%s)", what, timeout, detail)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }

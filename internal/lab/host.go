@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shareless/shareless/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -46,7 +47,7 @@ func (l *Lab) newHost(i int, hooks map[string][]byte) (*Host, error) {
 		Name:     name,
 		Hostname: "shl-" + l.ID + "-" + name,
 		Addr:     addr,
-		UUID:     randomUUID(),
+		UUID:     testenv.UUID(),
 		NetNS:    "shl-" + l.ID + "-" + name,
 		Dir:      filepath.Join(l.Dir, "host-"+name),
 		lab:      l,
@@ -353,11 +354,6 @@ func writeAtomic(path string, b []byte, mode os.FileMode) error {
 		return err
 	}
 	return nil
-}
-
-func randomUUID() string {
-	h := randomHex(16)
-	return h[0:8] + "-" + h[8:12] + "-4" + h[13:16] + "-8" + h[17:20] + "-" + h[20:32]
 }
 
 // firstCPU is the first CPU this process may run on.

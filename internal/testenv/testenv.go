@@ -4,11 +4,13 @@
 package testenv
 
 import (
+	"crypto/rand"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 )
 
 // Strict reports whether missing components fail tests instead of skipping.
@@ -86,4 +88,32 @@ func Report(t testing.TB, format string, a ...any) {
 	if _, err := fmt.Fprintf(f, "%s: %s\n", t.Name(), line); err != nil {
 		t.Errorf("report: %v", err)
 	}
+}
+
+// Eventually polls cond every 100 ms until it holds, and ends the test if
+// it does not within timeout, with what and cond's detail (the state last
+// seen). Tests against real daemons wait for state this way rather than
+// sleeping a guessed time.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() (ok bool, detail string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %v (%s)", what, timeout, detail)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// UUID returns a random (version 4) UUID in canonical form: an instance
+// UUID for a test, or a libvirtd host_uuid.
+func UUID() string {
+	var b [16]byte
+	rand.Read(b[:]) // crypto/rand does not fail on Linux
+	b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }
