@@ -147,9 +147,9 @@ func agentKilled(t *testing.T, c *cloud, inst *instance) {
 }
 
 // linkCut: the link between the hosts is cut for 10 s in the middle of
-// the copy. The copy stalls (the agent reports the source down), the guest
-// on B goes on with the blocks it holds, and the copy resumes when the
-// link returns.
+// the copy. The copy stalls, the guest on B goes on with the blocks it
+// holds (its writes are local), and the copy resumes by itself, at once,
+// when the link returns; B's image is exact.
 func linkCut(t *testing.T, c *cloud, inst *instance) {
 	w, m := toB(t, c, inst)
 	if err := c.lab.Cut(c.b.host); err != nil {
