@@ -60,6 +60,7 @@ const (
 	chapUser    = "shareless"
 	secretUsage = "shareless-chap"
 	apiPort     = 3270
+	iscsiPort   = 3260
 	metricsAddr = "127.0.0.1:9470" // on each host's own loopback
 )
 
@@ -211,6 +212,7 @@ reconnect_max = 2s
 
 [iscsi]
 listen = 127.0.0.1, %s
+port = %d
 chap_user = %s
 chap_secret_file = /etc/libvirt/shareless/chap
 
@@ -231,7 +233,7 @@ chunk = %d
 bandwidth_limit = %d
 source_timeout = 60s
 hook_wait = %s
-`, n.name, statePath, transport, n.host.Addr, chapUser, storePath, n.host.Addr, apiPort, socketPath, metricsAddr,
+`, n.name, statePath, transport, n.host.Addr, iscsiPort, chapUser, storePath, n.host.Addr, apiPort, socketPath, metricsAddr,
 		peerLines.String(), grain, chunk, bandwidth, hookWait)
 	if err := os.WriteFile(n.outside(confPath), []byte(conf), 0o600); err != nil {
 		return err

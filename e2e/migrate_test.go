@@ -32,7 +32,7 @@ func TestLiveMigration(t *testing.T) {
 // blocks the guest modified on B move, and A's image is exact.
 func thereAndBack(t *testing.T, c *cloud, inst *instance) {
 	a, b := c.a, c.b
-	c.boot(t, a, inst)
+	c.boot(t, a, inst, managedDisk(inst))
 	w := watchCounter(t, a.image(inst), b.image(inst))
 	w.waitPast(t, 2, 20*time.Second)
 
@@ -92,7 +92,7 @@ func thereAndBack(t *testing.T, c *cloud, inst *instance) {
 // fault in the middle of the copy.
 func toB(t *testing.T, c *cloud, inst *instance) (*counterWatch, migration) {
 	t.Helper()
-	c.boot(t, c.a, inst)
+	c.boot(t, c.a, inst, managedDisk(inst))
 	w := watchCounter(t, c.a.image(inst), c.b.image(inst))
 	w.waitPast(t, 1, 20*time.Second)
 	m, err := c.migrate(t, inst, c.a, c.b)
@@ -199,7 +199,7 @@ func linkCut(t *testing.T, c *cloud, inst *instance) {
 // writable, and the guest runs on on A.
 func aborted(t *testing.T, c *cloud, inst *instance) {
 	a, b := c.a, c.b
-	d := c.boot(t, a, inst)
+	d := c.boot(t, a, inst, managedDisk(inst))
 	w := watchCounter(t, a.image(inst))
 	w.waitPast(t, 1, 20*time.Second)
 	c.preLiveMigration(t, inst, a, b)
@@ -243,7 +243,7 @@ func aborted(t *testing.T, c *cloud, inst *instance) {
 // runs on on A.
 func refused(t *testing.T, c *cloud, inst *instance) {
 	a, b := c.a, c.b
-	c.boot(t, a, inst)
+	c.boot(t, a, inst, managedDisk(inst))
 	w := watchCounter(t, a.image(inst))
 	w.waitPast(t, 1, 20*time.Second)
 	start := time.Now()
@@ -284,23 +284,11 @@ func adopted(t *testing.T, c *cloud, inst *instance) {
 	if err := os.WriteFile(file, inst.data(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	xml := c.lab.Guest.InstanceXML(inst.uuid, inst.domain, c.lab.ConsoleLog(inst.domain),
-		lab.Disk{Target: "vda", File: filepath.Join(lab.InstancesPath, inst.uuid, "disk")})
-	d, err := a.conn.DefineDomain(ctx, xml)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.destroyAtCleanup(t, inst)
-	if err := a.conn.StartDomain(ctx, d); err != nil {
-		t.Fatal(err)
-	}
-	if err := lab.WaitConsole(c.lab.ConsoleLog(inst.domain), lab.BootMarker, 90*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	d := c.boot(t, a, inst, lab.Disk{Target: "vda", File: filepath.Join(lab.InstancesPath, inst.uuid, "disk")})
 	w := watchCounter(t, file, a.image(inst), b.image(inst))
 	w.waitPast(t, 1, 20*time.Second)
 	start := time.Now()
-	err = a.conn.CopyDisk(ctx, d, "vda", virt.ISCSIDisk{IQN: inst.ref.IQN(), LUN: 0, Host: "127.0.0.1", Port: 3260,
+	err := a.conn.CopyDisk(ctx, d, "vda", virt.ISCSIDisk{IQN: inst.ref.IQN(), LUN: 0, Host: "127.0.0.1", Port: iscsiPort,
 		Username: chapUser, SecretUsage: secretUsage})
 	if err != nil {
 		t.Fatalf("adoption: %v", err)

@@ -33,14 +33,19 @@ func (c *cloud) emit(t *testing.T, lines ...novaemit.Line) {
 	}
 }
 
-// boot defines inst on n, as Nova does (the domain's UUID is the
-// instance's; its disk the managed disk on the local portal, with CHAP),
-// starts it and waits until the guest counts on its disk.
-func (c *cloud) boot(t *testing.T, n *node, inst *instance) virt.Domain {
+// managedDisk is inst's managed disk as Nova's XML names it: a network
+// disk on the local agent's portal, logging in with CHAP through the
+// libvirt secret, the same on every host.
+func managedDisk(inst *instance) lab.Disk {
+	return lab.Disk{Target: "vda", ISCSI: &lab.LUN{IQN: inst.ref.IQN(), LUN: 0, Host: "127.0.0.1", Port: iscsiPort,
+		Username: chapUser, SecretUsage: secretUsage}}
+}
+
+// boot defines inst on n with disk, as Nova does (the domain's UUID is
+// the instance's), starts it and waits until the guest says it counts.
+func (c *cloud) boot(t *testing.T, n *node, inst *instance, disk lab.Disk) virt.Domain {
 	t.Helper()
 	ctx := t.Context()
-	disk := lab.Disk{Target: "vda", ISCSI: &lab.LUN{IQN: inst.ref.IQN(), LUN: 0, Host: "127.0.0.1", Port: 3260,
-		Username: chapUser, SecretUsage: secretUsage}}
 	d, err := n.conn.DefineDomain(ctx, c.lab.Guest.InstanceXML(inst.uuid, inst.domain, c.lab.ConsoleLog(inst.domain), disk))
 	if err != nil {
 		t.Fatal(err)
