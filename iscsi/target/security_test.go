@@ -185,3 +185,22 @@ func TestRFC7143_11_10_TextInFullFeaturePhase(t *testing.T) {
 		t.Fatalf("Text Response %q ExpCmdSN %d; want %q %d", resp.Data, resp.ExpCmdSN, want, c.cmdSN)
 	}
 }
+
+// TestMutualCHAPWithLibiscsi: a real initiator (libiscsi's iscsi-inq)
+// verifies the target's answer to its challenge: right with the target's
+// secret, refused with another.
+func TestMutualCHAPWithLibiscsi(t *testing.T) {
+	testenv.NeedCommands(t, "iscsi-inq")
+	_, addr := startTarget(t, testConfig(t))
+	inq := func(targetSecret string) (string, error) {
+		out, err := exec.Command("iscsi-inq", fmt.Sprintf("iscsi://%s%%%s@%s/%s/0?target_user=%s&target_password=%s",
+			testUser, testSecret, addr, testIQN, testMutualU, targetSecret)).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := inq(testMutualS); err != nil || !strings.Contains(out, "DIRECT_ACCESS") {
+		t.Errorf("mutual CHAP with the right secret: %v\n%s", err, out)
+	}
+	if out, err := inq("not-the-target-secret"); err == nil || !strings.Contains(out, "CHAP_R") {
+		t.Errorf("libiscsi accepted the target with a wrong mutual secret: %v\n%s", err, out)
+	}
+}
