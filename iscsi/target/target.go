@@ -178,7 +178,9 @@ func (t *Target) admit(r *loginResult, c *conn) (tsih uint16, old *session, err 
 		return 0, nil, errors.New("target stopping")
 	}
 	for _, s := range t.sessions {
-		if s.isid == r.isid && s.initiator == r.initiator {
+		// The session identifier is initiator, ISID and target (§4.2.7.6);
+		// a discovery session is not one with the target.
+		if s.isid == r.isid && s.initiator == r.initiator && s.discovery == r.discovery {
 			old = s
 			delete(t.sessions, s.tsih)
 			break
