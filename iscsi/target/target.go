@@ -178,7 +178,7 @@ func (t *Target) admit(r *loginResult, c *conn) (tsih uint16, old *session, err 
 		return 0, nil, errors.New("target stopping")
 	}
 	for _, s := range t.sessions {
-		// The session identifier is initiator, ISID and target (§4.2.7.6);
+		// The session identifier is initiator, ISID and target (the I_T nexus);
 		// a discovery session is not one with the target.
 		if s.isid == r.isid && s.initiator == r.initiator && s.discovery == r.discovery {
 			old = s
