@@ -78,26 +78,35 @@ func TestRFC7143_11_5_AbortTask(t *testing.T) {
 	}
 }
 
-// TestLUNResetUnitAttention: after LUN RESET every session sees one
-// UNIT ATTENTION (29/03) on its next command to that LUN (SAM-5 §6.3).
-func TestLUNResetUnitAttention(t *testing.T) {
+// TestResetUnitAttention: after LUN RESET or TARGET WARM RESET every
+// session sees one UNIT ATTENTION (29/03) on its next command to the LUN
+// (SAM-5 §6.3); ABORT TASK SET raises none.
+func TestResetUnitAttention(t *testing.T) {
 	_, addr := startTarget(t, testConfig(t))
 	a, b := dial(t, addr), dial(t, addr)
 	a.mustLogin(defaultLogin())
 	o := defaultLogin()
 	o.initiator += "-b"
 	b.mustLogin(o)
-	if r := tmf(a, pdu.TMFLogicalUnitReset, 0, 0); r.Response != pdu.TMFComplete {
-		t.Fatalf("LUN RESET: response %d", r.Response)
-	}
 	tur := make([]byte, 6)
-	for _, c := range []*testClient{a, b} {
-		res := c.command(0, tur, nil, 0)
-		if res.status != scsi.StatusCheckCondition || senseKey(res.sense) != uint8(scsi.SenseUnitAttention) || res.sense[12] != 0x29 {
-			t.Fatalf("first command after reset: status %d sense %x", res.status, res.sense)
+	for _, fn := range []uint8{pdu.TMFLogicalUnitReset, pdu.TMFTargetWarmReset} {
+		if r := tmf(a, fn, 0, 0); r.Response != pdu.TMFComplete {
+			t.Fatalf("TMF %d: response %d", fn, r.Response)
 		}
-		if res := c.command(0, tur, nil, 0); res.status != 0 {
-			t.Fatalf("second command after reset: status %d", res.status)
+		for _, c := range []*testClient{a, b} {
+			res := c.command(0, tur, nil, 0)
+			if res.status != scsi.StatusCheckCondition || senseKey(res.sense) != uint8(scsi.SenseUnitAttention) || res.sense[12] != 0x29 {
+				t.Fatalf("TMF %d: first command after reset: status %d sense %x", fn, res.status, res.sense)
+			}
+			if res := c.command(0, tur, nil, 0); res.status != 0 {
+				t.Fatalf("TMF %d: second command after reset: status %d", fn, res.status)
+			}
 		}
+	}
+	if r := tmf(b, pdu.TMFAbortTaskSet, 0, 0); r.Response != pdu.TMFComplete {
+		t.Fatalf("ABORT TASK SET: response %d", r.Response)
+	}
+	if res := b.command(0, tur, nil, 0); res.status != 0 {
+		t.Fatalf("after ABORT TASK SET: status %d", res.status)
 	}
 }
