@@ -73,7 +73,7 @@ func (t *Target) Addrs() []net.Addr {
 
 // Serve accepts and serves connections until ctx is done or Close is
 // called, then ends every session and returns. It returns nil after an
-// orderly stop.
+// orderly stop. A Target serves once: after Serve returns it is closed.
 func (t *Target) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
