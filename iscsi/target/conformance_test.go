@@ -98,13 +98,13 @@ func TestConformanceSideBySide(t *testing.T) {
 
 	ours := runTestCU(t, oursURL, filepath.Join(dir, "ours.log"))
 	tgt := runTestCU(t, tgtURL, filepath.Join(dir, "tgt.log"))
-	fmt.Printf("conformance iscsi-test-cu SCSI+iSCSI: shareless passed=%d failed=%d skipped=%d | tgt passed=%d failed=%d skipped=%d\n",
+	testenv.Report(t, "conformance iscsi-test-cu SCSI+iSCSI: shareless passed=%d failed=%d skipped=%d | tgt passed=%d failed=%d skipped=%d",
 		ours.passed, ours.failed, ours.skipped, tgt.passed, tgt.failed, tgt.skipped)
 	for _, f := range ours.failures {
-		fmt.Printf("conformance shareless FAILED %s\n", f)
+		testenv.Report(t, "conformance shareless FAILED %s", f)
 	}
 	for _, f := range tgt.failures {
-		fmt.Printf("conformance tgt FAILED %s\n", f)
+		testenv.Report(t, "conformance tgt FAILED %s", f)
 	}
 	if tgt.passed == 0 {
 		t.Errorf("tgtd passed nothing: the reference run is broken (see %s)", filepath.Join(dir, "tgt.log"))
