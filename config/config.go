@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -89,9 +90,10 @@ type OpenStack struct {
 
 // API is the [api] section.
 type API struct {
-	Listen  string     `ini:"listen" default:"127.0.0.1:3270" help:"host:port of the control API peers call. Set it to this host's storage network\naddress."`
-	PSKFile SecretFile `ini:"psk_file" default:"" help:"File holding the pre-shared key agents authenticate each other with. Required\nwhen listen is not a loopback address."`
-	Socket  string     `ini:"socket" default:"/run/shareless/agent.sock" help:"Unix socket of the local API (libvirt hook and CLI)."`
+	Listen        string     `ini:"listen" default:"127.0.0.1:3270" help:"host:port of the control API peers call. Set it to this host's storage network\naddress."`
+	PSKFile       SecretFile `ini:"psk_file" default:"" help:"File holding the pre-shared key agents authenticate each other with. Required\nwhen listen is not a loopback address."`
+	Socket        string     `ini:"socket" default:"/run/shareless/agent.sock" help:"Unix socket of the local API (libvirt hook and CLI)."`
+	MetricsListen string     `ini:"metrics_listen" default:"127.0.0.1:9470" help:"host:port of the Prometheus /metrics endpoint (no authentication: counters and\ninstance UUIDs only). Empty disables it."`
 }
 
 // Replicator is the [replicator] section.
@@ -232,6 +234,11 @@ func (c *Config) Validate(file string) error {
 	}
 	if c.Replicator.HookWait <= 0 {
 		return bad("replicator", "hook_wait", "must be positive")
+	}
+	if c.API.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.API.MetricsListen); err != nil {
+			return bad("api", "metrics_listen", "not host:port: %v", err)
+		}
 	}
 	if !isLoopback(c.API.Listen) && c.API.PSKFile.Path == "" {
 		return bad("api", "psk_file", "required when listen (%s) is not a loopback address", c.API.Listen)

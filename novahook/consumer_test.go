@@ -3,12 +3,10 @@ package novahook
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,6 +16,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/shareless/shareless/config"
+	"github.com/shareless/shareless/internal/novaemit"
 	"github.com/shareless/shareless/internal/rabbit"
 	"github.com/shareless/shareless/internal/testenv"
 )
@@ -64,49 +63,17 @@ func needBroker(t *testing.T) *rabbit.Server {
 	return shared.server
 }
 
-// systemPython is Debian's interpreter, which has python3-oslo.messaging;
-// a python3 earlier on PATH (pyenv, venv) may not.
-const systemPython = "/usr/bin/python3"
-
-func needOslo(t *testing.T) {
-	t.Helper()
-	if out, err := exec.Command(systemPython, "-c", "import oslo_messaging").CombinedOutput(); err != nil {
-		if testenv.Strict() {
-			t.Fatalf("python3-oslo.messaging: %v %s", err, out)
-		}
-		t.Skipf("python3-oslo.messaging missing (scripts/deps.sh installs it): %s", out)
-	}
-}
-
-// planLine is one notification for testdata/emit_nova.py.
-type planLine struct {
-	Sample      string `json:"sample"`
-	PublisherID string `json:"publisher_id,omitempty"`
-	UUID        string `json:"uuid,omitempty"`
-	Host        string `json:"host,omitempty"`
-}
-
-func lm(event, uuid string) planLine {
-	return planLine{Sample: filepath.Join(samplesDir, "resolved", "instance-live_migration_"+event+".json"), UUID: uuid}
+func lm(event, uuid string) novaemit.Line {
+	return novaemit.Line{Sample: filepath.Join(samplesDir, "resolved", "instance-live_migration_"+event+".json"), UUID: uuid}
 }
 
 // emit sends plan through oslo.messaging with driver (messagingv2 or messaging).
-func emit(t *testing.T, s *rabbit.Server, driver string, plan []planLine) {
+func emit(t *testing.T, s *rabbit.Server, driver string, plan []novaemit.Line) {
 	t.Helper()
-	var in bytes.Buffer
-	enc := json.NewEncoder(&in)
-	for _, p := range plan {
-		if err := enc.Encode(p); err != nil {
-			t.Fatal(err)
-		}
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, systemPython, "testdata/emit_nova.py", s.TransportURL(), driver)
-	cmd.Stdin = &in
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), fmt.Sprintf("sent %d", len(plan))) {
-		t.Fatalf("emit_nova.py: %v\n%s", err, out)
+	if err := novaemit.Emit(ctx, s.TransportURL(), driver, plan); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -318,13 +285,13 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // oslo.messaging's in any property, the broker would refuse the second one.
 func TestConsumerExchangeAsOsloDeclaresIt(t *testing.T) {
 	s := needBroker(t)
-	needOslo(t)
+	novaemit.Need(t)
 	ch := amqpChannel(t, s)
 	// oslo first: the exchange does not exist until Nova's notifier sends.
 	if err := ch.ExchangeDelete("nova", false, false); err != nil {
 		t.Fatal(err)
 	}
-	emit(t, s, "messagingv2", []planLine{lm("pre-start", "exchange-oslo-first")})
+	emit(t, s, "messagingv2", []novaemit.Line{lm("pre-start", "exchange-oslo-first")})
 	cfg := consumerConfig(t, s, "host2")
 	rec := &recorder{}
 	runConsumer(t, s, cfg, newCounter(newNode(t, "host2", rec)))
@@ -346,7 +313,7 @@ func TestConsumerExchangeAsOsloDeclaresIt(t *testing.T) {
 	if err := ch2.QueueBind(probe.Name, "versioned_notifications.info", "nova", false, nil); err != nil {
 		t.Fatal(err)
 	}
-	emit(t, s, "messagingv2", []planLine{lm("pre-start", "exchange-agent-first")})
+	emit(t, s, "messagingv2", []novaemit.Line{lm("pre-start", "exchange-agent-first")})
 	waitFor(t, 10*time.Second, "oslo's notification on the agent's exchange", func() bool {
 		q, err := ch2.QueueDeclarePassive(probe.Name, false, true, true, false, nil)
 		return err == nil && q.Messages == 1
@@ -379,35 +346,35 @@ func malformed(t *testing.T) map[string][]byte {
 // them, and checks the states the agent reaches and what it set aside.
 func TestConsumerReplaysNova(t *testing.T) {
 	s := needBroker(t)
-	needOslo(t)
+	novaemit.Need(t)
 	cfg := consumerConfig(t, s, "host2")
 	rec := &recorder{}
 	node := newNode(t, "host2", rec)
 	cnt := newCounter(node)
 	runConsumer(t, s, cfg, cnt)
 
-	success := func(uuid string) []planLine {
-		var p []planLine
+	success := func(uuid string) []novaemit.Line {
+		var p []novaemit.Line
 		for _, e := range []string{"pre-start", "pre-end", "post-start", "post_dest-start", "post_dest-end", "post-end"} {
 			p = append(p, lm(e, uuid))
 		}
 		return p
 	}
-	rollback := func(uuid string) []planLine {
-		var p []planLine
+	rollback := func(uuid string) []novaemit.Line {
+		var p []novaemit.Line
 		for _, e := range []string{"pre-start", "pre-end", "rollback-start", "rollback_dest-start", "rollback-end", "rollback_dest-end"} {
 			p = append(p, lm(e, uuid))
 		}
 		return p
 	}
-	abort := func(uuid string) []planLine {
-		var p []planLine
+	abort := func(uuid string) []novaemit.Line {
+		var p []novaemit.Line
 		for _, e := range []string{"pre-start", "pre-end", "abort-start", "abort-end", "rollback-start", "rollback-end"} {
 			p = append(p, lm(e, uuid))
 		}
 		return p
 	}
-	others := []planLine{
+	others := []novaemit.Line{
 		{Sample: filepath.Join(samplesDir, "resolved", "instance-volume_attach-error.json")},
 		{Sample: filepath.Join(samplesDir, "resolved", "compute_task-migrate_server-error.json")},
 		lm("force_complete-start", "v2-success"), lm("force_complete-end", "v2-success"),
@@ -484,7 +451,7 @@ func TestConsumerReplaysNova(t *testing.T) {
 // come back as a duplicate.
 func TestConsumerBrokerRestart(t *testing.T) {
 	s := needBroker(t)
-	needOslo(t)
+	novaemit.Need(t)
 	cfg := consumerConfig(t, s, "host2")
 	rec := &recorder{}
 	node := newNode(t, "host2", rec)
@@ -500,7 +467,7 @@ func TestConsumerBrokerRestart(t *testing.T) {
 	runConsumer(t, s, cfg, cnt)
 
 	const instances = 250
-	var plan []planLine
+	var plan []novaemit.Line
 	for i := range instances {
 		uuid := fmt.Sprintf("restart-%04d", i)
 		post := lm("post-start", uuid)
@@ -616,7 +583,7 @@ func (c *crashAfter) HandleNotification(ctx context.Context, n Notification) (Ou
 // journal, gets the message again and recognises it by message_id.
 func TestConsumerAgentRestart(t *testing.T) {
 	s := needBroker(t)
-	needOslo(t)
+	novaemit.Need(t)
 	cfg := consumerConfig(t, s, "host2")
 	stateDir := t.TempDir()
 	openNode := func(rec *recorder) (*Node, *Journal) {
@@ -633,7 +600,7 @@ func TestConsumerAgentRestart(t *testing.T) {
 	rec1 := &recorder{}
 	node1, j1 := openNode(rec1)
 	done := runConsumer(t, s, cfg, &crashAfter{node: node1, crashAt: 3})
-	var plan []planLine
+	var plan []novaemit.Line
 	for _, e := range []string{"pre-start", "pre-end", "post-start", "post_dest-start", "post_dest-end", "post-end"} {
 		plan = append(plan, lm(e, "agent-restart"))
 	}

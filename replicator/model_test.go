@@ -369,13 +369,14 @@ func (c *modelCase) finish() {
 	if !c.sealed {
 		c.seal()
 	}
-	for i := 0; c.r.State() != StateComplete; i++ {
-		if i > 1000 {
-			c.fatalf("copy does not complete: %+v", c.r.Stats())
-		}
-		if _, err := c.r.copyStep(ctx); err != nil {
-			c.fatalf("copy step: %v", err)
-		}
+	// The rest goes as the background copy does it (this replica is
+	// paused so that only the script copies): chunks fetched copyDepth at a
+	// time, stored in order.
+	if err := c.r.copyRun(ctx, false); err != nil {
+		c.fatalf("copy run: %v", err)
+	}
+	if c.r.State() != StateComplete {
+		c.fatalf("copy does not complete: %+v", c.r.Stats())
 	}
 	if err := c.r.Flush(ctx); err != nil {
 		c.fatalf("flush: %v", err)

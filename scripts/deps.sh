@@ -13,6 +13,11 @@ packages=(
 	python3-oslo.messaging # Nova's own notifier
 	iproute2              # ip netns for multi-host tests
 	util-linux            # fallocate, etc.
+	qemu-system-x86       # the lab's TCG guests (internal/lab)
+	libvirt-daemon        # one libvirtd per lab host
+	libvirt-daemon-driver-qemu
+	libvirt-clients       # virsh: the lab's readiness checks and cleanup
+	xz-utils              # unpacking the lab guest's kernel
 )
 
 missing=()

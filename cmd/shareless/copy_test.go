@@ -25,10 +25,18 @@ import (
 )
 
 // TestMain lets a test run this binary as the shareless command, for the
-// cases that need a real process (signals).
+// cases that need a real process (signals), or as TestReplicaCrash's replica
+// process.
 func TestMain(m *testing.M) {
 	if os.Getenv("SHARELESS_TEST_AS_MAIN") == "1" {
 		main()
+	}
+	if os.Getenv(replicaChildEnv) != "" {
+		if err := replicaChild(); err != nil {
+			fmt.Fprintln(os.Stderr, "replica process:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }

@@ -195,40 +195,61 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	defer srcB.Close()
-	if err := a.stopTarget(); err != nil {
-		return err
-	}
-	if err := a.disk.Close(); err != nil {
-		return err
-	}
-	if a.disk, plan, err = a.store.Replicate(ctx, demoDisk, b.disk.Origin(), srcB, replicator.ReplicaOptions{}); err != nil {
-		return err
-	}
-	if err := b.disk.Seal(ctx); err != nil {
-		return err
-	}
-	delta, err := b.disk.Delta()
+	back, err := d.goBack(ctx, a, b, srcB)
 	if err != nil {
 		return err
 	}
-	if plan, err = a.disk.SourceSealed(ctx, delta); err != nil {
-		return err
-	}
-	d.printf("way back: B sealed; A rebuilds %s with plan %s from its own image plus B's %d modified blocks of %s",
-		demoDisk, plan, delta.Modified.Count(), human(delta.Grain))
-	start = time.Now()
-	if err := d.waitComplete(ctx, "A", a.disk); err != nil {
-		return err
-	}
-	moved := a.disk.Stats().SourceBytes
-	d.printf("way back: done in %s, moved %s of a %s disk (%.2f%%); the modified set is %s",
-		time.Since(start).Round(10*time.Millisecond), human(moved), human(d.size), 100*float64(moved)/float64(d.size),
-		human(delta.Modified.Count()*delta.Grain))
+	d.printf("way back: done in %s with plan %s from A's own image plus B's %d modified blocks of %s: moved %s of a %s disk (%.2f%%); the modified set is %s",
+		back.elapsed.Round(10*time.Millisecond), back.plan, back.delta.Modified.Count(), human(back.delta.Grain),
+		human(back.moved), human(d.size), 100*float64(back.moved)/float64(d.size), human(back.delta.Modified.Count()*back.delta.Grain))
 	if err := d.verify(ctx, a.disk, b.disk, nil); err != nil {
 		return fmt.Errorf("A's image after the way back: %w", err)
 	}
 	d.printf("A: image verified equal to B's")
 	return errors.Join(a.disk.Close(), b.disk.Close())
+}
+
+// trip is what one way back did.
+type trip struct {
+	plan    replicator.Plan
+	delta   *replicator.Delta
+	elapsed time.Duration // from the source's seal to a complete, durable disk
+	moved   int64         // bytes the new replica read from its source
+}
+
+// goBack moves the disk home from away, where the guest ran last, as a
+// migration back does (rule 7): home, which holds the sealed image away
+// copied, replicates away's disk, which src reads; away seals and hands over
+// its Delta; home copies the modified blocks and serves the disk again.
+// away's disk stays open and sealed; src is the caller's to close.
+func (d *demo) goBack(ctx context.Context, home, away *host, src replicator.Source) (trip, error) {
+	var t trip
+	var err error
+	if err := errors.Join(home.stopTarget(), home.disk.Close()); err != nil {
+		return t, err
+	}
+	if home.disk, t.plan, err = home.store.Replicate(ctx, demoDisk, away.disk.Origin(), src, replicator.ReplicaOptions{}); err != nil {
+		return t, err
+	}
+	if err := away.disk.Seal(ctx); err != nil {
+		return t, err
+	}
+	if t.delta, err = away.disk.Delta(); err != nil {
+		return t, err
+	}
+	start := time.Now()
+	if t.plan, err = home.disk.SourceSealed(ctx, t.delta); err != nil {
+		return t, err
+	}
+	d.printf("way back: %s sealed; %s rebuilds %s with plan %s", away.name, home.name, demoDisk, t.plan)
+	if err := d.waitComplete(ctx, home.name, home.disk); err != nil {
+		return t, err
+	}
+	if err := home.disk.Flush(ctx); err != nil {
+		return t, err
+	}
+	t.elapsed, t.moved = time.Since(start), home.disk.Stats().SourceBytes
+	return t, home.serve(ctx, d)
 }
 
 func (d *demo) makeSecret() error {
@@ -258,23 +279,31 @@ func (d *demo) newHost(name string) (*host, error) {
 
 // serve exports the host's disk on a free loopback port.
 func (h *host) serve(ctx context.Context, d *demo) error {
+	var err error
+	h.target, h.addr, h.stopped, err = d.serveDevice(ctx, h.name, h.disk, h.disk.ID().String())
+	return err
+}
+
+// serveDevice exports dev as the demo disk's LUN, with CHAP, on a free
+// loopback port; stopped receives what Serve returns.
+func (d *demo) serveDevice(ctx context.Context, name string, dev blockdev.Device, id string) (t *target.Target, addr string, stopped chan error, err error) {
 	creds, err := d.credentials()
 	if err != nil {
-		return err
+		return nil, "", nil, err
 	}
-	t, err := target.New(target.Config{
+	t, err = target.New(target.Config{
 		IQN:    demoIQN,
-		LUNs:   []target.LUN{{Device: h.disk, Unit: scsi.UnitConfig{ID: h.disk.ID().String()}}},
+		LUNs:   []target.LUN{{Device: dev, Unit: scsi.UnitConfig{ID: id}}},
 		Listen: []string{"127.0.0.1:0"},
 		CHAP:   &creds,
-		Logger: d.log.With("host", h.name),
+		Logger: d.log.With("host", name),
 	})
 	if err != nil {
-		return err
+		return nil, "", nil, err
 	}
-	h.target, h.addr, h.stopped = t, t.Addrs()[0].String(), make(chan error, 1)
-	go func() { h.stopped <- t.Serve(ctx) }()
-	return nil
+	stopped = make(chan error, 1)
+	go func() { stopped <- t.Serve(ctx) }()
+	return t, t.Addrs()[0].String(), stopped, nil
 }
 
 func (h *host) stopTarget() error {
@@ -290,11 +319,17 @@ func (h *host) stopTarget() error {
 func (h *host) stop() { h.stopTarget() }
 
 func (d *demo) dial(ctx context.Context, addr string) (*initiator.Session, error) {
-	creds, err := d.credentials()
+	cfg, err := d.initiatorConfig(addr)
 	if err != nil {
 		return nil, err
 	}
-	return initiator.Dial(ctx, initiator.Config{Addr: addr, Target: demoIQN, Credentials: initiator.Credentials{CHAP: creds}, Logger: d.log})
+	return initiator.Dial(ctx, cfg)
+}
+
+// initiatorConfig is how our initiator logs in to the demo disk at addr.
+func (d *demo) initiatorConfig(addr string) (initiator.Config, error) {
+	creds, err := d.credentials()
+	return initiator.Config{Addr: addr, Target: demoIQN, Credentials: initiator.Credentials{CHAP: creds}, Logger: d.log}, err
 }
 
 // fillDisk writes distinct data into the first half of every 4 MiB of the
@@ -348,29 +383,52 @@ func (d *demo) guestWrites(ctx context.Context, addr string) ([]guestWrite, erro
 	if err := os.WriteFile(script, []byte(cmds.String()), 0o644); err != nil {
 		return nil, err
 	}
-	opts := fmt.Sprintf("driver=raw,file.driver=iscsi,file.transport=tcp,file.portal=%s,file.target=%s,file.lun=0,file.user=%s,file.password-secret=sec0",
-		addr, demoIQN, d.user)
-	stdin, err := os.Open(script)
-	if err != nil {
-		return nil, err
-	}
-	defer stdin.Close()
-	cmd := exec.CommandContext(ctx, "qemu-io", "--object", "secret,id=sec0,file="+d.secretFile, "--image-opts", opts)
-	cmd.Stdin = stdin
 	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return nil, fmt.Errorf("qemu-io: %w: %s", err, bytes.TrimSpace(out))
+	if err := d.qemuIO(ctx, addr, script); err != nil {
+		return nil, err
 	}
 	d.printf("QEMU (qemu-io): %d scattered 4 KiB writes and a flush through B's LUN in %s",
 		len(ws), time.Since(start).Round(10*time.Millisecond))
 	return ws, nil
 }
 
+// qemuImageOpts are qemu's --image-opts for the demo disk's LUN at addr,
+// logged in with the demo's CHAP user and the secret object "sec0".
+func (d *demo) qemuImageOpts(addr string) string {
+	return fmt.Sprintf("driver=raw,file.driver=iscsi,file.transport=tcp,file.portal=%s,file.target=%s,file.lun=0,file.user=%s,file.password-secret=sec0",
+		addr, demoIQN, d.user)
+}
+
+// qemuIO runs the qemu-io commands in the file script against the demo
+// disk's LUN at addr, as QEMU's own iSCSI initiator (libiscsi). It fails if
+// qemu-io does, or if a command reports an error.
+func (d *demo) qemuIO(ctx context.Context, addr, script string) error {
+	stdin, err := os.Open(script)
+	if err != nil {
+		return err
+	}
+	defer stdin.Close()
+	cmd := exec.CommandContext(ctx, "qemu-io", "--object", "secret,id=sec0,file="+d.secretFile, "--image-opts", d.qemuImageOpts(addr))
+	cmd.Stdin = stdin
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("qemu-io: %w: %s", err, bytes.TrimSpace(out))
+	}
+	// With -q, qemu-io prints nothing but its prompts and failures.
+	if msg := bytes.TrimSpace(bytes.ReplaceAll(out, []byte("qemu-io>"), nil)); len(msg) != 0 {
+		return fmt.Errorf("qemu-io: %s", msg)
+	}
+	return nil
+}
+
 // waitComplete prints the replica's progress until it holds every block.
 func (d *demo) waitComplete(ctx context.Context, name string, r *replicator.Replica) error {
-	tick := time.NewTicker(500 * time.Millisecond)
+	// Poll often, so that a caller timing the copy is not off by the
+	// printing interval.
+	const poll, every = 5 * time.Millisecond, 500 * time.Millisecond
+	tick := time.NewTicker(poll)
 	defer tick.Stop()
+	var printed time.Time
 	for {
 		st := r.Stats()
 		if st.BytesRemaining == 0 {
@@ -379,12 +437,15 @@ func (d *demo) waitComplete(ctx context.Context, name string, r *replicator.Repl
 		if !st.SourceDownSince.IsZero() {
 			return fmt.Errorf("%s: source unreachable since %s", name, st.SourceDownSince.Format(time.TimeOnly))
 		}
-		eta := "?"
-		if st.ETA > 0 {
-			eta = st.ETA.Round(time.Second).String()
+		if time.Since(printed) >= every {
+			printed = time.Now()
+			eta := "?"
+			if st.ETA > 0 {
+				eta = st.ETA.Round(time.Second).String()
+			}
+			d.printf("%s: %s  %s of %s local, %s/s, ETA %s", name, bar(st.BytesLocal, st.Size), human(st.BytesLocal), human(st.Size),
+				human(int64(st.Rate)), eta)
 		}
-		d.printf("%s: %s  %s of %s local, %s/s, ETA %s", name, bar(st.BytesLocal, st.Size), human(st.BytesLocal), human(st.Size),
-			human(int64(st.Rate)), eta)
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("interrupted with %s of %s copied: %w", human(st.BytesLocal), human(st.Size), ctx.Err())

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -44,6 +45,9 @@ func runExport(ctx context.Context, e *env, args []string) error {
 	var allow stringList
 	fs.Var(&allow, "allow-initiator", "initiator IQN allowed to log in (repeatable; default: any that authenticates)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // usage already printed
+		}
 		return usagef("%v", err)
 	}
 	if *listen == "" || *iqn == "" {

@@ -30,10 +30,13 @@ type command struct {
 func commands() map[string]command {
 	return map[string]command{
 		"help":   {"describe the subcommands", nil},
+		"agent":  {"run this host's agent (the daemon)", runAgent},
+		"status": {"migrations, replicas and whether this host is safe to power off", runStatus},
 		"hook":   {"libvirt qemu hook: asks the local agent, never libvirt", runHook},
 		"export": exportCommand(),
 		"copy":   {copySummary, runCopy},
 		"demo":   {"Method C on one machine: a disk to a second store over iSCSI and back", runDemo},
+		"bench":  {"measure a suite (replica) against its peer tools", runBench},
 	}
 }
 

@@ -23,7 +23,8 @@ type Config struct {
 	Alias string
 	// LUNs are served as LUN 0, 1, ... in order.
 	LUNs []LUN
-	// Listen are the host:port addresses to bind; only these.
+	// Listen are the host:port addresses to bind; only these. Empty
+	// means no listener: connections come through Target.ServeConn.
 	Listen []string
 
 	// CHAP is what an initiator must present (one-way CHAP, §12.1.3).
@@ -101,9 +102,6 @@ func (c *Config) validate() error {
 		if l.Device == nil {
 			return fmt.Errorf("LUN %d has no device", i)
 		}
-	}
-	if len(c.Listen) == 0 {
-		return errors.New("no listen address")
 	}
 	for _, a := range c.Listen {
 		if _, _, err := net.SplitHostPort(a); err != nil {

@@ -73,7 +73,7 @@ func (t *Target) Addrs() []net.Addr {
 
 // Serve accepts and serves connections until ctx is done or Close is
 // called, then ends every session and returns. It returns nil after an
-// orderly stop.
+// orderly stop. A Target serves once: after Serve returns it is closed.
 func (t *Target) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -140,24 +140,31 @@ func (t *Target) accept(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 		}
-		c := newConn(ctx, t, nc)
-		t.mu.Lock()
-		if t.closed {
-			t.mu.Unlock()
-			nc.Close()
-			return nil
-		}
-		t.conns[c] = struct{}{}
-		t.wg.Add(1)
-		t.mu.Unlock()
-		go func() {
-			defer t.wg.Done()
-			c.serve()
-			t.mu.Lock()
-			delete(t.conns, c)
-			t.mu.Unlock()
-		}()
+		go t.ServeConn(ctx, nc)
 	}
+}
+
+// ServeConn serves one connection that the caller accepted, until it ends.
+// It lets one listener front several targets (a portal that picks the
+// target by the TargetName of the first Login Request): such a Target is
+// made with no Listen addresses and gets its connections only here.
+// A connection handed to a closed target is closed at once.
+func (t *Target) ServeConn(ctx context.Context, nc net.Conn) {
+	c := newConn(ctx, t, nc)
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		nc.Close()
+		return
+	}
+	t.conns[c] = struct{}{}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	defer t.wg.Done()
+	c.serve()
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.mu.Unlock()
 }
 
 // sessionExists implements sessionRegistry.
@@ -178,7 +185,9 @@ func (t *Target) admit(r *loginResult, c *conn) (tsih uint16, old *session, err 
 		return 0, nil, errors.New("target stopping")
 	}
 	for _, s := range t.sessions {
-		if s.isid == r.isid && s.initiator == r.initiator {
+		// The session identifier is initiator, ISID and target (the I_T nexus);
+		// a discovery session is not one with the target.
+		if s.isid == r.isid && s.initiator == r.initiator && s.discovery == r.discovery {
 			old = s
 			delete(t.sessions, s.tsih)
 			break

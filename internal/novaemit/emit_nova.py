@@ -13,6 +13,7 @@ one nova service sends them). Each line is a JSON object:
 where every key but "sample" is optional and overrides the sample.
 
 Usage: emit_nova.py TRANSPORT_URL DRIVER < plan.jsonl
+(internal/novaemit embeds this script and runs it with python3 -c.)
 Prints "sent N" at the end.
 """
 import json

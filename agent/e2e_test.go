@@ -1,0 +1,721 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	mrand "math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/shareless/shareless/internal/novaemit"
+	"github.com/shareless/shareless/internal/rabbit"
+	"github.com/shareless/shareless/internal/testenv"
+	"github.com/shareless/shareless/localapi"
+	"github.com/shareless/shareless/replicator"
+	"github.com/shareless/shareless/replicator/vfs"
+)
+
+// The end-to-end tests run real agents (the shareless binary, as separate
+// processes so that one can be SIGKILLed), one real RabbitMQ and Nova's
+// notifier library, on loopback with distinct ports. Only the processes the
+// tests start are stopped, by PID.
+
+// shared is what the package's end-to-end tests share: the binary and the
+// broker, made by the first test that needs them.
+var shared struct {
+	once   sync.Once
+	dir    string
+	bin    string
+	broker *rabbit.Server
+	err    error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared.broker != nil {
+		shared.broker.Close()
+	}
+	if shared.dir != "" {
+		os.RemoveAll(shared.dir)
+	}
+	os.Exit(code)
+}
+
+func needE2E(t *testing.T) {
+	t.Helper()
+	testenv.SkipIfShort(t)
+	testenv.NeedCommands(t, append(rabbit.Commands(), "qemu-io", "qemu-img")...)
+	novaemit.Need(t)
+	shared.once.Do(func() {
+		if shared.dir, shared.err = os.MkdirTemp("", "agent-e2e-"); shared.err != nil {
+			return
+		}
+		shared.bin = filepath.Join(shared.dir, "shareless")
+		args := []string{"build", "-o", shared.bin}
+		if raceBuild {
+			args = append(args, "-race")
+		}
+		if out, err := exec.Command("go", append(args, "../cmd/shareless")...).CombinedOutput(); err != nil {
+			shared.err = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		brokerDir := filepath.Join(shared.dir, "rabbit")
+		if shared.err = os.Mkdir(brokerDir, 0o700); shared.err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		shared.broker, shared.err = rabbit.Start(ctx, brokerDir)
+	})
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+}
+
+const (
+	testCHAP  = "0123456789abcdef" // 16 bytes: what QEMU's libiscsi accepts
+	testGrain = 64 << 10
+	testChunk = 1 << 20
+)
+
+// host is one agent process and its files.
+type host struct {
+	t                                 *testing.T
+	name, dir, conf, sock, store, log string
+	iscsiPort, apiPort, metricsPort   int
+
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+type clusterOpts struct {
+	hookWait  time.Duration
+	bandwidth string // [replicator] bandwidth_limit
+}
+
+// newCluster writes the configuration of two agents that know each other
+// as peers; they are not started.
+func newCluster(t *testing.T, o clusterOpts) (a, b *host) {
+	t.Helper()
+	needE2E(t)
+	base := t.TempDir()
+	psk := filepath.Join(base, "psk")
+	chap := filepath.Join(base, "chap")
+	for f, v := range map[string]string{psk: "test pre-shared key " + t.Name(), chap: testCHAP} {
+		if err := os.WriteFile(f, []byte(v+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Host names are per test, so are the agents' queues.
+	prefix := strings.ToLower(regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(t.Name(), "-"))
+	hs := []*host{{name: prefix + "-a"}, {name: prefix + "-b"}}
+	for _, h := range hs {
+		h.t = t
+		h.dir = filepath.Join(base, h.name)
+		h.conf, h.sock = filepath.Join(h.dir, "shareless.conf"), filepath.Join(h.dir, "agent.sock")
+		h.store, h.log = filepath.Join(h.dir, "store"), filepath.Join(h.dir, "agent.log")
+		h.iscsiPort, h.apiPort, h.metricsPort = testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
+		if err := os.MkdirAll(h.dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if o.hookWait == 0 {
+		o.hookWait = 30 * time.Second
+	}
+	if o.bandwidth == "" {
+		o.bandwidth = "0"
+	}
+	for _, h := range hs {
+		conf := fmt.Sprintf(`[DEFAULT]
+host = %s
+state_path = %s
+log_level = debug
+
+[amqp]
+transport_url = %s
+reconnect_min = 100ms
+reconnect_max = 2s
+
+[iscsi]
+listen = 127.0.0.1
+port = %d
+chap_user = shareless
+chap_secret_file = %s
+
+[store]
+path = %s
+
+[api]
+listen = 127.0.0.1:%d
+psk_file = %s
+socket = %s
+metrics_listen = 127.0.0.1:%d
+
+[peers]
+%s = 127.0.0.1:%d
+%s = 127.0.0.1:%d
+
+[replicator]
+grain = %d
+chunk = %d
+bandwidth_limit = %s
+source_timeout = 20s
+hook_wait = %s
+`, h.name, filepath.Join(h.dir, "state"), shared.broker.TransportURL(), h.iscsiPort, chap, h.store,
+			h.apiPort, psk, h.sock, h.metricsPort, hs[0].name, hs[0].apiPort, hs[1].name, hs[1].apiPort,
+			testGrain, testChunk, o.bandwidth, o.hookWait)
+		if err := os.WriteFile(h.conf, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, h := range hs {
+			h.stop()
+			if b, _ := os.ReadFile(h.log); bytes.Contains(b, []byte("WARNING: DATA RACE")) {
+				t.Errorf("agent %s had a data race", h.name)
+			}
+		}
+		if t.Failed() {
+			for _, h := range hs {
+				b, _ := os.ReadFile(h.log)
+				t.Logf("log of %s:\n%s", h.name, tail(string(b), 60))
+			}
+		}
+	})
+	return hs[0], hs[1]
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// start runs the agent and waits until its local API answers.
+func (h *host) start() {
+	h.t.Helper()
+	logf, err := os.OpenFile(h.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer logf.Close()
+	h.cmd = exec.Command(shared.bin, "agent", "--config-file", h.conf)
+	h.cmd.Stdout, h.cmd.Stderr = logf, logf
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := h.cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	h.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(h.cmd, h.exited)
+	eventually(h.t, 15*time.Second, "agent "+h.name+" answers", func() (bool, string) {
+		select {
+		case <-h.exited:
+			b, _ := os.ReadFile(h.log)
+			h.t.Fatalf("agent %s exited:\n%s", h.name, tail(string(b), 20))
+		default:
+		}
+		_, err := localapi.NewClient(h.sock).Status(context.Background())
+		return err == nil, fmt.Sprint(err)
+	})
+}
+
+// signal sends sig to the agent's process and waits for it to exit.
+func (h *host) signal(sig syscall.Signal) {
+	if h.cmd == nil {
+		return
+	}
+	syscall.Kill(h.cmd.Process.Pid, sig)
+	select {
+	case <-h.exited:
+	case <-time.After(15 * time.Second):
+		syscall.Kill(h.cmd.Process.Pid, syscall.SIGKILL)
+		<-h.exited
+	}
+	h.cmd = nil
+}
+
+// stop stops the agent as systemd does; it must exit cleanly.
+func (h *host) stop() {
+	cmd := h.cmd
+	h.signal(syscall.SIGTERM)
+	if cmd != nil && cmd.ProcessState.ExitCode() != 0 {
+		h.t.Errorf("agent %s: %v after SIGTERM", h.name, cmd.ProcessState)
+	}
+}
+
+func (h *host) kill() { h.signal(syscall.SIGKILL) }
+
+func (h *host) status() localapi.Status {
+	h.t.Helper()
+	raw, err := localapi.NewClient(h.sock).Status(context.Background())
+	if err != nil {
+		h.t.Fatalf("status of %s: %v", h.name, err)
+	}
+	var st localapi.Status
+	if err := json.Unmarshal(raw, &st); err != nil {
+		h.t.Fatal(err)
+	}
+	return st
+}
+
+func migration(st localapi.Status, inst, role string) (localapi.Migration, bool) {
+	for _, m := range st.Migrations {
+		if m.Instance == inst && m.Role == role {
+			return m, true
+		}
+	}
+	return localapi.Migration{}, false
+}
+
+func diskOf(st localapi.Status, inst string) (localapi.Disk, bool) {
+	for _, d := range st.Disks {
+		if d.Instance == inst {
+			return d, true
+		}
+	}
+	return localapi.Disk{}, false
+}
+
+// eventually polls cond until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %v (%s)", what, timeout, detail)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// shareless runs the binary (the hook, status) and returns its exit code
+// and output.
+func shareless(t *testing.T, stdin string, args ...string) (code int, stdout, stderr string, took time.Duration) {
+	t.Helper()
+	cmd := exec.Command(shared.bin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	took = time.Since(start)
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), out.String(), errb.String(), took
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0, out.String(), errb.String(), took
+}
+
+func newUUID(t *testing.T) string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	b[6], b[8] = b[6]&0x0f|0x40, b[8]&0x3f|0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// seedDisk creates a managed disk in h's store (the agent is not running)
+// filled with pseudo-random data, and returns its contents.
+func seedDisk(t *testing.T, h *host, ref DiskRef, size int) []byte {
+	t.Helper()
+	st, err := replicator.NewStore(vfs.OS{}, h.store, replicator.StoreOptions{Grain: testGrain, Chunk: testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := st.Create(context.Background(), ref.storeName(), int64(size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, size)
+	r := mrand.NewChaCha8([32]byte{1})
+	r.Read(data[:size*3/4]) // the last quarter stays a hole of zeroes
+	ctx := context.Background()
+	if err := rep.WriteAt(ctx, data, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// lm is a line of Nova's live migration: event from publisher's
+// nova-compute, with payload.host set to payloadHost.
+func lm(event, inst, publisher, payloadHost string) novaemit.Line {
+	return novaemit.Line{Sample: filepath.Join("..", "testdata", "nova-notifications", "resolved", "instance-live_migration_"+event+".json"),
+		PublisherID: "nova-compute:" + publisher, UUID: inst, Host: payloadHost}
+}
+
+func emit(t *testing.T, lines ...novaemit.Line) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := novaemit.Emit(ctx, shared.broker.TransportURL(), "messagingv2", lines); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// domainXML is the domain as libvirt hands it to the hook: the disk is a
+// network disk on the local portal, valid on both hosts.
+func domainXML(ref DiskRef, port int) string {
+	return fmt.Sprintf(`<domain type='qemu'><name>instance-00000001</name><uuid>%s</uuid><devices>
+<disk type='network' device='disk'><driver name='qemu' type='raw'/>
+<source protocol='iscsi' name='%s/0'><host name='127.0.0.1' port='%d'/></source><target dev='vda' bus='virtio'/></disk>
+</devices></domain>`, ref.Instance, ref.IQN(), port)
+}
+
+func hook(t *testing.T, h *host, ref DiskRef, args ...string) (int, string, time.Duration) {
+	t.Helper()
+	code, _, stderr, took := shareless(t, domainXML(ref, h.iscsiPort),
+		append([]string{"hook", "--socket", h.sock, "--state-dir", filepath.Join(h.dir, "state")}, args...)...)
+	return code, stderr, took
+}
+
+// lunURL is ref's LUN on h as QEMU names it, CHAP included.
+func lunURL(h *host, ref DiskRef) string {
+	return fmt.Sprintf("iscsi://shareless%%%s@127.0.0.1:%d/%s/0", testCHAP, h.iscsiPort, ref.IQN())
+}
+
+// qemuIO runs qemu-io commands on ref's LUN on h.
+func qemuIO(t *testing.T, h *host, ref DiskRef, cmds ...string) error {
+	t.Helper()
+	args := []string{"-f", "raw"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	out, err := exec.Command("qemu-io", append(args, lunURL(h, ref))...).CombinedOutput()
+	if err != nil || bytes.Contains(out, []byte("failed")) {
+		return fmt.Errorf("qemu-io %v: %v\n%s", cmds, err, out)
+	}
+	return nil
+}
+
+// readLUN reads ref's whole LUN on h with qemu-img.
+func readLUN(t *testing.T, h *host, ref DiskRef) []byte {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "read.raw")
+	if b, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "raw", lunURL(h, ref), out).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert: %v\n%s", err, b)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// sameBytes fails the test at the first differing offset.
+func sameBytes(t *testing.T, what string, got, want []byte) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d bytes, want %d", what, len(got), len(want))
+	}
+	if i := firstDiff(got, want); i >= 0 {
+		t.Fatalf("%s: first difference at offset %d (got %#x, want %#x)", what, i, got[i], want[i])
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return -1
+}
+
+// guestWrite is a write a guest makes on the destination during the copy.
+type guestWrite struct {
+	off, n  int
+	pattern byte
+}
+
+func (w guestWrite) qemuIO() string { return fmt.Sprintf("write -P %#x %d %d", w.pattern, w.off, w.n) }
+
+func (w guestWrite) apply(b []byte) {
+	for i := w.off; i < w.off+w.n; i++ {
+		b[i] = w.pattern
+	}
+}
+
+// waitPhase waits until h's record of inst in role reaches phase.
+func waitPhase(t *testing.T, h *host, inst, role, phase string, timeout time.Duration) {
+	t.Helper()
+	eventually(t, timeout, fmt.Sprintf("%s %s %s", h.name, role, phase), func() (bool, string) {
+		m, ok := migration(h.status(), inst, role)
+		return ok && m.Phase == phase, fmt.Sprintf("%+v", m)
+	})
+}
+
+// prepared replays a migration's beginning in Nova's order up to the
+// destination's migrate hook, which must let libvirt proceed.
+func prepared(t *testing.T, a, b *host, ref DiskRef) {
+	t.Helper()
+	emit(t, lm("pre-start", ref.Instance, b.name, a.name), lm("pre-end", ref.Instance, b.name, a.name))
+	if code, stderr, _ := hook(t, b, ref, "qemu", "instance-00000001", "migrate", "begin", "-"); code != 0 {
+		t.Fatalf("hook migrate begin on the destination: exit %d: %s", code, stderr)
+	}
+}
+
+// TestMigrationThereAndBack: a VM with a managed disk moves A→B as Nova
+// orders it; B's replica serves the guest at once, copies in the background
+// while A says it is not safe to power off, and ends with A's bytes plus the
+// guest's writes made on B. Then it moves back B→A, and A fetches only the
+// blocks B's guest modified (design.md §2 rule 7).
+func TestMigrationThereAndBack(t *testing.T) {
+	a, b := newCluster(t, clusterOpts{bandwidth: "4MiB"})
+	ref, _ := NewDiskRef(newUUID(t), "disk")
+	const size = 24 << 20
+	want := seedDisk(t, a, ref, size)
+	a.start()
+	b.start()
+
+	prepared(t, a, b, ref)
+	// Pass-through: B serves A's bytes before anything is copied.
+	if err := qemuIO(t, b, ref, fmt.Sprintf("read -P 0 %d 65536", size-65536)); err != nil {
+		t.Fatal(err)
+	}
+	// The switch-over: the guest runs on B; Nova's post.start comes from A.
+	emit(t, lm("post-start", ref.Instance, a.name, a.name))
+	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+	code, out, stderr, _ := shareless(t, "", "status", "--socket", a.sock)
+	if code != 0 || !strings.Contains(out, "safe to power off: no (1 replicas still copying from this host, ETA") {
+		t.Fatalf("status on A while B copies: exit %d\n%s%s", code, out, stderr)
+	}
+	t.Logf("status on A while copying:\n%s", out)
+	writes := []guestWrite{{off: size - 8<<20, n: 256 << 10, pattern: 0xab}, {off: 5<<20 + 4096, n: 8192, pattern: 0xcd}}
+	for _, w := range writes {
+		if err := qemuIO(t, b, ref, w.qemuIO()); err != nil {
+			t.Fatal(err)
+		}
+		w.apply(want)
+	}
+	if d, _ := diskOf(b.status(), ref.Instance); d.State != "copying" {
+		t.Logf("note: the copy finished before the guest's writes (%+v); they still count", d)
+	}
+	emit(t, lm("post_dest-start", ref.Instance, b.name, a.name), lm("post_dest-end", ref.Instance, b.name, b.name),
+		lm("post-end", ref.Instance, a.name, a.name))
+
+	waitPhase(t, b, ref.Instance, "dest", "copied", time.Minute)
+	waitPhase(t, a, ref.Instance, "source", "copied", 20*time.Second)
+	code, out, _, _ = shareless(t, "", "status", "--socket", a.sock)
+	if code != 0 || !strings.Contains(out, "safe to power off: yes") {
+		t.Fatalf("status on A after the copy: exit %d\n%s", code, out)
+	}
+	if m, _ := migration(b.status(), ref.Instance, "dest"); !m.Home {
+		t.Errorf("B did not record the new home: %+v", m)
+	}
+	sameBytes(t, "B's disk after the copy", readLUN(t, b, ref), want)
+
+	checkMetrics(t, b, ref)
+
+	// The way back. A still holds its sealed image, which is exactly what
+	// B's replica copied: only the modified blocks move.
+	emit(t, lm("pre-start", ref.Instance, a.name, b.name), lm("pre-end", ref.Instance, a.name, b.name))
+	if code, stderr, _ := hook(t, a, ref, "qemu", "instance-00000001", "migrate", "begin", "-"); code != 0 {
+		t.Fatalf("hook migrate begin on A: exit %d: %s", code, stderr)
+	}
+	emit(t, lm("post-start", ref.Instance, b.name, b.name), lm("post_dest-start", ref.Instance, a.name, b.name),
+		lm("post_dest-end", ref.Instance, a.name, a.name), lm("post-end", ref.Instance, b.name, b.name))
+	waitPhase(t, a, ref.Instance, "dest", "copied", time.Minute)
+	waitPhase(t, b, ref.Instance, "source", "copied", 20*time.Second)
+	d, _ := diskOf(a.status(), ref.Instance)
+	modified := int64(4*testGrain + testGrain) // the two writes, in whole tracking blocks
+	if d.BytesCopied != modified {
+		t.Errorf("way back copied %d bytes, want the %d modified on B", d.BytesCopied, modified)
+	}
+	sameBytes(t, "A's disk after the way back", readLUN(t, a, ref), want)
+	_, out, _, _ = shareless(t, "", "status", "--socket", a.sock)
+	t.Logf("status on A after the way back:\n%s", out)
+}
+
+// checkMetrics reads b's /metrics after a complete copy of ref.
+func checkMetrics(t *testing.T, b *host, ref DiskRef) {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", b.metricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m bytes.Buffer
+	m.ReadFrom(resp.Body)
+	for _, line := range []string{
+		fmt.Sprintf(`shareless_replica_bytes_remaining{instance=%q,disk="disk"} 0`, ref.Instance),
+		`shareless_notifications_total{outcome="applied"}`,
+	} {
+		if !strings.Contains(m.String(), line) {
+			t.Errorf("metrics of B lack %q:\n%s", line, m.String())
+		}
+	}
+}
+
+// TestMigrationSurvivesSIGKILL: each agent is SIGKILLed in the middle of
+// the copy and started again; both resume from what they persisted (the
+// node's journal, the replica's metadata) and the copy completes exactly,
+// the guest's writes on B included.
+func TestMigrationSurvivesSIGKILL(t *testing.T) {
+	a, b := newCluster(t, clusterOpts{bandwidth: "3MiB"})
+	ref, _ := NewDiskRef(newUUID(t), "disk")
+	const size = 24 << 20
+	want := seedDisk(t, a, ref, size)
+	a.start()
+	b.start()
+	prepared(t, a, b, ref)
+	emit(t, lm("post-start", ref.Instance, a.name, a.name))
+	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+
+	local := func(min int64) func() (bool, string) {
+		return func() (bool, string) {
+			d, _ := diskOf(b.status(), ref.Instance)
+			return d.BytesLocal >= min && d.BytesLocal < size, fmt.Sprintf("%+v", d)
+		}
+	}
+	eventually(t, 20*time.Second, "B copied a little", local(2<<20))
+	w1 := guestWrite{off: size - 4<<20, n: 128 << 10, pattern: 0x5a}
+	if err := qemuIO(t, b, ref, w1.qemuIO()); err != nil {
+		t.Fatal(err)
+	}
+	w1.apply(want)
+	before, _ := diskOf(b.status(), ref.Instance)
+	b.kill()
+	b.start()
+	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+	after, _ := diskOf(b.status(), ref.Instance)
+	t.Logf("B killed at %d bytes local, resumed at %d", before.BytesLocal, after.BytesLocal)
+
+	// The source dies too; B's reads wait for it (bounded) and go on.
+	eventually(t, 30*time.Second, "B copied more", local(before.BytesLocal+2<<20))
+	a.kill()
+	time.Sleep(time.Second)
+	a.start()
+	w2 := guestWrite{off: 12<<20 + 512, n: 4096, pattern: 0xa5}
+	if err := qemuIO(t, b, ref, w2.qemuIO()); err != nil {
+		t.Fatal(err)
+	}
+	w2.apply(want)
+	emit(t, lm("post_dest-start", ref.Instance, b.name, a.name), lm("post_dest-end", ref.Instance, b.name, b.name),
+		lm("post-end", ref.Instance, a.name, a.name))
+	waitPhase(t, b, ref.Instance, "dest", "copied", time.Minute)
+	waitPhase(t, a, ref.Instance, "source", "copied", 30*time.Second)
+	sameBytes(t, "B's disk after two crashes", readLUN(t, b, ref), want)
+}
+
+// TestHookBound: libvirt's migrate hook on the destination never waits
+// longer than [replicator] hook_wait for replicas (nor the hook's own
+// --timeout), and refuses — exit non-zero, which aborts the migration.
+func TestHookBound(t *testing.T) {
+	const wait = 2 * time.Second
+	a, b := newCluster(t, clusterOpts{hookWait: wait})
+	b.start()
+	ref, _ := NewDiskRef(newUUID(t), "disk")
+
+	// No pre.start ever comes: the replicas are never ready.
+	code, stderr, took := hook(t, b, ref, "qemu", "instance-00000001", "migrate", "begin", "-")
+	// The node answers on the first tick (1 s) after the deadline.
+	if code == 0 || !strings.Contains(stderr, "replicas not ready in time") || took < wait || took > wait+3*time.Second {
+		t.Fatalf("no replicas: exit %d after %v (bound %v): %s", code, took, wait, stderr)
+	}
+	// The hook's own bound holds when it is shorter.
+	code, stderr, took = hook(t, b, ref, "--timeout", "500ms", "qemu", "instance-00000001", "migrate", "begin", "-")
+	if code == 0 || took > 2*time.Second {
+		t.Fatalf("--timeout 500ms: exit %d after %v: %s", code, took, stderr)
+	}
+	// Nova begins, but the source's agent is down: preparing fails and
+	// the hook refuses at once with the reason.
+	emit(t, lm("pre-start", ref.Instance, b.name, a.name))
+	code, stderr, took = hook(t, b, ref, "qemu", "instance-00000001", "migrate", "begin", "-")
+	if code == 0 || !strings.Contains(stderr, "replicas failed") || took > wait+2*time.Second {
+		t.Fatalf("source down: exit %d after %v: %s", code, took, stderr)
+	}
+	t.Logf("refusal: %s", strings.TrimSpace(stderr))
+
+	// An adopted instance must not boot Nova's stale file disk.
+	guard := filepath.Join(b.dir, "state", "guard")
+	if err := os.MkdirAll(guard, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(guard, "instance-00000001"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fileXML := fmt.Sprintf(`<domain><name>instance-00000001</name><uuid>%s</uuid><devices><disk type='file' device='disk'><source file='/var/lib/nova/instances/%s/disk'/></disk></devices></domain>`, ref.Instance, ref.Instance)
+	code, _, stderr, _ = shareless(t, fileXML, "hook", "--socket", b.sock, "qemu", "instance-00000001", "prepare", "begin", "-")
+	if code == 0 || !strings.Contains(stderr, "was adopted") {
+		t.Fatalf("adopted instance on a file disk: exit %d: %s", code, stderr)
+	}
+	if code, stderr, _ := hook(t, b, ref, "qemu", "instance-00000001", "prepare", "begin", "-"); code != 0 {
+		t.Fatalf("adopted instance on its managed disk: exit %d: %s", code, stderr)
+	}
+}
+
+// TestRollback: Nova rolls the migration back before the switch-over; B
+// discards its replica and A's export is writable again.
+func TestRollback(t *testing.T) {
+	a, b := newCluster(t, clusterOpts{})
+	ref, _ := NewDiskRef(newUUID(t), "disk")
+	seedDisk(t, a, ref, 4<<20)
+	a.start()
+	b.start()
+	prepared(t, a, b, ref)
+	if _, ok := diskOf(b.status(), ref.Instance); !ok {
+		t.Fatal("B does not serve the replica")
+	}
+	// Seal A as a destination does before copying, so that the rollback
+	// has something to undo.
+	psk, _ := os.ReadFile(filepath.Join(filepath.Dir(a.dir), "psk"))
+	p := &peerClient{host: a.name, addr: fmt.Sprintf("127.0.0.1:%d", a.apiPort),
+		sign: newSigner(strings.TrimSpace(string(psk)), time.Now), http: http.DefaultClient}
+	impostor := *p
+	impostor.sign = newSigner("not the cloud's key", time.Now)
+	if _, err := impostor.seal(context.Background(), ref.Instance); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("the agent took a seal signed with the wrong key: %v", err)
+	}
+	if _, err := p.seal(context.Background(), ref.Instance); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := diskOf(a.status(), ref.Instance); !d.Sealed {
+		t.Fatalf("A not sealed: %+v", d)
+	}
+	if err := qemuIO(t, a, ref, "write -P 0x11 0 4096"); err == nil {
+		t.Fatal("a sealed export accepted a write")
+	}
+
+	emit(t, lm("rollback-start", ref.Instance, a.name, a.name), lm("rollback_dest-start", ref.Instance, b.name, a.name),
+		lm("rollback_dest-end", ref.Instance, b.name, a.name), lm("rollback-end", ref.Instance, a.name, a.name))
+	waitPhase(t, b, ref.Instance, "dest", "rolled-back", 20*time.Second)
+	waitPhase(t, a, ref.Instance, "source", "rolled-back", 20*time.Second)
+	eventually(t, 10*time.Second, "B's replica gone", func() (bool, string) {
+		_, open := diskOf(b.status(), ref.Instance)
+		entries, _ := os.ReadDir(b.store)
+		return !open && len(entries) == 0, fmt.Sprintf("open %v, store %v", open, entries)
+	})
+	eventually(t, 10*time.Second, "A unsealed", func() (bool, string) {
+		d, _ := diskOf(a.status(), ref.Instance)
+		return !d.Sealed, fmt.Sprintf("%+v", d)
+	})
+	if err := qemuIO(t, a, ref, "write -P 0x11 0 4096", "read -P 0x11 0 4096"); err != nil {
+		t.Fatalf("A's export after the rollback: %v", err)
+	}
+	if err := qemuIO(t, b, ref, "read 0 4096"); err == nil {
+		t.Fatal("B still serves the discarded replica")
+	}
+}

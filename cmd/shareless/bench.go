@@ -1,0 +1,319 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/shareless/shareless/blockdev"
+	"github.com/shareless/shareless/iscsi/initiator"
+	"github.com/shareless/shareless/replicator"
+)
+
+const benchHelp = `usage: shareless bench replica [--dir DIR] [--size BYTES] [--reads N]
+
+Measures the post-copy replica against a peer in the same run, over real
+iSCSI on 127.0.0.1, and prints one line per case:
+
+  bench replica/<case>: ours=<v> peer=<v> ratio=<v>
+
+  copy            copy rate of a replica from a source export (our target)
+                  against qemu-img convert -m 16 -W -O raw from that export
+  randread-qd32   4 KiB reads at queue depth 32 (qemu-img bench) through a
+                  replica while it copies, against the same through a plain
+                  export of a local file
+  wayback-Npct-time, wayback-Npct-bytes
+                  the way back after N percent of the blocks were modified, against
+                  the full copy; bytes are Data-In payload counted on the wire
+
+For the copy ratio higher is better; for the way back lower is better.
+`
+
+func runBench(ctx context.Context, e *env, args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() { fmt.Fprint(e.stderr, benchHelp); fs.PrintDefaults() }
+	dir := fs.String("dir", "", "working directory (default: a temporary one, removed afterwards)")
+	size := fs.Int64("size", 1<<30, "disk size in bytes")
+	reads := fs.Int("reads", 200000, "4 KiB reads per randread run")
+	if len(args) == 0 || args[0] != "replica" {
+		fs.Usage()
+		return usagef("bench takes a suite: replica")
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() != 0 || *size < 64<<20 || *size%(1<<20) != 0 || *reads < 1 {
+		return usagef("--size must be a whole number of MiB, at least 64 MiB, --reads positive, and there are no more arguments")
+	}
+	for _, c := range []string{"qemu-img"} {
+		if _, err := exec.LookPath(c); err != nil {
+			return fmt.Errorf("%s not found: run 'make bench', which installs it (scripts/deps.sh)", c)
+		}
+	}
+	if *dir == "" {
+		tmp, err := os.MkdirTemp("", "shareless-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		*dir = tmp
+	}
+	d := &demo{out: io.Discard, log: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		dir: *dir, size: *size}
+	b := &replicaBench{demo: d, out: e.stdout, reads: *reads}
+	return b.run(ctx)
+}
+
+type replicaBench struct {
+	*demo
+	out   io.Writer
+	reads int
+}
+
+// result prints one case. For the ratio, higher must mean better for us:
+// callers pass ours and peer in that sense.
+func (b *replicaBench) result(name, unit string, ours, peer float64) {
+	fmt.Fprintf(b.out, "bench replica/%s: ours=%.4g%s peer=%.4g%s ratio=%.3f\n", name, ours, unit, peer, unit, ours/peer)
+}
+
+func (b *replicaBench) note(format string, a ...any) {
+	fmt.Fprintf(b.out, "  "+format+"\n", a...)
+}
+
+func (b *replicaBench) run(ctx context.Context) error {
+	if err := b.makeSecret(); err != nil {
+		return err
+	}
+	a, err := b.newHost("A")
+	if err != nil {
+		return err
+	}
+	h, err := b.newHost("B")
+	if err != nil {
+		return err
+	}
+	if a.disk, err = a.store.Create(ctx, demoDisk, b.size); err != nil {
+		return err
+	}
+	rng := rand.New(rand.NewPCG(1, 1))
+	if err := fillAll(ctx, a.disk, rng); err != nil {
+		return err
+	}
+	if err := a.disk.Seal(ctx); err != nil {
+		return err
+	}
+	if err := a.serve(ctx, b.demo); err != nil {
+		return err
+	}
+	defer a.stop()
+	b.note("disk of %s, every byte data; host A's sealed disk served by our target on %s", human(b.size), a.addr)
+
+	// (a) A full copy by a replica against qemu-img convert.
+	src, err := b.dial(ctx, a.addr)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	full, err := b.copyOnce(ctx, a, h, src, 0)
+	if err != nil {
+		return err
+	}
+	h.stop()
+	peer, err := b.qemuConvert(ctx, a.addr)
+	if err != nil {
+		return err
+	}
+	b.result("copy", "MiB/s", mibps(b.size, full), mibps(b.size, peer))
+
+	// (b) Reads through a replica while it copies, against a plain export
+	// of a local file with the same data.
+	if err := errors.Join(h.disk.Close(), h.store.Remove(demoDisk)); err != nil {
+		return err
+	}
+	if _, err := b.copyOnce(ctx, a, h, src, b.size/30); err != nil { // returns as soon as it copies
+		return err
+	}
+	ours, err := b.qemuBench(ctx, h.addr)
+	if err != nil {
+		return err
+	}
+	st := h.disk.Stats()
+	b.note("the replica held %s of %s after its reads (still copying: %v)", human(st.BytesLocal), human(b.size), st.State == replicator.StateCopying)
+	if st.State != replicator.StateCopying {
+		return fmt.Errorf("the replica finished copying during the read run: lower --reads")
+	}
+	plain := filepath.Join(b.dir, "plain.raw")
+	if err := saveImage(ctx, a.disk, plain); err != nil {
+		return err
+	}
+	f, err := blockdev.OpenFile(plain, false)
+	if err != nil {
+		return err
+	}
+	pt, paddr, pstopped, err := b.serveDevice(ctx, "plain", f, "plain")
+	if err != nil {
+		return errors.Join(err, f.Close())
+	}
+	peerIOPS, err := b.qemuBench(ctx, paddr)
+	err = errors.Join(err, pt.Close(), <-pstopped, f.Close(), os.Remove(plain))
+	if err != nil {
+		return err
+	}
+	b.result("randread-qd32", "IOPS", ours, peerIOPS)
+
+	// (c) The way back, against the full copy of (a).
+	h.disk.SetRate(0)
+	if err := errors.Join(b.waitComplete(ctx, h.name, h.disk), src.Close()); err != nil {
+		return err
+	}
+	home, away := a, h
+	for _, share := range []float64{0.01, 0.10} {
+		guest, err := b.dial(ctx, away.addr)
+		if err != nil {
+			return err
+		}
+		n, err := modify(ctx, guest, rng, replicator.DefaultGrain, share, false)
+		if err := errors.Join(err, guest.Close()); err != nil {
+			return err
+		}
+		var wire wireCount
+		cfg, err := b.initiatorConfig(away.addr)
+		if err != nil {
+			return err
+		}
+		cfg.Dial = wire.dial
+		back, err := initiator.Dial(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		login := wire.dataIn.Load()
+		t, err := b.goBack(ctx, home, away, back)
+		if err := errors.Join(err, back.Close(), wire.wait()); err != nil {
+			return err
+		}
+		moved := wire.dataIn.Load() - login
+		name := fmt.Sprintf("wayback-%dpct", int(share*100))
+		b.result(name+"-time", "s", t.elapsed.Seconds(), full.Seconds())
+		b.result(name+"-bytes", "MiB", float64(moved)/(1<<20), float64(b.size)/(1<<20))
+		b.note("%d scattered 4 KiB writes in distinct %s blocks; modified set %s, on the wire %s (plan %s)",
+			n, human(replicator.DefaultGrain), human(t.delta.Modified.Count()*t.delta.Grain), human(moved), t.plan)
+		home, away = away, home
+	}
+	return errors.Join(a.disk.Close(), h.disk.Close())
+}
+
+// copyOnce makes to's disk a full replica of from's, which src reads, and
+// serves it. With no rate limit it returns when the copy is complete and
+// durable, with the time it took; with one, as soon as it copies.
+func (b *replicaBench) copyOnce(ctx context.Context, from, to *host, src replicator.Source, rate int64) (time.Duration, error) {
+	var err error
+	if to.disk, _, err = to.store.Replicate(ctx, demoDisk, from.disk.Origin(), src, replicator.ReplicaOptions{Rate: rate}); err != nil {
+		return 0, err
+	}
+	if err := to.serve(ctx, b.demo); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if _, err := to.disk.SourceSealed(ctx, nil); err != nil || rate > 0 {
+		return 0, err
+	}
+	for to.disk.State() != replicator.StateComplete {
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return time.Since(start), to.disk.Flush(ctx)
+}
+
+func (b *replicaBench) qemuConvert(ctx context.Context, addr string) (time.Duration, error) {
+	out := filepath.Join(b.dir, "convert.raw")
+	defer os.Remove(out)
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "--object", "secret,id=sec0,file="+b.secretFile,
+		"--image-opts", "-m", "16", "-W", "-O", "raw", b.qemuImageOpts(addr), out)
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("qemu-img convert: %w: %s", err, bytes.TrimSpace(msg))
+	}
+	return time.Since(start), nil
+}
+
+// benchStep spreads qemu-img bench's reads over the disk: it reads at
+// offsets step apart (modulo the size), and a step just over 1 MiB puts
+// every read in another copy chunk and another tracking block.
+const benchStep = 1<<20 + 20<<10
+
+var benchRun = regexp.MustCompile(`Run completed in ([0-9.]+) seconds`)
+
+// qemuBench runs qemu-img bench's 4 KiB reads at queue depth 32 on the
+// demo disk's LUN at addr and returns the reads per second.
+func (b *replicaBench) qemuBench(ctx context.Context, addr string) (float64, error) {
+	// qemu-img bench takes no --object, so the CHAP secret goes in the URL
+	// (libiscsi's user%password form): tolerable for a throwaway secret on
+	// loopback, never for a real one.
+	url := fmt.Sprintf("iscsi://%s%%%s@%s/%s/0", b.user, b.secret, addr, demoIQN)
+	cmd := exec.CommandContext(ctx, "qemu-img", "bench", "-f", "raw",
+		"-c", strconv.Itoa(b.reads), "-d", "32", "-s", "4096", "-S", strconv.Itoa(benchStep), "-t", "none", url)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("qemu-img bench: %w: %s", err, bytes.TrimSpace(out))
+	}
+	m := benchRun.FindSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("qemu-img bench: no run time in %q", out)
+	}
+	secs, err := strconv.ParseFloat(string(m[1]), 64)
+	if err != nil || secs <= 0 {
+		return 0, fmt.Errorf("qemu-img bench: run time %q", m[1])
+	}
+	return float64(b.reads) / secs, nil
+}
+
+func mibps(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
+
+// fillAll writes pseudo-random data over the whole device and flushes, so
+// that neither side of a comparison can skip holes or zeroes.
+func fillAll(ctx context.Context, dev blockdev.Device, rng *rand.Rand) error {
+	buf := make([]byte, 4<<20)
+	for off := int64(0); off < dev.Size(); off += int64(len(buf)) {
+		p := buf[:min(int64(len(buf)), dev.Size()-off)]
+		fillRandom(rng, p)
+		if err := dev.WriteAt(ctx, p, off, false); err != nil {
+			return err
+		}
+	}
+	return dev.Flush(ctx)
+}
+
+// saveImage writes the device's contents to a raw file.
+func saveImage(ctx context.Context, dev blockdev.Device, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf := make([]byte, 4<<20)
+	for off := int64(0); off < dev.Size(); off += int64(len(buf)) {
+		p := buf[:min(int64(len(buf)), dev.Size()-off)]
+		if err := dev.ReadAt(ctx, p, off); err != nil {
+			return err
+		}
+		if _, err := f.WriteAt(p, off); err != nil {
+			return err
+		}
+	}
+	return f.Close()
+}
