@@ -94,6 +94,8 @@ cases=(
 	"tgtd-sparse sparse iscsi://127.0.0.1:$port/iqn.2026-11.io.shareless.bench:sparse/1 unsafe"
 	"own-dense dense iscsi://127.0.0.1:$own_port/iqn.2026-11.io.shareless.bench:own/0 unsafe"
 	"own-sparse sparse iscsi://127.0.0.1:$own_port/iqn.2026-11.io.shareless.bench:own/1 unsafe"
+	"tgtd-dense-durable dense iscsi://127.0.0.1:$port/iqn.2026-11.io.shareless.bench:dense/1 writeback"
+	"own-dense-durable dense iscsi://127.0.0.1:$own_port/iqn.2026-11.io.shareless.bench:own/0 writeback"
 	"tgtd-sparse-durable sparse iscsi://127.0.0.1:$port/iqn.2026-11.io.shareless.bench:sparse/1 writeback"
 	"own-sparse-durable sparse iscsi://127.0.0.1:$own_port/iqn.2026-11.io.shareless.bench:own/1 writeback"
 )

@@ -241,9 +241,19 @@ func interop(t *testing.T, addr string, lun uint16, img string, size int64) {
 		}
 	})
 
+	t.Run("SenseError", func(t *testing.T) {
+		// A VPD page no target has: CHECK CONDITION with sense data,
+		// decoded into a typed error.
+		_, err := s.VPD(ctx, 0xc7)
+		var se *scsi.SenseError
+		if !errors.As(err, &se) || !errors.Is(err, scsi.SenseIllegalRequest) {
+			t.Fatalf("got %v, want ILLEGAL REQUEST as a *scsi.SenseError", err)
+		}
+	})
+
 	t.Run("OutOfRange", func(t *testing.T) {
-		if err := s.ReadAt(ctx, make([]byte, 512), size); err == nil {
-			t.Fatal("read past the end succeeded")
+		if err := s.ReadAt(ctx, make([]byte, 512), size); !errors.Is(err, blockdev.ErrOutOfRange) {
+			t.Fatalf("read past the end: %v, want ErrOutOfRange", err)
 		}
 	})
 }
