@@ -627,6 +627,31 @@ func TestMigrationSurvivesSIGKILL(t *testing.T) {
 	sameBytes(t, "B's disk after two crashes", readLUN(t, b, ref), want)
 }
 
+// TestNoWayBackWhileCopying: while B still copies from A, Nova may try to
+// move the VM back to A; A's migrate hook refuses (the new replica would
+// read from one that reads from A) and A keeps serving B's copy, which
+// completes.
+func TestNoWayBackWhileCopying(t *testing.T) {
+	a, b := newCluster(t, clusterOpts{bandwidth: "2MiB"})
+	ref, _ := NewDiskRef(newUUID(t), "disk")
+	want := seedDisk(t, a, ref, 8<<20)
+	a.start()
+	b.start()
+	prepared(t, a, b, ref)
+	emit(t, lm("post-start", ref.Instance, a.name, a.name))
+	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+
+	emit(t, lm("pre-start", ref.Instance, a.name, b.name))
+	code, stderr, _ := hook(t, a, ref, "qemu", "instance-00000001", "migrate", "begin", "-")
+	if code == 0 || !strings.Contains(stderr, "still copies this instance's disks from this host") {
+		t.Fatalf("way back during the copy: exit %d: %s", code, stderr)
+	}
+	emit(t, lm("rollback-start", ref.Instance, b.name, b.name), lm("rollback_dest-start", ref.Instance, a.name, b.name),
+		lm("rollback_dest-end", ref.Instance, a.name, b.name), lm("rollback-end", ref.Instance, b.name, b.name))
+	waitPhase(t, b, ref.Instance, "dest", "copied", time.Minute)
+	sameBytes(t, "B's disk", readLUN(t, b, ref), want)
+}
+
 // TestHookBound: libvirt's migrate hook on the destination never waits
 // longer than [replicator] hook_wait for replicas (nor the hook's own
 // --timeout), and refuses — exit non-zero, which aborts the migration.
