@@ -102,7 +102,7 @@ type Replicator struct {
 	Chunk          Size          `ini:"chunk" default:"4MiB" help:"Unit of the sequential post-copy: a multiple of grain."`
 	BandwidthLimit Size          `ini:"bandwidth_limit" default:"0" help:"Bytes per second the copier may read from a source; 0 means unlimited."`
 	SourceTimeout  time.Duration `ini:"source_timeout" default:"2m" help:"How long reads wait for an unreachable source before failing with an error."`
-	HookWait       time.Duration `ini:"hook_wait" default:"60s" help:"How long the libvirt migrate hook waits for replicas to be ready before it\nrefuses the migration."`
+	HookWait       time.Duration `ini:"hook_wait" default:"50s" help:"How long the libvirt migrate hook waits for replicas to be ready before it\nrefuses the migration. Keep it below the hook's own bound (shareless hook\n--timeout, 60s), so that libvirt logs the agent's reason, not a timeout."`
 }
 
 // Error is a configuration error. It names the file and, when the error is

@@ -115,7 +115,7 @@ func TestDefaults(t *testing.T) {
 	if c.AMQP.Exchange != "nova" || c.AMQP.Topic != "versioned_notifications" || c.AMQP.ExchangeDurable {
 		t.Errorf("amqp defaults do not match oslo.messaging's: %+v", c.AMQP)
 	}
-	if c.Replicator.Grain != 64<<10 || c.Replicator.Chunk != 4<<20 || c.Replicator.HookWait != time.Minute {
+	if c.Replicator.Grain != 64<<10 || c.Replicator.Chunk != 4<<20 || c.Replicator.HookWait != 50*time.Second {
 		t.Errorf("replicator defaults: %+v", c.Replicator)
 	}
 	if c.Default.LogLevel != slog.LevelInfo || c.ISCSI.Port != 3260 || !reflect.DeepEqual(c.ISCSI.Listen, []string{"127.0.0.1"}) {
