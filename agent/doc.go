@@ -15,7 +15,8 @@
 // depends on nothing but the instance and the disk, so the domain XML
 // (source name='IQN/0' on 127.0.0.1) is valid on every host: each host's
 // agent serves that IQN from its own store, and libvirt needs no rewrite
-// when the VM moves. The SCSI identity (VPD 0x83 and serial) is derived
+// when the VM moves (so [iscsi] port is the same on every host, and
+// 127.0.0.1 is one of its listen addresses). The SCSI identity (VPD 0x83 and serial) is derived
 // from the same name, so the guest sees the same disk on both hosts.
 //
 // # Who does what
