@@ -99,8 +99,20 @@ func (r *Replica) copyRun(ctx context.Context, honourPause bool) error {
 	var perr error // the producer's, read once inflight is closed
 	go func() {
 		defer close(inflight)
+		var prev *chunkFetch
 		for c := first; ; {
+			if prev != nil && r.guestFetches.Load() > 0 {
+				// The guest waits on the source too, behind whatever the
+				// copier has in flight on the same session: one fetch at
+				// a time until it stops.
+				select {
+				case <-prev.done:
+				case <-ctx.Done():
+					return
+				}
+			}
 			f := &chunkFetch{c: c, runs: r.invalidRuns(c), done: make(chan struct{})}
+			prev = f
 			if perr = r.throttle(ctx, f.size(r)); perr != nil {
 				return
 			}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shareless/shareless/blockdev"
@@ -114,6 +115,11 @@ type Replica struct {
 	commitMu  sync.Mutex
 	mlog      *metaLog
 	committed record // scalar fields of the last durable commit
+
+	// guestFetches counts the guest's reads waiting on the source; while
+	// there are any, the copier keeps one fetch in flight instead of
+	// copyDepth (see copyRun).
+	guestFetches atomic.Int64
 
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the copier has exited
@@ -267,16 +273,20 @@ func (r *Replica) runs(first, last int64) (runs []run, valid []bool) {
 }
 
 func (r *Replica) readChunk(ctx context.Context, c, from, to int64, p []byte) error {
-	cor := r.copyOnRead()
+	runs, valid := r.runs(from/r.grain, (to-1)/r.grain)
+	cor := r.copyOnRead() && slices.Contains(valid, false)
 	if cor {
 		// Fetched blocks will be written locally: serialize with writes
-		// and the copier like any other change to the chunk (rule 3).
+		// and the copier like any other change to the chunk (rule 3),
+		// and look again under the lock. A read of valid blocks only
+		// needs no lock: a valid block never becomes invalid, and a write
+		// racing with a read may land before or after it, as on any disk.
 		if err := r.locks.lock(ctx, c); err != nil {
 			return err
 		}
 		defer r.locks.unlock(c)
+		runs, valid = r.runs(from/r.grain, (to-1)/r.grain)
 	}
-	runs, valid := r.runs(from/r.grain, (to-1)/r.grain)
 	for i, x := range runs {
 		bs, _ := r.span(x.start)
 		_, be := r.span(x.start + x.count - 1)
@@ -289,7 +299,7 @@ func (r *Replica) readChunk(ctx context.Context, c, from, to int64, p []byte) er
 			}
 		case cor:
 			buf := make([]byte, be-bs)
-			if err := r.src.ReadAt(ctx, buf, bs); err != nil {
+			if err := r.sourceRead(ctx, buf, bs); err != nil {
 				return err
 			}
 			if err := r.keep(x, buf, bs); err != nil {
@@ -309,6 +319,8 @@ func (r *Replica) sourceRead(ctx context.Context, p []byte, off int64) error {
 	if r.src == nil {
 		return fmt.Errorf("disk %s has no source attached: %w", r.name, blockdev.ErrUnavailable)
 	}
+	r.guestFetches.Add(1)
+	defer r.guestFetches.Add(-1)
 	return r.src.ReadAt(ctx, p, off)
 }
 

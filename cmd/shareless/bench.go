@@ -30,8 +30,10 @@ iSCSI on 127.0.0.1, and prints one line per case:
 
   copy            copy rate of a replica from a source export (our target)
                   against qemu-img convert -m 16 -W -O raw from that export
-  randread-qd32   4 KiB reads at queue depth 32 (qemu-img bench) through a
-                  replica while it copies, against the same through a plain
+  randread-qd32-copiedN
+                  4 KiB reads at queue depth 32 (qemu-img bench, strided over
+                  the disk) through a replica while it copies, starting when
+                  N percent of it is copied, against the same through a plain
                   export of a local file
   wayback-Npct-time, wayback-Npct-bytes
                   the way back after N percent of the blocks were modified, against
@@ -46,7 +48,7 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	fs.Usage = func() { fmt.Fprint(e.stderr, benchHelp); fs.PrintDefaults() }
 	dir := fs.String("dir", "", "working directory (default: a temporary one, removed afterwards)")
 	size := fs.Int64("size", 1<<30, "disk size in bytes")
-	reads := fs.Int("reads", 200000, "4 KiB reads per randread run")
+	reads := fs.Int("reads", 0, "4 KiB reads per randread run (default: one per 8 tracking blocks)")
 	if len(args) == 0 || args[0] != "replica" {
 		fs.Usage()
 		return usagef("bench takes a suite: replica")
@@ -54,8 +56,8 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return usageError{err}
 	}
-	if fs.NArg() != 0 || *size < 64<<20 || *size%(1<<20) != 0 || *reads < 1 {
-		return usagef("--size must be a whole number of MiB, at least 64 MiB, --reads positive, and there are no more arguments")
+	if fs.NArg() != 0 || *size < 64<<20 || *size%(1<<20) != 0 || *reads < 0 {
+		return usagef("--size must be a whole number of MiB, at least 64 MiB, --reads not negative, and there are no more arguments")
 	}
 	for _, c := range []string{"qemu-img"} {
 		if _, err := exec.LookPath(c); err != nil {
@@ -72,6 +74,9 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	}
 	d := &demo{out: io.Discard, log: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		dir: *dir, size: *size}
+	if *reads == 0 {
+		*reads = int(*size / replicator.DefaultGrain / 8)
+	}
 	b := &replicaBench{demo: d, out: e.stdout, reads: *reads}
 	return b.run(ctx)
 }
@@ -137,23 +142,9 @@ func (b *replicaBench) run(ctx context.Context) error {
 	}
 	b.result("copy", "MiB/s", mibps(b.size, full), mibps(b.size, peer))
 
-	// (b) Reads through a replica while it copies, against a plain export
-	// of a local file with the same data.
-	if err := errors.Join(h.disk.Close(), h.store.Remove(demoDisk)); err != nil {
-		return err
-	}
-	if _, err := b.copyOnce(ctx, a, h, src, b.size/30); err != nil { // returns as soon as it copies
-		return err
-	}
-	ours, err := b.qemuBench(ctx, h.addr)
-	if err != nil {
-		return err
-	}
-	st := h.disk.Stats()
-	b.note("the replica held %s of %s after its reads (still copying: %v)", human(st.BytesLocal), human(b.size), st.State == replicator.StateCopying)
-	if st.State != replicator.StateCopying {
-		return fmt.Errorf("the replica finished copying during the read run: lower --reads")
-	}
+	// (b) Reads through a replica while it copies, at the start of the copy
+	// (nearly every read goes to the source) and half way, against a plain
+	// export of a local file with the same data.
 	plain := filepath.Join(b.dir, "plain.raw")
 	if err := saveImage(ctx, a.disk, plain); err != nil {
 		return err
@@ -167,11 +158,38 @@ func (b *replicaBench) run(ctx context.Context) error {
 		return errors.Join(err, f.Close())
 	}
 	peerIOPS, err := b.qemuBench(ctx, paddr)
-	err = errors.Join(err, pt.Close(), <-pstopped, f.Close(), os.Remove(plain))
-	if err != nil {
+	if err := errors.Join(err, pt.Close(), <-pstopped, f.Close(), os.Remove(plain)); err != nil {
 		return err
 	}
-	b.result("randread-qd32", "IOPS", ours, peerIOPS)
+	for _, at := range []int64{0, 50} {
+		h.stop()
+		if err := errors.Join(h.disk.Close(), h.store.Remove(demoDisk)); err != nil {
+			return err
+		}
+		// The copy runs at a tenth of the disk per second, so that it is
+		// still running when the reads end.
+		if _, err := b.copyOnce(ctx, a, h, src, b.size/10); err != nil {
+			return err
+		}
+		for h.disk.Stats().BytesLocal < b.size*at/100 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		before := h.disk.Stats().BytesLocal
+		ours, err := b.qemuBench(ctx, h.addr)
+		if err != nil {
+			return err
+		}
+		st := h.disk.Stats()
+		if st.State != replicator.StateCopying {
+			return fmt.Errorf("the replica finished copying during the read run: lower --reads")
+		}
+		b.result(fmt.Sprintf("randread-qd32-copied%d", at), "IOPS", ours, peerIOPS)
+		b.note("the replica held %s of %s before the reads, %s after", human(before), human(b.size), human(st.BytesLocal))
+	}
 
 	// (c) The way back, against the full copy of (a).
 	h.disk.SetRate(0)
