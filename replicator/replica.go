@@ -144,7 +144,10 @@ type Replica struct {
 	rateBase     int64     // copied at rateSince
 }
 
-var _ blockdev.Device = (*Replica)(nil)
+var (
+	_ blockdev.Device             = (*Replica)(nil)
+	_ blockdev.AllocationReporter = (*Replica)(nil)
+)
 
 func newReplica(ctx context.Context, s *Store, name string, image vfs.File, mlog *metaLog, m *diskMeta, src Source, ro ReplicaOptions) *Replica {
 	r := &Replica{
@@ -222,6 +225,41 @@ func (r *Replica) fail(err error) error {
 		r.log.Error("disk failed: local storage did not make data durable", "err", err)
 	}
 	return r.failed
+}
+
+// maxAllocationScan bounds the blocks one Allocation call looks at under
+// r.mu (1 GiB at the default grain): a caller asks again from where the
+// answer ends.
+const maxAllocationScan = 1 << 16
+
+// Allocation implements blockdev.AllocationReporter, so that GET LBA STATUS
+// tells an initiator (qemu-img, a backup) which ranges of a managed disk are
+// holes. Blocks held here report the image's own allocation where the file
+// system can tell; blocks not held here are reported mapped, since their
+// data is at the source and only a mapped range is never skipped.
+func (r *Replica) Allocation(ctx context.Context, off int64) (bool, int64, error) {
+	if err := r.enter(false, off, 1); err != nil {
+		return false, 0, err
+	}
+	defer r.gate.RUnlock()
+	b := off / r.grain
+	r.mu.Lock()
+	valid := r.meta.Valid.Get(b)
+	e := b + 1
+	for e < min(r.blocks, b+maxAllocationScan) && r.meta.Valid.Get(e) == valid {
+		e++
+	}
+	r.mu.Unlock()
+	_, end := r.span(e - 1)
+	al, ok := r.image.(vfs.Allocator)
+	if !valid || !ok {
+		return true, end - off, nil
+	}
+	mapped, n, err := al.Allocation(off, end)
+	if err != nil {
+		return false, 0, &blockdev.MediumError{Off: off, Err: err}
+	}
+	return mapped, n, nil
 }
 
 // ReadAt implements blockdev.Device (rule 1).
