@@ -270,7 +270,7 @@ func (r *Replica) fetch(ctx context.Context, runs []run) ([][]byte, error) {
 		bs, _ := r.span(x.start)
 		_, be := r.span(x.start + x.count - 1)
 		bufs[i] = make([]byte, be-bs)
-		if err := r.src.ReadAt(ctx, bufs[i], bs); err != nil {
+		if err := r.src.readOwned(ctx, bufs[i], bs); err != nil {
 			return nil, err
 		}
 	}

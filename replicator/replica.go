@@ -337,7 +337,7 @@ func (r *Replica) readChunk(ctx context.Context, c, from, to int64, p []byte) er
 			}
 		case cor:
 			buf := make([]byte, be-bs)
-			if err := r.sourceRead(ctx, buf, bs); err != nil {
+			if err := r.sourceRead(ctx, buf, bs, true); err != nil {
 				return err
 			}
 			if err := r.keep(x, buf, bs); err != nil {
@@ -345,7 +345,7 @@ func (r *Replica) readChunk(ctx context.Context, c, from, to int64, p []byte) er
 			}
 			copy(dst, buf[a-bs:])
 		default:
-			if err := r.sourceRead(ctx, dst, a); err != nil {
+			if err := r.sourceRead(ctx, dst, a, false); err != nil {
 				return err
 			}
 		}
@@ -353,12 +353,17 @@ func (r *Replica) readChunk(ctx context.Context, c, from, to int64, p []byte) er
 	return nil
 }
 
-func (r *Replica) sourceRead(ctx context.Context, p []byte, off int64) error {
+// sourceRead reads for the guest from the source. owned: p was allocated
+// for this read and is dropped if it fails (see boundedSource.readOwned).
+func (r *Replica) sourceRead(ctx context.Context, p []byte, off int64, owned bool) error {
 	if r.src == nil {
 		return fmt.Errorf("disk %s has no source attached: %w", r.name, blockdev.ErrUnavailable)
 	}
 	r.guestFetches.Add(1)
 	defer r.guestFetches.Add(-1)
+	if owned {
+		return r.src.readOwned(ctx, p, off)
+	}
 	return r.src.ReadAt(ctx, p, off)
 }
 
@@ -447,7 +452,7 @@ func (r *Replica) modifyChunk(ctx context.Context, c, from, to int64, data []byt
 			continue
 		}
 		buf := make([]byte, be-bs)
-		if err := r.sourceRead(ctx, buf, bs); err != nil {
+		if err := r.sourceRead(ctx, buf, bs, true); err != nil {
 			return fmt.Errorf("complete block %d for a partial write: %w", b, err)
 		}
 		a, e := max(from, bs), min(to, be)
