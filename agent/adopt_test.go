@@ -133,6 +133,7 @@ func adoptAndRelease(t *testing.T, l *lab.Lab, c *virt.Conn, format, sock, state
 	if fileXML, err = c.DomainXML(ctx, d, virt.XMLInactive); err != nil {
 		t.Fatal(err)
 	}
+	refused(t, sock, "not running", "adopt", name)
 	if err := c.StartDomain(ctx, d); err != nil {
 		t.Fatal(err)
 	}
@@ -171,6 +172,7 @@ func adoptAndRelease(t *testing.T, l *lab.Lab, c *virt.Conn, format, sock, state
 	if _, err := os.Stat(guard); err != nil {
 		t.Fatalf("no adoption guard: %v", err)
 	}
+	refused(t, sock, "already adopted", "adopt", ad.Instance)
 
 	// The guest counts on the store's image; Nova's file no longer moves.
 	image := filepath.Join(store, ad.Instance+"."+ds.Disk, "image")
@@ -242,6 +244,16 @@ func adoptAndRelease(t *testing.T, l *lab.Lab, c *virt.Conn, format, sock, state
 	})
 	if format == "raw" {
 		sameData(t, file, data)
+	}
+	refused(t, sock, "not adopted", "release", name)
+}
+
+// refused runs the CLI command on server and expects it to fail with
+// want in its message.
+func refused(t *testing.T, sock, want, command, server string) {
+	t.Helper()
+	if code, _, stderr, _ := shareless(t, "", command, "--socket", sock, server); code != 1 || !strings.Contains(stderr, want) {
+		t.Fatalf("%s %s: exit %d, %q; want exit 1 and %q", command, server, code, stderr, want)
 	}
 }
 
