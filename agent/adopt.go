@@ -288,6 +288,24 @@ func (a *Agent) abandonAdoption(ad localapi.Adoption, refs []DiskRef, pivoted in
 	return errors.Join(errs...)
 }
 
+// usesManaged reports whether the live disk ds.Target runs on its managed
+// disk (true) or still on its file (false); anything else is an error, and
+// release leaves that disk alone.
+func usesManaged(live []virt.DiskInfo, ds localapi.AdoptedDisk) (bool, error) {
+	for _, x := range live {
+		switch {
+		case x.Target != ds.Target:
+		case x.Type == "network" && x.Protocol == "iscsi" && x.Name == ds.IQN+"/0":
+			return true, nil
+		case x.Type == "file" && x.File == ds.File:
+			return false, nil
+		default:
+			return false, fmt.Errorf("disk %s is neither managed disk %s nor file %s: not releasing it", ds.Target, ds.IQN, ds.File)
+		}
+	}
+	return false, fmt.Errorf("the domain has no disk %s", ds.Target)
+}
+
 // removeDisk stops serving ref and deletes it from the store.
 func (a *Agent) removeDisk(ref DiskRef) error {
 	if dk := a.disks.take(ref); dk != nil {
@@ -327,16 +345,29 @@ func (a *Agent) releaseAdoption(ctx context.Context, server string, progress fun
 			return ad, fmt.Errorf("managed disk %s is %s (sealed %t): only a complete, writable disk can be given back", ref, st.State, st.Sealed)
 		}
 	}
+	live, err := c.Disks(ctx, d)
+	if err != nil {
+		return ad, err
+	}
 	log := a.log.With("instance", ad.Instance, "domain", d.Name)
 	left := ad
 	for len(left.Disks) > 0 {
 		ds := left.Disks[0]
-		log.Info("releasing disk", "target", ds.Target, "file", ds.File)
-		err := c.CopyDisk(ctx, d, ds.Target, virt.FileDisk{Path: ds.File, Format: ds.Format}, func(done, total uint64) {
-			progress(localapi.Progress{Target: ds.Target, Done: done, Total: total})
-		})
-		if err != nil {
-			return ad, fmt.Errorf("disk %s: %w", ds.Target, err)
+		switch onManaged, err := usesManaged(live, ds); {
+		case err != nil:
+			return ad, err
+		case onManaged:
+			log.Info("releasing disk", "target", ds.Target, "file", ds.File)
+			err := c.CopyDisk(ctx, d, ds.Target, virt.FileDisk{Path: ds.File, Format: ds.Format}, func(done, total uint64) {
+				progress(localapi.Progress{Target: ds.Target, Done: done, Total: total})
+			})
+			if err != nil {
+				return ad, fmt.Errorf("disk %s: %w", ds.Target, err)
+			}
+		default:
+			// An adoption interrupted before this disk's pivot: the
+			// file is current, the managed disk never was.
+			log.Warn("disk never left its file; dropping its managed disk", "target", ds.Target, "file", ds.File)
 		}
 		// The guest is on its file again: forget the disk, guard first,
 		// so that a crash here leaves no guard naming a removed disk.

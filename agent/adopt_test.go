@@ -301,3 +301,25 @@ func sameData(t *testing.T, image string, data []byte) {
 		t.Fatalf("%s does not hold the guest's data (%v)", image, err)
 	}
 }
+
+// TestUsesManaged: release copies back only a disk that runs on its
+// managed disk; one still on its file (an adoption interrupted before its
+// pivot) is only forgotten; anything else is left alone.
+func TestUsesManaged(t *testing.T) {
+	ds := localapi.AdoptedDisk{Target: "vda", File: "/n/disk", IQN: "iqn.x:i.disk"}
+	for _, tc := range []struct {
+		live    virt.DiskInfo
+		managed bool
+		err     string
+	}{
+		{virt.DiskInfo{Target: "vda", Type: "network", Protocol: "iscsi", Name: "iqn.x:i.disk/0"}, true, ""},
+		{virt.DiskInfo{Target: "vda", Type: "file", File: "/n/disk"}, false, ""},
+		{virt.DiskInfo{Target: "vda", Type: "file", File: "/elsewhere"}, false, "neither"},
+		{virt.DiskInfo{Target: "vdb", Type: "file", File: "/n/disk"}, false, "no disk vda"},
+	} {
+		managed, err := usesManaged([]virt.DiskInfo{tc.live}, ds)
+		if managed != tc.managed || (err == nil) != (tc.err == "") || err != nil && !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%+v: %t, %v; want %t, %q", tc.live, managed, err, tc.managed, tc.err)
+		}
+	}
+}
