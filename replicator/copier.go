@@ -413,6 +413,11 @@ type Stats struct {
 	// since the disk was opened; SourceBytes were read from it for any
 	// reason, pass-through reads and partial writes included.
 	BytesCopied, SourceBytes int64
+	// ReadLocalBytes and ReadRemoteBytes are what reads through the disk
+	// were served from since it was opened: the local image (valid
+	// blocks) or the source (rule 1), whether or not the read then kept
+	// what it fetched.
+	ReadLocalBytes, ReadRemoteBytes int64
 	// Rate is the copy rate since copying last (re)started or its limit
 	// changed, in bytes per second; ETA is BytesRemaining at that rate
 	// (0 when unknown).
@@ -460,6 +465,7 @@ func (r *Replica) Stats() Stats {
 	st := Stats{
 		State: r.stateLocked(), Sealed: r.meta.Sealed, ID: r.meta.ID, Source: r.meta.Source,
 		Size: r.size, BytesLocal: local, BytesRemaining: r.size - local, BytesCopied: r.copied,
+		ReadLocalBytes: r.readLocal.Load(), ReadRemoteBytes: r.readRemote.Load(),
 	}
 	if r.src != nil {
 		st.SourceBytes = r.src.bytes.Load()

@@ -142,6 +142,10 @@ type Replica struct {
 	uncommitted  int64     // bytes the copier stored since its last commit
 	rateSince    time.Time // start of the current rate measurement
 	rateBase     int64     // copied at rateSince
+
+	// readLocal and readRemote count the bytes ReadAt served from the
+	// local image and from the source (rule 1's routing), for /metrics.
+	readLocal, readRemote atomic.Int64
 }
 
 var (
@@ -335,6 +339,7 @@ func (r *Replica) readChunk(ctx context.Context, c, from, to int64, p []byte) er
 			if _, err := r.image.ReadAt(dst, a); err != nil {
 				return &blockdev.MediumError{Off: a, Err: err}
 			}
+			r.readLocal.Add(int64(len(dst)))
 		case cor:
 			buf := make([]byte, be-bs)
 			if err := r.sourceRead(ctx, buf, bs, true); err != nil {
@@ -344,10 +349,12 @@ func (r *Replica) readChunk(ctx context.Context, c, from, to int64, p []byte) er
 				return err
 			}
 			copy(dst, buf[a-bs:])
+			r.readRemote.Add(int64(len(dst)))
 		default:
 			if err := r.sourceRead(ctx, dst, a, false); err != nil {
 				return err
 			}
+			r.readRemote.Add(int64(len(dst)))
 		}
 	}
 	return nil
