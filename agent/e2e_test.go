@@ -134,12 +134,16 @@ func newCluster(t *testing.T, o clusterOpts) (a, b *host) {
 	// Host names are per test, so are the agents' queues.
 	prefix := strings.ToLower(regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(t.Name(), "-"))
 	hs := []*host{{name: prefix + "-a"}, {name: prefix + "-b"}}
-	for _, h := range hs {
+	ports, err := testenv.FreePorts(3 * len(hs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range hs {
 		h.t = t
 		h.dir = filepath.Join(base, h.name)
 		h.conf, h.sock = filepath.Join(h.dir, "shareless.conf"), filepath.Join(h.dir, "agent.sock")
 		h.store, h.log = filepath.Join(h.dir, "store"), filepath.Join(h.dir, "agent.log")
-		h.iscsiPort, h.apiPort, h.metricsPort = testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
+		h.iscsiPort, h.apiPort, h.metricsPort = ports[3*i], ports[3*i+1], ports[3*i+2]
 		if err := os.MkdirAll(h.dir, 0o700); err != nil {
 			t.Fatal(err)
 		}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo, the tests and the benchmarks need on Debian 12:
 # the real peers (tgtd, QEMU's libiscsi initiator, libiscsi's conformance
-# suite, RabbitMQ, Nova's notifier library) and the Go modules.
+# suite, RabbitMQ, Nova's notifier library), the linters and test runners
+# of the operator-facing parts (shellcheck, tox, pytest) and the Go modules.
 set -euo pipefail
 
 packages=(
@@ -18,6 +19,9 @@ packages=(
 	libvirt-daemon-driver-qemu
 	libvirt-clients       # virsh: the lab's readiness checks and cleanup
 	xz-utils              # unpacking the lab guest's kernel
+	shellcheck            # lint of the devstack plugin and the scripts
+	tox                   # tox-tests/ (Debian's tox 3, offline, site packages)
+	python3-pytest        # the functional tests tox runs
 )
 
 missing=()

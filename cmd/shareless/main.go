@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 )
 
@@ -58,6 +59,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr,
 		log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))}
 	cmds := commands()
+	if len(args) > 1 && args[0] == "help" {
+		if len(args) > 2 || !printManual(stdout, args[1], cmds) {
+			fmt.Fprintf(stderr, "shareless help: unknown command %q (see 'shareless help')\n", strings.Join(args[1:], " "))
+			return 2
+		}
+		return 0
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		printHelp(stdout, cmds)
 		if len(args) == 0 {
@@ -94,5 +102,5 @@ func printHelp(w io.Writer, cmds map[string]command) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-10s %s\n", n, cmds[n].summary)
 	}
-	fmt.Fprintln(w, "\n'shareless COMMAND -h' describes a command's flags.")
+	fmt.Fprintln(w, "\n'shareless help COMMAND' prints a command's manual, 'shareless COMMAND -h' its usage.")
 }
