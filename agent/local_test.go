@@ -23,6 +23,10 @@ func startLocal(t *testing.T) (*Agent, *localapi.Client) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	ports, err := testenv.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg, err := config.Parse("test.conf", fmt.Appendf(nil, `[DEFAULT]
 host = local
 state_path = %[1]s/state
@@ -39,7 +43,7 @@ uri = %[1]s/no-libvirt-sock
 listen = 127.0.0.1:%[3]d
 socket = %[1]s/agent.sock
 metrics_listen =
-`, dir, testenv.FreePort(t), testenv.FreePort(t)))
+`, dir, ports[0], ports[1]))
 	if err != nil {
 		t.Fatal(err)
 	}
