@@ -33,7 +33,9 @@ import (
 //     onto its file and pivots, then the agent removes the store disk and
 //     the guard. It requires a running domain, no live migration of the
 //     instance in progress, and every disk complete and unsealed (a sealed
-//     disk or an incomplete replica is not this host's to give back).
+//     disk or an incomplete replica is not this host's to give back). The
+//     copy is a full one into the existing file: a qcow2 file with a
+//     backing file ends up holding every block itself.
 //
 // One adoption or release runs at a time (adoptMu).
 
