@@ -109,3 +109,29 @@ func TestStartGuard(t *testing.T) {
 		}
 	}
 }
+
+// TestReadRouteMetrics: reads through a managed disk's export are counted
+// on /metrics by where they were served from.
+func TestReadRouteMetrics(t *testing.T) {
+	a, _ := startLocal(t)
+	ref, err := NewDiskRef("0d1c8e5e-7b1a-4f57-9f5d-1a2b3c4d5e6f", "disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.createExport(t.Context(), ref, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.disks.get(ref).dev.ReadAt(t.Context(), make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	a.writeMetrics(&b)
+	for _, want := range []string{
+		`shareless_disk_read_local_bytes_total{instance="` + ref.Instance + `",disk="disk"} 4096`,
+		`shareless_disk_read_remote_bytes_total{instance="` + ref.Instance + `",disk="disk"} 0`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("metrics lack %s:\n%s", want, b.String())
+		}
+	}
+}
