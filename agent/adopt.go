@@ -221,8 +221,11 @@ func (a *Agent) adopt(ctx context.Context, server string, progress func(localapi
 // and names its managed disk after the file (Nova's disk, disk.local, ...).
 func (a *Agent) planAdoption(ctx context.Context, c *virt.Conn, d virt.Domain) (localapi.Adoption, error) {
 	ad := localapi.Adoption{Instance: d.UUID.String(), Domain: d.Name}
-	if _, err := a.readGuard(d.Name); !errors.Is(err, os.ErrNotExist) {
-		return ad, fmt.Errorf("domain %s is already adopted (guard %s; release it first): %v", d.Name, a.guardPath(d.Name), err)
+	switch _, err := a.readGuard(d.Name); {
+	case err == nil:
+		return ad, fmt.Errorf("domain %s is already adopted (guard %s); release it first", d.Name, a.guardPath(d.Name))
+	case !errors.Is(err, os.ErrNotExist):
+		return ad, err
 	}
 	disks, err := c.Disks(ctx, d)
 	if err != nil {
