@@ -33,7 +33,9 @@ import (
 //     onto its file and pivots, then the agent removes the store disk and
 //     the guard. It requires a running domain, no live migration of the
 //     instance in progress, and every disk complete and unsealed (a sealed
-//     disk or an incomplete replica is not this host's to give back).
+//     disk or an incomplete replica is not this host's to give back). The
+//     copy is a full one into the existing file: a qcow2 file with a
+//     backing file ends up holding every block itself.
 //
 // One adoption or release runs at a time (adoptMu).
 
@@ -219,8 +221,11 @@ func (a *Agent) adopt(ctx context.Context, server string, progress func(localapi
 // and names its managed disk after the file (Nova's disk, disk.local, ...).
 func (a *Agent) planAdoption(ctx context.Context, c *virt.Conn, d virt.Domain) (localapi.Adoption, error) {
 	ad := localapi.Adoption{Instance: d.UUID.String(), Domain: d.Name}
-	if _, err := a.readGuard(d.Name); !errors.Is(err, os.ErrNotExist) {
-		return ad, fmt.Errorf("domain %s is already adopted (guard %s; release it first): %v", d.Name, a.guardPath(d.Name), err)
+	switch _, err := a.readGuard(d.Name); {
+	case err == nil:
+		return ad, fmt.Errorf("domain %s is already adopted (guard %s); release it first", d.Name, a.guardPath(d.Name))
+	case !errors.Is(err, os.ErrNotExist):
+		return ad, err
 	}
 	disks, err := c.Disks(ctx, d)
 	if err != nil {

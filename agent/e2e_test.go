@@ -174,6 +174,10 @@ chap_secret_file = %s
 [store]
 path = %s
 
+[libvirt]
+# No libvirtd: these agents must not touch the machine's own.
+uri = %s
+
 [api]
 listen = 127.0.0.1:%d
 psk_file = %s
@@ -190,7 +194,7 @@ chunk = %d
 bandwidth_limit = %s
 source_timeout = 20s
 hook_wait = %s
-`, h.name, filepath.Join(h.dir, "state"), shared.broker.TransportURL(), h.iscsiPort, chap, h.store,
+`, h.name, filepath.Join(h.dir, "state"), shared.broker.TransportURL(), h.iscsiPort, chap, h.store, filepath.Join(h.dir, "no-libvirt-sock"),
 			h.apiPort, psk, h.sock, h.metricsPort, hs[0].name, hs[0].apiPort, hs[1].name, hs[1].apiPort,
 			testGrain, testChunk, o.bandwidth, o.hookWait)
 		if err := os.WriteFile(h.conf, []byte(conf), 0o600); err != nil {

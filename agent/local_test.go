@@ -23,6 +23,10 @@ func startLocal(t *testing.T) (*Agent, *localapi.Client) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	ports, err := testenv.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg, err := config.Parse("test.conf", fmt.Appendf(nil, `[DEFAULT]
 host = local
 state_path = %[1]s/state
@@ -39,7 +43,7 @@ uri = %[1]s/no-libvirt-sock
 listen = 127.0.0.1:%[3]d
 socket = %[1]s/agent.sock
 metrics_listen =
-`, dir, testenv.FreePort(t), testenv.FreePort(t)))
+`, dir, ports[0], ports[1]))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,6 +106,32 @@ func TestStartGuard(t *testing.T) {
 			if refused := err != nil; refused != tc.refused || refused && !strings.Contains(err.Error(), "was adopted by shareless") {
 				t.Errorf("%s, %s: %v; want refused %t", tc.name, op, err, tc.refused)
 			}
+		}
+	}
+}
+
+// TestReadRouteMetrics: reads through a managed disk's export are counted
+// on /metrics by where they were served from.
+func TestReadRouteMetrics(t *testing.T) {
+	a, _ := startLocal(t)
+	ref, err := NewDiskRef("0d1c8e5e-7b1a-4f57-9f5d-1a2b3c4d5e6f", "disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.createExport(t.Context(), ref, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.disks.get(ref).dev.ReadAt(t.Context(), make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	a.writeMetrics(&b)
+	for _, want := range []string{
+		`shareless_disk_read_local_bytes_total{instance="` + ref.Instance + `",disk="disk"} 4096`,
+		`shareless_disk_read_remote_bytes_total{instance="` + ref.Instance + `",disk="disk"} 0`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("metrics lack %s:\n%s", want, b.String())
 		}
 	}
 }
