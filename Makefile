@@ -49,8 +49,18 @@ bench: deps build
 demo: deps build
 	$(BIN) demo
 
+# install puts the binary, the sample configuration, the systemd unit and
+# the libvirt hook in place (DESTDIR=dir stages them under dir). It never
+# overwrites /etc/shareless/shareless.conf, and starts or restarts nothing.
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)/usr/local/bin/shareless
+	install -D -m 0644 etc/shareless.conf.sample $(DESTDIR)/etc/shareless/shareless.conf.sample
+	install -D -m 0644 etc/shareless-agent.service $(DESTDIR)/usr/local/lib/systemd/system/shareless-agent.service
+	install -D -m 0755 etc/libvirt-hook-qemu $(DESTDIR)/etc/libvirt/hooks/qemu.d/shareless
+	install -D -m 0644 README.md $(DESTDIR)/usr/share/doc/shareless/README.md
+	@echo "installed. Next: cp /etc/shareless/shareless.conf.sample /etc/shareless/shareless.conf and"
+	@echo "edit it ([amqp] transport_url, [iscsi], [api], [openstack]); systemctl daemon-reload;"
+	@echo "systemctl enable --now shareless-agent; systemctl restart libvirtd (it reads hooks at start)."
 
 clean:
 	rm -rf bin

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/shareless/shareless/config"
@@ -45,8 +46,11 @@ type Agent struct {
 	metrics  *metrics
 	peerHTTP *http.Client
 	nova     *novaHosts // nil without [openstack] credentials
+	libvirt  libvirtLink
+	adoptMu  sync.Mutex // one adoption or release at a time (adopt.go)
 
 	apiLn, metricsLn, localLn net.Listener
+	unlock                    func() error // releases the state directory
 
 	ctx    context.Context // the agent's life; actions run under it
 	cancel context.CancelCauseFunc
@@ -92,6 +96,12 @@ func New(cfg config.Config, opts Options) (_ *Agent, err error) {
 		a.log.Warn("iSCSI exports without CHAP: acceptable on a lab network only")
 	}
 
+	unlock, err := lockState(cfg.Default.StatePath)
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, unlock)
+	a.unlock = unlock
 	a.store, err = replicator.NewStore(vfs.OS{}, cfg.Store.Path, replicator.StoreOptions{
 		Grain: int64(cfg.Replicator.Grain), Chunk: int64(cfg.Replicator.Chunk),
 		SourceTimeout: cfg.Replicator.SourceTimeout, Clock: a.clock, Log: a.log})
@@ -125,6 +135,23 @@ func New(cfg config.Config, opts Options) (_ *Agent, err error) {
 		return nil, fmt.Errorf("local API: %w", err)
 	}
 	return a, nil
+}
+
+// lockState takes the state directory for this process: two agents on one
+// journal and store would each believe its own memory.
+func lockState(dir string) (unlock func() error, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "agent.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("state directory %s is in use by another agent: %w", dir, err)
+	}
+	return f.Close, nil
 }
 
 // listenUnix binds the local socket, replacing a stale one left by a
@@ -189,6 +216,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			spawn("metrics", func(ctx context.Context) error { return serveHTTP(ctx, a.metricsLn, a.metricsHandler()) })
 		}
 		spawn("local API", func(ctx context.Context) error { return localapi.Serve(ctx, a.localLn, localBackend{a}) })
+		spawn("libvirt", a.runLibvirt)
 		err = a.node.Restart(a.ctx)
 	}
 	if err == nil {
@@ -214,6 +242,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.metricsLn.Close()
 	}
 	a.localLn.Close()
+	a.unlock()
 	a.log.Info("agent stopped", "err", err)
 	return err
 }

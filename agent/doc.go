@@ -15,8 +15,27 @@
 // depends on nothing but the instance and the disk, so the domain XML
 // (source name='IQN/0' on 127.0.0.1) is valid on every host: each host's
 // agent serves that IQN from its own store, and libvirt needs no rewrite
-// when the VM moves. The SCSI identity (VPD 0x83 and serial) is derived
+// when the VM moves (so [iscsi] port is the same on every host, and
+// 127.0.0.1 is one of its listen addresses). The SCSI identity (VPD 0x83 and serial) is derived
 // from the same name, so the guest sees the same disk on both hosts.
+//
+// # CHAP and libvirt
+//
+// When [iscsi] chap_secret_file is set, QEMU logs in to managed disks as
+// [iscsi] chap_user with the password of the libvirt secret of usage type
+// iscsi named "shareless-chap" (SecretUsage); disk XML refers to it by that
+// usage, so it is valid on every host. The agent defines the secret in the
+// local libvirtd ([libvirt] uri) once it reaches it: libvirtd may be down
+// or not installed yet when the agent starts, so the agent connects in the
+// background and retries, and the hook never needs libvirt.
+//
+// # Adoption
+//
+// `shareless adopt` and `shareless release` ask the agent over the local
+// API; adopt.go says what happens to Nova's files. The adoption guard
+// <state_path>/guard/<domain name> records which file each managed disk
+// came from; while it exists the prepare/start hook refuses domain XML
+// that names one of those files.
 //
 // # Who does what
 //

@@ -30,12 +30,16 @@ import (
 // notifier library, on loopback with distinct ports. Only the processes the
 // tests start are stopped, by PID.
 
-// shared is what the package's end-to-end tests share: the binary and the
-// broker, made by the first test that needs them.
+// shared is what the package's end-to-end tests share: the binary, built
+// by the first test that needs it, and the broker, started by the first
+// test that needs one.
 var shared struct {
+	binOnce sync.Once
+	dir     string
+	bin     string
+	binErr  error
+
 	once   sync.Once
-	dir    string
-	bin    string
 	broker *rabbit.Server
 	err    error
 }
@@ -51,13 +55,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func needE2E(t *testing.T) {
+// needBinary builds the shareless binary once, into shared.bin.
+func needBinary(t *testing.T) {
 	t.Helper()
-	testenv.SkipIfShort(t)
-	testenv.NeedCommands(t, append(rabbit.Commands(), "qemu-io", "qemu-img")...)
-	novaemit.Need(t)
-	shared.once.Do(func() {
-		if shared.dir, shared.err = os.MkdirTemp("", "agent-e2e-"); shared.err != nil {
+	shared.binOnce.Do(func() {
+		if shared.dir, shared.binErr = os.MkdirTemp("", "agent-e2e-"); shared.binErr != nil {
 			return
 		}
 		shared.bin = filepath.Join(shared.dir, "shareless")
@@ -66,9 +68,21 @@ func needE2E(t *testing.T) {
 			args = append(args, "-race")
 		}
 		if out, err := exec.Command("go", append(args, "../cmd/shareless")...).CombinedOutput(); err != nil {
-			shared.err = fmt.Errorf("go build: %v\n%s", err, out)
-			return
+			shared.binErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
+	})
+	if shared.binErr != nil {
+		t.Fatal(shared.binErr)
+	}
+}
+
+func needE2E(t *testing.T) {
+	t.Helper()
+	testenv.SkipIfShort(t)
+	testenv.NeedCommands(t, append(rabbit.Commands(), "qemu-io", "qemu-img")...)
+	novaemit.Need(t)
+	needBinary(t)
+	shared.once.Do(func() {
 		brokerDir := filepath.Join(shared.dir, "rabbit")
 		if shared.err = os.Mkdir(brokerDir, 0o700); shared.err != nil {
 			return
@@ -119,12 +133,16 @@ func newCluster(t *testing.T, o clusterOpts) (a, b *host) {
 	// Host names are per test, so are the agents' queues.
 	prefix := strings.ToLower(regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(t.Name(), "-"))
 	hs := []*host{{name: prefix + "-a"}, {name: prefix + "-b"}}
-	for _, h := range hs {
+	ports, err := testenv.FreePorts(3 * len(hs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range hs {
 		h.t = t
 		h.dir = filepath.Join(base, h.name)
 		h.conf, h.sock = filepath.Join(h.dir, "shareless.conf"), filepath.Join(h.dir, "agent.sock")
 		h.store, h.log = filepath.Join(h.dir, "store"), filepath.Join(h.dir, "agent.log")
-		h.iscsiPort, h.apiPort, h.metricsPort = testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
+		h.iscsiPort, h.apiPort, h.metricsPort = ports[3*i], ports[3*i+1], ports[3*i+2]
 		if err := os.MkdirAll(h.dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -155,6 +173,10 @@ chap_secret_file = %s
 [store]
 path = %s
 
+[libvirt]
+# No libvirtd: these agents must not touch the machine's own.
+uri = %s
+
 [api]
 listen = 127.0.0.1:%d
 psk_file = %s
@@ -171,7 +193,7 @@ chunk = %d
 bandwidth_limit = %s
 source_timeout = 20s
 hook_wait = %s
-`, h.name, filepath.Join(h.dir, "state"), shared.broker.TransportURL(), h.iscsiPort, chap, h.store,
+`, h.name, filepath.Join(h.dir, "state"), shared.broker.TransportURL(), h.iscsiPort, chap, h.store, filepath.Join(h.dir, "no-libvirt-sock"),
 			h.apiPort, psk, h.sock, h.metricsPort, hs[0].name, hs[0].apiPort, hs[1].name, hs[1].apiPort,
 			testGrain, testChunk, o.bandwidth, o.hookWait)
 		if err := os.WriteFile(h.conf, []byte(conf), 0o600); err != nil {
@@ -276,9 +298,9 @@ func migration(st localapi.Status, inst, role string) (localapi.Migration, bool)
 	return localapi.Migration{}, false
 }
 
-func diskOf(st localapi.Status, inst string) (localapi.Disk, bool) {
+func diskOf(st localapi.Status, ref DiskRef) (localapi.Disk, bool) {
 	for _, d := range st.Disks {
-		if d.Instance == inst {
+		if d.Instance == ref.Instance && d.Disk == ref.Disk {
 			return d, true
 		}
 	}
@@ -459,8 +481,10 @@ func prepared(t *testing.T, a, b *host, ref DiskRef) {
 func TestMigrationThereAndBack(t *testing.T) {
 	a, b := newCluster(t, clusterOpts{bandwidth: "4MiB"})
 	ref, _ := NewDiskRef(testenv.UUID(), "disk")
+	eph, _ := NewDiskRef(ref.Instance, "disk.eph0") // a second disk of the same VM
 	const size = 24 << 20
 	want := seedDisk(t, a, ref, size)
+	wantEph := seedDisk(t, a, eph, 4<<20)
 	a.start()
 	b.start()
 
@@ -473,7 +497,7 @@ func TestMigrationThereAndBack(t *testing.T) {
 	emit(t, lm("post-start", ref.Instance, a.name, a.name))
 	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
 	code, out, stderr, _ := shareless(t, "", "status", "--socket", a.sock)
-	if code != 0 || !strings.Contains(out, "safe to power off: no (1 replicas still copying from this host, ETA") {
+	if code != 0 || !regexp.MustCompile(`safe to power off: no \([12] replicas still copying from this host, ETA`).MatchString(out) {
 		t.Fatalf("status on A while B copies: exit %d\n%s%s", code, out, stderr)
 	}
 	t.Logf("status on A while copying:\n%s", out)
@@ -484,7 +508,7 @@ func TestMigrationThereAndBack(t *testing.T) {
 		}
 		w.apply(want)
 	}
-	if d, _ := diskOf(b.status(), ref.Instance); d.State != "copying" {
+	if d, _ := diskOf(b.status(), ref); d.State != "copying" {
 		t.Logf("note: the copy finished before the guest's writes (%+v); they still count", d)
 	}
 	emit(t, lm("post_dest-start", ref.Instance, b.name, a.name), lm("post_dest-end", ref.Instance, b.name, b.name),
@@ -500,6 +524,7 @@ func TestMigrationThereAndBack(t *testing.T) {
 		t.Errorf("B did not record the new home: %+v", m)
 	}
 	sameBytes(t, "B's disk after the copy", readLUN(t, b, ref), want)
+	sameBytes(t, "B's second disk after the copy", readLUN(t, b, eph), wantEph)
 
 	checkMetrics(t, b, ref)
 
@@ -513,12 +538,16 @@ func TestMigrationThereAndBack(t *testing.T) {
 		lm("post_dest-end", ref.Instance, a.name, a.name), lm("post-end", ref.Instance, b.name, b.name))
 	waitPhase(t, a, ref.Instance, "dest", "copied", time.Minute)
 	waitPhase(t, b, ref.Instance, "source", "copied", 20*time.Second)
-	d, _ := diskOf(a.status(), ref.Instance)
+	d, _ := diskOf(a.status(), ref)
 	modified := int64(4*testGrain + testGrain) // the two writes, in whole tracking blocks
 	if d.BytesCopied != modified {
 		t.Errorf("way back copied %d bytes, want the %d modified on B", d.BytesCopied, modified)
 	}
+	if d, _ := diskOf(a.status(), eph); d.BytesCopied != 0 {
+		t.Errorf("way back copied %d bytes of the disk B's guest did not write", d.BytesCopied)
+	}
 	sameBytes(t, "A's disk after the way back", readLUN(t, a, ref), want)
+	sameBytes(t, "A's second disk after the way back", readLUN(t, a, eph), wantEph)
 	_, out, _, _ = shareless(t, "", "status", "--socket", a.sock)
 	t.Logf("status on A after the way back:\n%s", out)
 }
@@ -560,7 +589,7 @@ func TestMigrationSurvivesSIGKILL(t *testing.T) {
 
 	local := func(min int64) func() (bool, string) {
 		return func() (bool, string) {
-			d, _ := diskOf(b.status(), ref.Instance)
+			d, _ := diskOf(b.status(), ref)
 			return d.BytesLocal >= min && d.BytesLocal < size, fmt.Sprintf("%+v", d)
 		}
 	}
@@ -570,11 +599,11 @@ func TestMigrationSurvivesSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	w1.apply(want)
-	before, _ := diskOf(b.status(), ref.Instance)
+	before, _ := diskOf(b.status(), ref)
 	b.kill()
 	b.start()
 	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
-	after, _ := diskOf(b.status(), ref.Instance)
+	after, _ := diskOf(b.status(), ref)
 	t.Logf("B killed at %d bytes local, resumed at %d", before.BytesLocal, after.BytesLocal)
 
 	// The source dies too; B's reads wait for it (bounded) and go on.
@@ -594,11 +623,40 @@ func TestMigrationSurvivesSIGKILL(t *testing.T) {
 	sameBytes(t, "B's disk after two crashes", readLUN(t, b, ref), want)
 }
 
+// TestNoWayBackWhileCopying: while B still copies from A, Nova may try to
+// move the VM back to A; A's migrate hook refuses (the new replica would
+// read from one that reads from A) and A keeps serving B's copy, which
+// completes.
+func TestNoWayBackWhileCopying(t *testing.T) {
+	a, b := newCluster(t, clusterOpts{bandwidth: "2MiB"})
+	ref, _ := NewDiskRef(testenv.UUID(), "disk")
+	want := seedDisk(t, a, ref, 8<<20)
+	a.start()
+	b.start()
+	prepared(t, a, b, ref)
+	emit(t, lm("post-start", ref.Instance, a.name, a.name))
+	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+
+	emit(t, lm("pre-start", ref.Instance, a.name, b.name))
+	code, stderr, _ := hook(t, a, ref, "qemu", "instance-00000001", "migrate", "begin", "-")
+	if code == 0 || !strings.Contains(stderr, "still copies this instance's disks from this host") {
+		t.Fatalf("way back during the copy: exit %d: %s", code, stderr)
+	}
+	emit(t, lm("rollback-start", ref.Instance, b.name, b.name), lm("rollback_dest-start", ref.Instance, a.name, b.name),
+		lm("rollback_dest-end", ref.Instance, a.name, b.name), lm("rollback-end", ref.Instance, b.name, b.name))
+	waitPhase(t, b, ref.Instance, "dest", "copied", time.Minute)
+	sameBytes(t, "B's disk", readLUN(t, b, ref), want)
+}
+
 // TestHookBound: libvirt's migrate hook on the destination never waits
 // longer than [replicator] hook_wait for replicas (nor the hook's own
 // --timeout), and refuses — exit non-zero, which aborts the migration.
 func TestHookBound(t *testing.T) {
-	const wait = 2 * time.Second
+	const wait = 4 * time.Second
+	// Timings include starting the hook process, which takes seconds on a
+	// loaded CI machine; the margins are far below the hook's 60 s default,
+	// which is what an unbounded wait would hit.
+	const margin = 5 * time.Second
 	a, b := newCluster(t, clusterOpts{hookWait: wait})
 	b.start()
 	ref, _ := NewDiskRef(testenv.UUID(), "disk")
@@ -606,19 +664,19 @@ func TestHookBound(t *testing.T) {
 	// No pre.start ever comes: the replicas are never ready.
 	code, stderr, took := hook(t, b, ref, "qemu", "instance-00000001", "migrate", "begin", "-")
 	// The node answers on the first tick (1 s) after the deadline.
-	if code == 0 || !strings.Contains(stderr, "replicas not ready in time") || took < wait || took > wait+3*time.Second {
+	if code == 0 || !strings.Contains(stderr, "replicas not ready in time") || took < wait || took > wait+margin {
 		t.Fatalf("no replicas: exit %d after %v (bound %v): %s", code, took, wait, stderr)
 	}
 	// The hook's own bound holds when it is shorter.
 	code, stderr, took = hook(t, b, ref, "--timeout", "500ms", "qemu", "instance-00000001", "migrate", "begin", "-")
-	if code == 0 || took > 2*time.Second {
+	if code == 0 || !strings.Contains(stderr, "did not answer in time") || took >= wait {
 		t.Fatalf("--timeout 500ms: exit %d after %v: %s", code, took, stderr)
 	}
 	// Nova begins, but the source's agent is down: preparing fails and
 	// the hook refuses at once with the reason.
 	emit(t, lm("pre-start", ref.Instance, b.name, a.name))
 	code, stderr, took = hook(t, b, ref, "qemu", "instance-00000001", "migrate", "begin", "-")
-	if code == 0 || !strings.Contains(stderr, "replicas failed") || took > wait+2*time.Second {
+	if code == 0 || !strings.Contains(stderr, "replicas failed") || took >= wait {
 		t.Fatalf("source down: exit %d after %v: %s", code, took, stderr)
 	}
 	t.Logf("refusal: %s", strings.TrimSpace(stderr))
@@ -650,7 +708,7 @@ func TestRollback(t *testing.T) {
 	a.start()
 	b.start()
 	prepared(t, a, b, ref)
-	if _, ok := diskOf(b.status(), ref.Instance); !ok {
+	if _, ok := diskOf(b.status(), ref); !ok {
 		t.Fatal("B does not serve the replica")
 	}
 	// Seal A as a destination does before copying, so that the rollback
@@ -666,7 +724,7 @@ func TestRollback(t *testing.T) {
 	if _, err := p.seal(context.Background(), ref.Instance); err != nil {
 		t.Fatal(err)
 	}
-	if d, _ := diskOf(a.status(), ref.Instance); !d.Sealed {
+	if d, _ := diskOf(a.status(), ref); !d.Sealed {
 		t.Fatalf("A not sealed: %+v", d)
 	}
 	if err := qemuIO(t, a, ref, "write -P 0x11 0 4096"); err == nil {
@@ -678,12 +736,12 @@ func TestRollback(t *testing.T) {
 	waitPhase(t, b, ref.Instance, "dest", "rolled-back", 20*time.Second)
 	waitPhase(t, a, ref.Instance, "source", "rolled-back", 20*time.Second)
 	testenv.Eventually(t, 10*time.Second, "B's replica gone", func() (bool, string) {
-		_, open := diskOf(b.status(), ref.Instance)
+		_, open := diskOf(b.status(), ref)
 		entries, _ := os.ReadDir(b.store)
 		return !open && len(entries) == 0, fmt.Sprintf("open %v, store %v", open, entries)
 	})
 	testenv.Eventually(t, 10*time.Second, "A unsealed", func() (bool, string) {
-		d, _ := diskOf(a.status(), ref.Instance)
+		d, _ := diskOf(a.status(), ref)
 		return !d.Sealed, fmt.Sprintf("%+v", d)
 	})
 	if err := qemuIO(t, a, ref, "write -P 0x11 0 4096", "read -P 0x11 0 4096"); err != nil {

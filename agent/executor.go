@@ -134,12 +134,28 @@ func (a *Agent) step(ev novahook.Event) {
 // prepare (destination) creates pass-through replicas of the instance's
 // disks on the source and exports them here, then reports to the node.
 func (a *Agent) prepare(ctx context.Context, inst, source string) error {
-	err := a.ensureReplicas(ctx, inst, source)
+	err := a.notCopyingFromHere(inst)
+	if err == nil {
+		err = a.ensureReplicas(ctx, inst, source)
+	}
 	if err != nil {
 		a.step(novahook.ReplicaUpdate{Instance: inst, Role: novahook.RoleDestination, Kind: novahook.ReplicaPrepareFailed, Err: err.Error()})
 		return err
 	}
 	a.step(novahook.ReplicaUpdate{Instance: inst, Role: novahook.RoleDestination, Kind: novahook.ReplicaPrepared})
+	return nil
+}
+
+// notCopyingFromHere refuses to bring an instance back while another host
+// still copies its disks from this one: the new replicas here would read
+// from replicas that read from here (a loop, see Store.Replicate), and
+// closing the sealed exports would fail that host's reads.
+func (a *Agent) notCopyingFromHere(inst string) error {
+	for _, m := range a.node.SourceOf() {
+		if m.Instance == inst {
+			return fmt.Errorf("%s still copies this instance's disks from this host; migrate it back once that copy is complete (shareless status)", m.Dest)
+		}
+	}
 	return nil
 }
 

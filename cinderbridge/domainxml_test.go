@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"github.com/shareless/shareless/internal/secret"
+	"github.com/shareless/shareless/internal/testenv"
 	"io"
 	"os"
 	"os/exec"
@@ -174,13 +175,9 @@ func checkOnlyDisksChanged(t *testing.T, in, out []byte, n int) {
 }
 
 // The golden outputs must be valid for libvirt's own schema. The tool
-// comes with Debian's libvirt-clients, which scripts/deps.sh does not
-// install yet; until it does, this test skips without it even under make.
+// comes with Debian's libvirt-clients, which scripts/deps.sh installs.
 func TestGoldenOutputsMatchLibvirtSchema(t *testing.T) {
-	tool, err := exec.LookPath("virt-xml-validate")
-	if err != nil {
-		t.Skip("virt-xml-validate not installed (Debian package libvirt-clients)")
-	}
+	tool := testenv.NeedCommands(t, "virt-xml-validate")[0]
 	files, err := filepath.Glob(filepath.Join("testdata", "domainxml", "*.want.xml"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no golden outputs: %v", err)

@@ -98,11 +98,11 @@ type API struct {
 
 // Replicator is the [replicator] section.
 type Replicator struct {
-	Grain          Size          `ini:"grain" default:"64KiB" help:"Tracking granularity of the valid and modified bitmaps: a power of two, at\nleast 512 bytes."`
-	Chunk          Size          `ini:"chunk" default:"4MiB" help:"Unit of the sequential post-copy: a multiple of grain."`
+	Grain          Size          `ini:"grain" default:"16KiB" help:"Tracking granularity of the valid and modified bitmaps: a power of two, at\nleast 512 bytes. The way back moves whole blocks of this size: 16KiB moves 35%\nof a disk whose guest rewrote 10% in scattered pages (64KiB: 84%), for 16MiB\nof agent memory per TiB (replicator.DefaultGrain)."`
+	Chunk          Size          `ini:"chunk" default:"1MiB" help:"Unit of the sequential post-copy: a multiple of grain. A guest write waits\nfor at most one chunk being stored (replicator.DefaultChunk)."`
 	BandwidthLimit Size          `ini:"bandwidth_limit" default:"0" help:"Bytes per second the copier may read from a source; 0 means unlimited."`
 	SourceTimeout  time.Duration `ini:"source_timeout" default:"2m" help:"How long reads wait for an unreachable source before failing with an error."`
-	HookWait       time.Duration `ini:"hook_wait" default:"60s" help:"How long the libvirt migrate hook waits for replicas to be ready before it\nrefuses the migration."`
+	HookWait       time.Duration `ini:"hook_wait" default:"50s" help:"How long the libvirt migrate hook waits for replicas to be ready before it\nrefuses the migration. Keep it below the hook's own bound (shareless hook\n--timeout, 60s), so that libvirt logs the agent's reason, not a timeout."`
 }
 
 // Error is a configuration error. It names the file and, when the error is

@@ -289,7 +289,7 @@ func adopted(t *testing.T, c *cloud, inst *instance) {
 	w.waitPast(t, 1, 20*time.Second)
 	start := time.Now()
 	err := a.conn.CopyDisk(ctx, d, "vda", virt.ISCSIDisk{IQN: inst.ref.IQN(), LUN: 0, Host: "127.0.0.1", Port: iscsiPort,
-		Username: chapUser, SecretUsage: secretUsage})
+		Username: chapUser, SecretUsage: secretUsage}, nil)
 	if err != nil {
 		t.Fatalf("adoption: %v", err)
 	}

@@ -18,10 +18,10 @@ done
 [ -x "$BIN" ] || go build -o "$BIN" ./cmd/shareless
 
 work=$(mktemp -d /var/tmp/shareless-bench-copy.XXXXXX)
-tgtd_pid= export_pid=
+tgtd_pid='' export_pid=''
 cleanup() {
 	for pid in $tgtd_pid $export_pid; do
-		kill -9 "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+		if kill -9 "$pid" 2>/dev/null; then wait "$pid" 2>/dev/null || true; fi
 	done
 	rm -rf "$work"
 }
@@ -94,6 +94,8 @@ cases=(
 	"tgtd-sparse sparse iscsi://127.0.0.1:$port/iqn.2026-11.io.shareless.bench:sparse/1 unsafe"
 	"own-dense dense iscsi://127.0.0.1:$own_port/iqn.2026-11.io.shareless.bench:own/0 unsafe"
 	"own-sparse sparse iscsi://127.0.0.1:$own_port/iqn.2026-11.io.shareless.bench:own/1 unsafe"
+	"tgtd-dense-durable dense iscsi://127.0.0.1:$port/iqn.2026-11.io.shareless.bench:dense/1 writeback"
+	"own-dense-durable dense iscsi://127.0.0.1:$own_port/iqn.2026-11.io.shareless.bench:own/0 writeback"
 	"tgtd-sparse-durable sparse iscsi://127.0.0.1:$port/iqn.2026-11.io.shareless.bench:sparse/1 writeback"
 	"own-sparse-durable sparse iscsi://127.0.0.1:$own_port/iqn.2026-11.io.shareless.bench:own/1 writeback"
 )
@@ -103,7 +105,7 @@ for c in "${cases[@]}"; do
 	qemu_cache=()
 	[ "$cache" = writeback ] && qemu_cache=(-t writeback)
 	cat "$work/$img.img" >/dev/null # both tools read from a warm page cache
-	ours= qemu=
+	ours='' qemu=''
 	# Alternate the tools, so that both see the same machine load; keep
 	# each one's best run.
 	for ((i = 0; i < RUNS; i++)); do

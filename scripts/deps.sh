@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo, the tests and the benchmarks need on Debian 12:
 # the real peers (tgtd, QEMU's libiscsi initiator, libiscsi's conformance
-# suite, RabbitMQ, Nova's notifier library) and the Go modules.
+# suite, RabbitMQ, Nova's notifier library), the linters and test runners
+# of the operator-facing parts (shellcheck, tox, pytest) and the Go modules.
 set -euo pipefail
 
 packages=(
@@ -9,6 +10,8 @@ packages=(
 	qemu-utils            # qemu-img, qemu-io
 	qemu-block-extra      # iscsi:// support in qemu-img/qemu-io
 	libiscsi-bin          # iscsi-test-cu, iscsi-ls, ...
+	libiscsi-dev          # scripts/iscsi-load.c, the export benchmark's load generator
+	gcc
 	rabbitmq-server       # the broker Nova notifies through
 	python3-oslo.messaging # Nova's own notifier
 	iproute2              # ip netns for multi-host tests
@@ -18,6 +21,9 @@ packages=(
 	libvirt-daemon-driver-qemu
 	libvirt-clients       # virsh: the lab's readiness checks and cleanup
 	xz-utils              # unpacking the lab guest's kernel
+	shellcheck            # lint of the devstack plugin and the scripts
+	tox                   # tox-tests/ (Debian's tox 3, offline, site packages)
+	python3-pytest        # the functional tests tox runs
 )
 
 missing=()
@@ -28,7 +34,8 @@ if ((${#missing[@]})); then
 	echo "deps: installing ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# With recommends: the suite was developed and measured with them.
+	apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # Debian starts services on install; tests run their own instances.
 for svc in tgt rabbitmq-server; do

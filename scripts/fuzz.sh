@@ -5,8 +5,8 @@ cd "$(dirname "$0")/.."
 fuzztime=${1:-10s}
 grep -rl --include='*_test.go' '^func Fuzz' . | while read -r f; do
 	pkg=./$(dirname "${f#./}")
-	for name in $(grep -oE '^func Fuzz[A-Za-z0-9_]+' "$f" | cut -d' ' -f2); do
+	grep -oE '^func Fuzz[A-Za-z0-9_]+' "$f" | cut -d' ' -f2 | while read -r name; do
 		echo "fuzz $pkg $name ($fuzztime)"
-		go test -run='^$' -fuzz="^${name}\$" -fuzztime="$fuzztime" "$pkg"
+		go test -run='^$' -fuzz="^${name}\$" -fuzztime="$fuzztime" "$pkg" </dev/null
 	done
 done

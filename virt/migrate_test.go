@@ -182,7 +182,7 @@ func TestMigrateThereAndBack(t *testing.T) {
 			t.Fatalf("%s: the destination started an NBD server", label)
 		}
 		after := waitCounter(t, img, before, 10*time.Second)
-		t.Logf("migration %s: downtime=%v total=%v wall=%v memory=%.1fMiB of %.1fMiB in %d iterations, disk copied=%d bytes (source job); counter %d -> %d",
+		testenv.Report(t, "migration %s: downtime=%v total=%v wall=%v memory=%.1fMiB of %.1fMiB in %d iterations, disk copied=%d bytes (source job); counter %d -> %d",
 			label, js.Downtime, js.Elapsed, wall.Round(time.Millisecond), mib(js.MemoryProcessed), mib(js.MemoryTotal),
 			js.MemoryIteration, srcJob.DiskProcessed, before, after)
 	}

@@ -176,6 +176,11 @@ func TestCopyFileISCSIFile(t *testing.T) {
 		t.Errorf("summary lacks the counters: %s", out)
 	}
 	sameFiles(t, src, ce.lun)
+	// The LUN started full of garbage; where the source has holes it got
+	// WRITE SAME with UNMAP, which tgtd turns into holes of its file.
+	if got := allocated(t, ce.lun); got > 8<<20 {
+		t.Errorf("the LUN's backing file allocates %d bytes, want the source's holes deallocated", got)
+	}
 	if out, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", src, ce.qemuURL).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img compare: %v: %s", err, out)
 	}

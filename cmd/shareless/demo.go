@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/shareless/shareless/blockdev"
@@ -84,6 +85,7 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 }
 
 type demo struct {
+	outMu        sync.Mutex // the guest's goroutine prints too
 	out          io.Writer
 	log          *slog.Logger
 	dir          string
@@ -103,7 +105,11 @@ type host struct {
 	addr    string
 }
 
-func (d *demo) printf(format string, a ...any) { fmt.Fprintf(d.out, format+"\n", a...) }
+func (d *demo) printf(format string, a ...any) {
+	d.outMu.Lock()
+	defer d.outMu.Unlock()
+	fmt.Fprintf(d.out, format+"\n", a...)
+}
 
 func (d *demo) run(ctx context.Context) error {
 	if err := d.makeSecret(); err != nil {

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"github.com/shareless/shareless/internal/secret"
 	"net"
 	"os"
 	"path/filepath"
@@ -44,6 +46,9 @@ func runExport(ctx context.Context, e *env, args []string) error {
 	var allow stringList
 	fs.Var(&allow, "allow-initiator", "initiator IQN allowed to log in (repeatable; default: any that authenticates)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // usage already printed
+		}
 		return usagef("%v", err)
 	}
 	if *listen == "" || *iqn == "" {
@@ -105,14 +110,14 @@ func credentials(which, user, file string) (*chap.Credentials, error) {
 // readSecret reads a CHAP secret from a file (a trailing newline is not
 // part of it), so that secrets stay out of process listings and shell
 // history.
-func readSecret(which, file string) (chap.Secret, error) {
+func readSecret(which, file string) (secret.Secret, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return chap.Secret{}, usagef("%s secret: %v", which, err)
+		return secret.Secret{}, usagef("%s secret: %v", which, err)
 	}
 	s, err := chap.NewSecret(bytes.TrimRight(b, "\r\n"))
 	if err != nil {
-		return chap.Secret{}, usagef("%s secret in %s: %v", which, file, err)
+		return secret.Secret{}, usagef("%s secret in %s: %v", which, file, err)
 	}
 	return s, nil
 }

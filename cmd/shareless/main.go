@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 )
 
@@ -29,14 +30,16 @@ type command struct {
 // commands lists the subcommands; each lives in its own file.
 func commands() map[string]command {
 	return map[string]command{
-		"help":   {"describe the subcommands", nil},
-		"agent":  {"run this host's agent (the daemon)", runAgent},
-		"status": {"migrations, replicas and whether this host is safe to power off", runStatus},
-		"hook":   {"libvirt qemu hook: asks the local agent, never libvirt", runHook},
-		"export": exportCommand(),
-		"copy":   {copySummary, runCopy},
-		"demo":   {"Method C on one machine: a disk to a second store over iSCSI and back", runDemo},
-		"bench":  {"measure a suite (replica) against its peer tools", runBench},
+		"help":    {"describe the subcommands", nil},
+		"agent":   {"run this host's agent (the daemon)", runAgent},
+		"status":  {"migrations, replicas and whether this host is safe to power off", runStatus},
+		"hook":    {"libvirt qemu hook: asks the local agent, never libvirt", runHook},
+		"adopt":   {"move a running instance's file disks onto managed disks", runAdopt},
+		"release": {"give an adopted instance's disks back to its files", runRelease},
+		"export":  exportCommand(),
+		"copy":    {copySummary, runCopy},
+		"demo":    {"Method C on one machine: a disk to a second store over iSCSI and back", runDemo},
+		"bench":   {"measure a suite (replica) against its peer tools", runBench},
 	}
 }
 
@@ -56,6 +59,13 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr,
 		log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))}
 	cmds := commands()
+	if len(args) > 1 && args[0] == "help" {
+		if len(args) > 2 || !printManual(stdout, args[1], cmds) {
+			fmt.Fprintf(stderr, "shareless help: unknown command %q (see 'shareless help')\n", strings.Join(args[1:], " "))
+			return 2
+		}
+		return 0
+	}
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		printHelp(stdout, cmds)
 		if len(args) == 0 {
@@ -92,5 +102,5 @@ func printHelp(w io.Writer, cmds map[string]command) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-10s %s\n", n, cmds[n].summary)
 	}
-	fmt.Fprintln(w, "\n'shareless COMMAND -h' describes a command's flags.")
+	fmt.Fprintln(w, "\n'shareless help COMMAND' prints a command's manual, 'shareless COMMAND -h' its usage.")
 }

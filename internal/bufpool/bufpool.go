@@ -19,6 +19,9 @@ const (
 // and it is safe for concurrent use.
 type Pool struct {
 	classes [maxShift - minShift + 1]sync.Pool
+	// headers recycles the *[]byte boxes sync.Pool needs, so that Put
+	// allocates nothing once warm (a READ's hot path).
+	headers sync.Pool
 }
 
 func class(n int) int {
@@ -34,8 +37,11 @@ func (p *Pool) Get(n int) []byte {
 	if c >= len(p.classes) {
 		return make([]byte, n)
 	}
-	if b, ok := p.classes[c].Get().(*[]byte); ok {
-		return (*b)[:n]
+	if h, ok := p.classes[c].Get().(*[]byte); ok {
+		b := (*h)[:n]
+		*h = nil
+		p.headers.Put(h)
+		return b
 	}
 	return make([]byte, n, 1<<(c+minShift))
 }
@@ -47,6 +53,10 @@ func (p *Pool) Put(b []byte) {
 	if c >= len(p.classes) || cap(b) != 1<<(c+minShift) {
 		return
 	}
-	b = b[:cap(b)]
-	p.classes[c].Put(&b)
+	h, ok := p.headers.Get().(*[]byte)
+	if !ok {
+		h = new([]byte)
+	}
+	*h = b[:cap(b)]
+	p.classes[c].Put(h)
 }

@@ -74,9 +74,8 @@ func allZero(b []byte) bool {
 // writePattern writes block repeatedly over [off, off+length), stopping
 // between chunks when ctx is canceled (an aborted task).
 func (lu *LogicalUnit) writePattern(ctx context.Context, block []byte, off, length int64) error {
-	buf := lu.bufs.get(int(min(length, patternChunk)))
-	defer buf.release()
-	p := buf.b
+	p := lu.bufs.Get(int(min(length, patternChunk)))
+	defer lu.bufs.Put(p)
 	for i := copy(p, block); i < len(p); i *= 2 {
 		copy(p[i:], p[:i])
 	}

@@ -88,12 +88,12 @@ func (lu *LogicalUnit) read(ctx context.Context, c *Command) Response {
 	if n == 0 {
 		return Response{}
 	}
-	buf := lu.bufs.get(int(n) << lu.shift)
-	if err := lu.dev.ReadAt(ctx, buf.b, int64(lba<<lu.shift)); err != nil {
-		buf.release()
+	buf := lu.bufs.Get(int(n) << lu.shift)
+	if err := lu.dev.ReadAt(ctx, buf, int64(lba<<lu.shift)); err != nil {
+		lu.bufs.Put(buf)
 		return lu.fail(ctx, err, false)
 	}
-	return Response{Data: buf.b, buf: buf}
+	return Response{Data: buf, pool: &lu.bufs}
 }
 
 // writeData returns the part of the Data-Out buffer a write of n blocks

@@ -16,6 +16,8 @@
 // errors.Is matches against a SenseKey or an AdditionalSense.
 package scsi
 
+import "github.com/shareless/shareless/internal/bufpool"
+
 import "fmt"
 
 // Status codes (SAM-5 §5.3).
@@ -81,7 +83,8 @@ type Response struct {
 	// write short of it wrote only the whole blocks that arrived.
 	DataOutLength uint32
 
-	buf *pooledBuf
+	// pool is where Data goes back on Release; nil when Data is not pooled.
+	pool *bufpool.Pool
 }
 
 // Operation codes of the commands this package executes or builds
@@ -142,9 +145,9 @@ const (
 // is not pooled, and calling it is optional: an unreleased buffer is
 // simply garbage collected. Call it at most once per command.
 func (r *Response) Release() {
-	if r.buf != nil {
-		r.buf.release()
-		r.buf = nil
+	if r.pool != nil {
+		r.pool.Put(r.Data)
+		r.pool = nil
 	}
 	r.Data = nil
 }

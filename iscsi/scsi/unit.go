@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/shareless/shareless/internal/bufpool"
 	"log/slog"
 
 	"github.com/shareless/shareless/blockdev"
@@ -86,7 +87,7 @@ type LogicalUnit struct {
 	blocks uint64 // capacity in logical blocks
 	shift  uint   // log2(BlockSize)
 	naa    [8]byte
-	bufs   *bufPool
+	bufs   bufpool.Pool
 	locks  rangeLocks
 	pr     *prUnit // nil unless cfg.PersistentReservations
 
@@ -165,7 +166,6 @@ func NewLogicalUnit(dev blockdev.Device, cfg UnitConfig) (*LogicalUnit, error) {
 		log:    cfg.Logger,
 		blocks: uint64(dev.Size()) / uint64(bs),
 		shift:  uint(log2(bs)),
-		bufs:   newBufPool(int(cfg.MaxTransfer)),
 	}
 	if lu.blocks == 0 {
 		return nil, fmt.Errorf("scsi: device of %d bytes holds no %d-byte block", dev.Size(), bs)

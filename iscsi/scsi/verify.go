@@ -74,14 +74,14 @@ func (lu *LogicalUnit) verifyBlocks(ctx context.Context, c *Command, lba uint64,
 // n == 1 the first two cases are the same comparison.
 func (lu *LogicalUnit) compareBlocks(ctx context.Context, lba uint64, n uint32, expect []byte) Response {
 	bs := int(lu.cfg.BlockSize)
-	buf := lu.bufs.get(int(min(uint64(n)<<lu.shift, uint64(lu.cfg.MaxTransfer))))
-	defer buf.release()
+	buf := lu.bufs.Get(int(min(uint64(n)<<lu.shift, uint64(lu.cfg.MaxTransfer))))
+	defer lu.bufs.Put(buf)
 	off, length := int64(lba)<<lu.shift, int(n)<<lu.shift
 	for done := 0; done < length; {
 		if ctx.Err() != nil {
 			return Response{Status: StatusTaskAborted}
 		}
-		p := buf.b[:min(len(buf.b), length-done)]
+		p := buf[:min(len(buf), length-done)]
 		if err := lu.dev.ReadAt(ctx, p, off+int64(done)); err != nil {
 			return lu.fail(ctx, err, false)
 		}

@@ -27,7 +27,7 @@ func (c *conn) scsiCommand(m *pdu.SCSICommand) {
 	}
 	n := uint32(len(m.Data))
 	if n > 0 && (!m.Write || !op.ImmediateData || n > m.ExpectedDataLength || n > op.FirstBurstLength) {
-		// §11.3.4: immediate data only with ImmediateData=Yes, within
+		// §11.3, §13.11: immediate data only with ImmediateData=Yes, within
 		// FirstBurstLength and the expected length.
 		c.rejectPDU(pdu.RejectProtocolError, headerOf(m))
 		return
@@ -121,7 +121,7 @@ func (c *conn) dataOut(m *pdu.DataOut) {
 }
 
 // failTransfer ends a task whose Data-Out broke the protocol rules: at
-// ErrorRecoveryLevel 0 the command fails (§7.1.4) and the connection goes
+// ErrorRecoveryLevel 0 the command fails (§7) and the connection goes
 // on.
 func (c *conn) failTransfer(t *task, err error) {
 	c.log.Warn("Data-Out error; failing the command", "itt", t.itt, "err", err)
@@ -230,7 +230,7 @@ func (c *conn) complete(t *task, resp *scsi.Response) {
 }
 
 // responsePDUs renders a SCSI response as Data-In PDUs, with the status in
-// the last one when it is GOOD (phase collapse, §11.7.4), else followed by
+// the last one when it is GOOD (phase collapse, §11.7), else followed by
 // a SCSI Response with the sense data (§11.4). Residuals follow §11.4.5.
 func (c *conn) responsePDUs(t *task, resp *scsi.Response) []pdu.Message {
 	var over, under bool
@@ -259,7 +259,7 @@ func (c *conn) responsePDUs(t *task, resp *scsi.Response) []pdu.Message {
 	var dataSN uint32
 	for off := uint32(0); off < uint32(len(data)); {
 		n := min(seg, uint32(len(data))-off)
-		// A Data-In sequence ends at MaxBurstLength (§13.14).
+		// A Data-In sequence ends at MaxBurstLength (§13.13).
 		if end := (off/burst + 1) * burst; off+n > end {
 			n = end - off
 		}

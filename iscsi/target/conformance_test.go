@@ -98,13 +98,13 @@ func TestConformanceSideBySide(t *testing.T) {
 
 	ours := runTestCU(t, oursURL, filepath.Join(dir, "ours.log"))
 	tgt := runTestCU(t, tgtURL, filepath.Join(dir, "tgt.log"))
-	fmt.Printf("conformance iscsi-test-cu SCSI+iSCSI: shareless passed=%d failed=%d skipped=%d | tgt passed=%d failed=%d skipped=%d\n",
+	testenv.Report(t, "conformance iscsi-test-cu SCSI+iSCSI: shareless passed=%d failed=%d skipped=%d | tgt passed=%d failed=%d skipped=%d",
 		ours.passed, ours.failed, ours.skipped, tgt.passed, tgt.failed, tgt.skipped)
 	for _, f := range ours.failures {
-		fmt.Printf("conformance shareless FAILED %s\n", f)
+		testenv.Report(t, "conformance shareless FAILED %s", f)
 	}
 	for _, f := range tgt.failures {
-		fmt.Printf("conformance tgt FAILED %s\n", f)
+		testenv.Report(t, "conformance tgt FAILED %s", f)
 	}
 	if tgt.passed == 0 {
 		t.Errorf("tgtd passed nothing: the reference run is broken (see %s)", filepath.Join(dir, "tgt.log"))
@@ -226,4 +226,23 @@ func startTgtd(t *testing.T, dir, name string) string {
 	}
 	t.Fatal("no free tgtd control port in 100..149")
 	return ""
+}
+
+// TestExportLUNOrder: `shareless export` serves its FILEs as LUN 0, 1, ...
+// in the order given, as QEMU sees them.
+func TestExportLUNOrder(t *testing.T) {
+	testenv.NeedCommands(t, "qemu-img")
+	dir := t.TempDir()
+	bin := buildShareless(t, dir)
+	second := filepath.Join(dir, "second.img")
+	scratchFile(t, second, 8<<20)
+	// startExport puts its own 256 MiB image last: LUN 0 is the 8 MiB file.
+	url := startExport(t, bin, dir, "order.img", second)
+	for lun, want := range map[string]string{"0": "8 MiB", "1": "256 MiB"} {
+		u := strings.TrimSuffix(url, "/0") + "/" + lun
+		out, err := exec.Command("qemu-img", "info", u).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "virtual size: "+want) {
+			t.Errorf("LUN %s: want %s: %v\n%s", lun, want, err, out)
+		}
+	}
 }

@@ -435,7 +435,7 @@ func (c *conn) writeLoop() {
 
 // stamp fills the sequence numbers of an outgoing PDU. PDUs that carry
 // status take the next StatSN; R2T and NOP-In pings carry it without
-// taking it (§11.8.3, §11.19.2).
+// taking it (§11.8, §11.19).
 func (c *conn) stamp(m pdu.Message) {
 	exp, max := c.sess.window.load()
 	take := func() uint32 { c.statSN++; return c.statSN - 1 }
@@ -470,7 +470,7 @@ func (c *conn) stamp(m pdu.Message) {
 }
 
 // ordered runs deliver for a command in CmdSN order, or at once for an
-// immediate one (§3.2.2.1). Out-of-window commands are silently ignored.
+// immediate one (§4.2.2.1). Out-of-window commands are silently ignored.
 func (c *conn) ordered(immediate bool, cmdSN uint32, deliver func()) bool {
 	if immediate {
 		deliver()

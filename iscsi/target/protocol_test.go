@@ -242,10 +242,10 @@ func TestRFC7143_11_8_R2T(t *testing.T) {
 	}
 }
 
-// TestRFC7143_4_2_5_2_UnsolicitedData: with InitialR2T=No the initiator
+// TestRFC7143_13_14_FirstBurstUnsolicitedData: with InitialR2T=No the initiator
 // sends immediate data, then unsolicited Data-Out up to FirstBurstLength,
 // and the rest on R2T; the target takes all three.
-func TestRFC7143_4_2_5_2_UnsolicitedData(t *testing.T) {
+func TestRFC7143_13_14_FirstBurstUnsolicitedData(t *testing.T) {
 	_, addr := startTarget(t, testConfig(t))
 	o := defaultLogin()
 	o.ops = []pdu.KeyValue{{Key: "InitialR2T", Value: "No"}, {Key: "ImmediateData", Value: "Yes"},

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/shareless/shareless/internal/testenv"
@@ -183,5 +185,62 @@ func TestRFC7143_11_10_TextInFullFeaturePhase(t *testing.T) {
 		{Key: "MaxBurstLength", Value: "Reject"}, {Key: "X-com.example.foo", Value: "NotUnderstood"}})
 	if !bytes.Equal(resp.Data, want) || resp.ExpCmdSN != c.cmdSN {
 		t.Fatalf("Text Response %q ExpCmdSN %d; want %q %d", resp.Data, resp.ExpCmdSN, want, c.cmdSN)
+	}
+}
+
+// TestMutualCHAPWithLibiscsi: a real initiator (libiscsi's iscsi-inq)
+// verifies the target's answer to its challenge: right with the target's
+// secret, refused with another.
+func TestMutualCHAPWithLibiscsi(t *testing.T) {
+	testenv.NeedCommands(t, "iscsi-inq")
+	_, addr := startTarget(t, testConfig(t))
+	inq := func(targetSecret string) (string, error) {
+		out, err := exec.Command("iscsi-inq", fmt.Sprintf("iscsi://%s%%%s@%s/%s/0?target_user=%s&target_password=%s",
+			testUser, testSecret, addr, testIQN, testMutualU, targetSecret)).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := inq(testMutualS); err != nil || !strings.Contains(out, "DIRECT_ACCESS") {
+		t.Errorf("mutual CHAP with the right secret: %v\n%s", err, out)
+	}
+	if out, err := inq("not-the-target-secret"); err == nil || !strings.Contains(out, "CHAP_R") {
+		t.Errorf("libiscsi accepted the target with a wrong mutual secret: %v\n%s", err, out)
+	}
+}
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// TestSecretsNeverLogged: at debug level, through failed and successful
+// one-way and mutual CHAP logins, no secret reaches the log.
+func TestSecretsNeverLogged(t *testing.T) {
+	var logs syncBuffer
+	cfg := testConfig(t)
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	tg, addr := startTarget(t, cfg)
+	o := defaultLogin()
+	o.mutualUser, o.mutualSecret = testMutualU, testMutualS
+	dial(t, addr).mustLogin(o)
+	o.secret = "wrong-secret-xyz"
+	dial(t, addr).login(o)
+	tg.Close()
+	out := logs.String()
+	if !strings.Contains(out, "login") {
+		t.Fatalf("nothing logged:\n%s", out)
+	}
+	for _, s := range []string{testSecret, testMutualS} {
+		if strings.Contains(out, s) {
+			t.Fatalf("secret %q in the log:\n%s", s, out)
+		}
 	}
 }

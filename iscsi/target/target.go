@@ -73,7 +73,7 @@ func (t *Target) Addrs() []net.Addr {
 
 // Serve accepts and serves connections until ctx is done or Close is
 // called, then ends every session and returns. It returns nil after an
-// orderly stop.
+// orderly stop. A Target serves once: after Serve returns it is closed.
 func (t *Target) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -185,7 +185,9 @@ func (t *Target) admit(r *loginResult, c *conn) (tsih uint16, old *session, err 
 		return 0, nil, errors.New("target stopping")
 	}
 	for _, s := range t.sessions {
-		if s.isid == r.isid && s.initiator == r.initiator {
+		// The session identifier is initiator, ISID and target (the I_T nexus);
+		// a discovery session is not one with the target.
+		if s.isid == r.isid && s.initiator == r.initiator && s.discovery == r.discovery {
 			old = s
 			delete(t.sessions, s.tsih)
 			break

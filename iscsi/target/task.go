@@ -29,7 +29,7 @@ type task struct {
 	reserved uint32 // bytes of the session's Data-Out budget buf holds
 	received uint32 // Data-Out bytes received
 
-	// Unsolicited data (§4.2.5.2): immediate data plus Data-Out with the
+	// Unsolicited data (§13.10, §13.14): immediate data plus Data-Out with the
 	// reserved TTT, up to unsolEnd, until a PDU with the F bit.
 	unsolDone   bool
 	unsolEnd    uint32
@@ -64,7 +64,7 @@ func (t *task) isSync() bool {
 	return len(t.cdb) > 0 && (t.cdb[0] == scsi.OpSynchronizeCache10 || t.cdb[0] == scsi.OpSynchronizeCache16)
 }
 
-// abort marks the task aborted (§4.2.3.3 of SAM: no response is sent for
+// abort marks the task aborted (§4.2.3.3: no response is sent for
 // it) and cancels its execution.
 func (t *task) abort() {
 	t.aborted.Store(true)

@@ -42,7 +42,7 @@ func (w *cmdWindow) release() { w.max.Add(1) }
 func (w *cmdWindow) load() (exp, max uint32) { return w.exp.Load(), w.max.Load() }
 
 // sequencer delivers non-immediate commands in CmdSN order (RFC 7143
-// §3.2.2.1): commands that arrive early wait until the gap before them is
+// §4.2.2.1): commands that arrive early wait until the gap before them is
 // filled; commands outside the window and duplicates are silently ignored.
 // It is owned by the connection's reader goroutine.
 type sequencer struct {

@@ -28,3 +28,21 @@ func TestDiskNames(t *testing.T) {
 		t.Errorf("initiator name %q", got)
 	}
 }
+
+// TestStateLock: a second agent on the same state directory is refused.
+func TestStateLock(t *testing.T) {
+	dir := t.TempDir()
+	unlock, err := lockState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockState(dir); err == nil {
+		t.Fatal("second lock of one state directory granted")
+	}
+	unlock()
+	unlock2, err := lockState(dir)
+	if err != nil {
+		t.Fatalf("lock after unlock: %v", err)
+	}
+	unlock2()
+}
