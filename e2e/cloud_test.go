@@ -58,7 +58,7 @@ const (
 	// chapUser and secretUsage name the CHAP login QEMU uses; the password
 	// is the value of the libvirt secret of that usage on each host.
 	chapUser    = "shareless"
-	secretUsage = "shareless-chap"
+	secretUsage = agent.SecretUsage
 	apiPort     = 3270
 	iscsiPort   = 3260
 	metricsAddr = "127.0.0.1:9470" // on each host's own loopback
@@ -92,8 +92,8 @@ type instance struct {
 	domain string
 	ref    agent.DiskRef
 	seed   uint64 // of its pseudo-random data
-	// adopt: the data starts in a local file disk on A, and the managed
-	// disk is created empty, for the guest to be adopted onto it.
+	// adopt: the data starts in a local file disk on A, which the agent
+	// adopts (shareless adopt creates the managed disk).
 	adopt bool
 }
 
@@ -144,8 +144,10 @@ func startCloud(t *testing.T, names []string, adopt ...string) (*cloud, map[stri
 		if inst.ref, err = agent.NewDiskRef(inst.uuid, "disk"); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.a.createDisk(inst); err != nil {
-			t.Fatal(err)
+		if !inst.adopt {
+			if err := c.a.createDisk(inst); err != nil {
+				t.Fatal(err)
+			}
 		}
 		insts[name] = inst
 	}
@@ -238,6 +240,8 @@ hook_wait = %s
 	if err := os.WriteFile(n.outside(confPath), []byte(conf), 0o600); err != nil {
 		return err
 	}
+	// The agent defines the same secret once it reaches libvirtd; the
+	// deployment's own, defined first, cannot race a guest's first boot.
 	ctx := n.t.Context()
 	s, err := n.conn.DefineISCSISecret(ctx, secretUsage, "shareless managed disks")
 	if err != nil {
@@ -246,8 +250,8 @@ hook_wait = %s
 	return n.conn.SetSecretValue(ctx, s, []byte(chap))
 }
 
-// createDisk puts inst's managed disk, filled with its data unless it is
-// to be adopted, into the node's store. The agent must not be running.
+// createDisk puts inst's managed disk, filled with its data, into the
+// node's store. The agent must not be running.
 func (n *node) createDisk(inst *instance) error {
 	ctx := n.t.Context()
 	st, err := replicator.NewStore(vfs.OS{}, n.outside(storePath), replicator.StoreOptions{Grain: grain, Chunk: chunk})
@@ -257,9 +261,6 @@ func (n *node) createDisk(inst *instance) error {
 	rep, err := st.Create(ctx, inst.ref.String(), diskSize)
 	if err != nil {
 		return err
-	}
-	if inst.adopt {
-		return rep.Close()
 	}
 	if err := rep.WriteAt(ctx, inst.data()[:dataSize], 0, false); err != nil {
 		rep.Close()

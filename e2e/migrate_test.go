@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -268,11 +269,11 @@ func refused(t *testing.T, c *cloud, inst *instance) {
 	testenv.Report(t, "e2e migration a->b refused by B's hook after %v (hook_wait %v); the guest counted on on A", took, hookWait)
 }
 
-// adopted: a running guest on a local file disk is adopted, its disk
-// block-copied onto a managed disk in synchronous-writes mode and pivoted
-// (virt.CopyDisk, libvirt's half of adoption; there is no shareless adopt
-// yet), then migrated to B and back with no block migration: the
-// migrations move RAM only, the disk follows by Method C.
+// adopted: a running guest on a local file disk is adopted with shareless
+// adopt (A's agent creates the managed disk, has libvirt block-copy the
+// file onto it in synchronous-writes mode and pivot), then migrated to B
+// and back with no block migration: the migrations move RAM only, the
+// disk follows by Method C.
 func adopted(t *testing.T, c *cloud, inst *instance) {
 	a, b := c.a, c.b
 	ctx := t.Context()
@@ -284,14 +285,13 @@ func adopted(t *testing.T, c *cloud, inst *instance) {
 	if err := os.WriteFile(file, inst.data(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := c.boot(t, a, inst, lab.Disk{Target: "vda", File: filepath.Join(lab.InstancesPath, inst.uuid, "disk")})
+	c.boot(t, a, inst, lab.Disk{Target: "vda", File: filepath.Join(lab.InstancesPath, inst.uuid, "disk")})
 	w := watchCounter(t, file, a.image(inst), b.image(inst))
 	w.waitPast(t, 1, 20*time.Second)
 	start := time.Now()
-	err := a.conn.CopyDisk(ctx, d, "vda", virt.ISCSIDisk{IQN: inst.ref.IQN(), LUN: 0, Host: "127.0.0.1", Port: iscsiPort,
-		Username: chapUser, SecretUsage: secretUsage}, nil)
+	out, err := exec.CommandContext(ctx, c.bin, "adopt", "--socket", a.outside(socketPath), inst.domain).CombinedOutput()
 	if err != nil {
-		t.Fatalf("adoption: %v", err)
+		t.Fatalf("shareless adopt %s: %v\n%s", inst.domain, err, out)
 	}
 	adoption := time.Since(start).Round(time.Millisecond)
 	onFile := w.max()
@@ -322,7 +322,7 @@ func adopted(t *testing.T, c *cloud, inst *instance) {
 	if n, _ := lab.ReadCounter(file); n > onFile {
 		t.Errorf("the abandoned file disk was written after the pivot: counter %d > %d", n, onFile)
 	}
-	testenv.Report(t, "e2e adoption of a running file-disk guest (%d MiB): block copy and pivot %v; then a->b RAM only (%s) and b->a (downtime %v, migration %v, copy %v), A's image exact",
+	testenv.Report(t, "e2e adoption of a running file-disk guest (%d MiB) by shareless adopt (block copy, pivot) in %v; then a->b RAM only (%s) and b->a (downtime %v, migration %v, copy %v), A's image exact",
 		diskSize>>20, adoption, there, m.job.Downtime, m.job.Elapsed, copied.Sub(m.landed).Round(time.Millisecond))
 }
 
