@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -285,7 +286,8 @@ func adopted(t *testing.T, c *cloud, inst *instance) {
 	if err := os.WriteFile(file, inst.data(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c.boot(t, a, inst, lab.Disk{Target: "vda", File: filepath.Join(lab.InstancesPath, inst.uuid, "disk")})
+	fileDisk := lab.Disk{Target: "vda", File: filepath.Join(lab.InstancesPath, inst.uuid, "disk")}
+	c.boot(t, a, inst, fileDisk)
 	w := watchCounter(t, file, a.image(inst), b.image(inst))
 	w.waitPast(t, 1, 20*time.Second)
 	start := time.Now()
@@ -322,7 +324,16 @@ func adopted(t *testing.T, c *cloud, inst *instance) {
 	if n, _ := lab.ReadCounter(file); n > onFile {
 		t.Errorf("the abandoned file disk was written after the pivot: counter %d > %d", n, onFile)
 	}
-	testenv.Report(t, "e2e adoption of a running file-disk guest (%d MiB) by shareless adopt (block copy, pivot) in %v; then a->b RAM only (%s) and b->a (downtime %v, migration %v, copy %v), A's image exact",
+	// Nova regenerates file-disk XML on hard reboot and start: the hook
+	// must refuse to boot the stale file.
+	d, err := a.conn.DefineDomain(ctx, c.lab.Guest.InstanceXML(inst.uuid, inst.domain, c.lab.ConsoleLog(inst.domain), fileDisk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.conn.StartDomain(ctx, d); !errors.Is(err, virt.ErrHookFailed) || !strings.Contains(err.Error(), "adopted") {
+		t.Errorf("starting the adopted instance on its stale file: %v; want the hook to refuse it as adopted", err)
+	}
+	testenv.Report(t, "e2e adoption of a running file-disk guest (%d MiB) by shareless adopt (block copy, pivot) in %v; then a->b RAM only (%s) and b->a (downtime %v, migration %v, copy %v), A's image exact, a start on the stale file refused",
 		diskSize>>20, adoption, there, m.job.Downtime, m.job.Elapsed, copied.Sub(m.landed).Round(time.Millisecond))
 }
 
