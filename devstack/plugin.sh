@@ -81,7 +81,7 @@ function shareless_shared_secret {
 # agent's user only; the mode is set before the secret is written.
 function shareless_write_secret {
     local path=$1 value=$2
-    sudo install -m 0600 -o "$SHARELESS_USER" /dev/null "$path"
+    sudo install -D -m 0600 -o "$SHARELESS_USER" /dev/null "$path"
     printf '%s\n' "$value" | sudo tee "$path" >/dev/null
 }
 

@@ -446,6 +446,7 @@ func TestPluginSecretsAndAddressesGiven(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.env["SHARELESS_CHAP_SECRET"] = "given-secret-15"
+	s.env["SHARELESS_CHAP_SECRET_FILE"] = s.path("etc/keys/shareless-chap") // a directory of its own
 	s.env["SHARELESS_STORAGE_IP"] = "198.51.100.7"
 	s.mustRun("stack post-config")
 	cfg, err := config.Load(s.path("etc/shareless/shareless.conf"))
@@ -454,6 +455,7 @@ func TestPluginSecretsAndAddressesGiven(t *testing.T) {
 	}
 	for _, c := range []struct{ name, got, want string }{
 		{"PSK", cfg.API.PSKFile.Secret.Reveal(), "operator-placed-key"},
+		{"[iscsi] chap_secret_file", cfg.ISCSI.CHAPSecretFile.Path, s.env["SHARELESS_CHAP_SECRET_FILE"]},
 		{"CHAP secret", cfg.ISCSI.CHAPSecretFile.Secret.Reveal(), "given-secret-15"},
 		{"[iscsi] listen", strings.Join(cfg.ISCSI.Listen, ","), "127.0.0.1,198.51.100.7"},
 		{"[api] listen", cfg.API.Listen, "198.51.100.7:3270"},
