@@ -1,27 +1,66 @@
 """The packaged agent on one host, as an operator runs it: the installed
-binary with a configuration file, a real RabbitMQ broker, Nova's own
-notifier library (oslo.messaging, as nova-compute sends), and the CLI and
-hook talking to the agent over its socket.
+binary with the configuration the devstack plugin writes, a real RabbitMQ
+broker, Nova's own notifier library (oslo.messaging, as nova-compute
+sends), and the CLI and hook talking to the agent over its socket.
 
 The tests run in file order against one agent; the last one stops it.
 """
 import json
+import os
+import pwd
 import re
-import secrets
 import signal
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, need, stop, wait_port
+from conftest import ROOT, free_port, need, stop
 
 SAMPLES = ROOT / "testdata/nova-notifications/resolved"
 EMITTER = ROOT / "internal/novaemit/emit_nova.py"
 PYTHON = "/usr/bin/python3"  # Debian's, with python3-oslo.messaging
 HOST = "compute1"
+
+# nova.conf as devstack's lib/nova leaves it, for what the plugin reads.
+NOVA_CONF = f"""[DEFAULT]
+host = {HOST}
+
+[notifications]
+notification_format = both
+
+[oslo_messaging_notifications]
+driver = messagingv2
+"""
+
+
+def devstack_post_config(work, broker, env):
+    """Runs plugin.sh's post-config phase as stack.sh would, with the
+    recorded devstack contract of devstack/testdata/contract.sh; the
+    broker's URL comes from get_notification_url, redefined as an RPC
+    backend plugin would (devstack's own names port 5672)."""
+    nova_conf = work / "nova.conf"
+    nova_conf.write_text(NOVA_CONF)
+    env = dict(env, PATH=os.environ["PATH"], HOME=os.environ.get("HOME", "/root"),
+               CONTRACT_LOG=str(work / "contract.log"), CONTRACT_ROOT=str(work),
+               DEST=str(work / "opt"), DATA_DIR=str(work / "data"), NOVA_CONF=str(nova_conf),
+               HOST_IP="127.0.0.1", SERVICE_HOST="127.0.0.1", SERVICE_PASSWORD="tox-service-pw",
+               SERVICE_PROJECT_NAME="service", SERVICE_DOMAIN_NAME="Default", REGION_NAME="RegionOne",
+               KEYSTONE_SERVICE_URI="http://127.0.0.1/identity", ENABLED_SERVICES="n-cpu",
+               BROKER_URL=broker.transport_url(), SHARELESS_DIR=str(ROOT),
+               SHARELESS_CONF_DIR=str(work / "etc"), SHARELESS_USER=pwd.getpwuid(os.getuid()).pw_name,
+               SHARELESS_LOG_LEVEL="debug")
+    script = """set -o errexit -o nounset -o pipefail
+source devstack/testdata/contract.sh
+function get_notification_url { echo "$BROKER_URL"; }
+source devstack/settings
+source devstack/override-defaults
+source devstack/plugin.sh stack post-config
+"""
+    r = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return work / "etc/shareless.conf"
 
 
 class Agent:
@@ -29,41 +68,14 @@ class Agent:
         self.installed = installed
         self.work = work
         self.socket = work / "run/agent.sock"
-        self.state = work / "state"
-        self.iscsi_port, self.api_port, self.metrics_port = free_port(), free_port(), free_port()
-        etc = work / "etc"
-        etc.mkdir()
-        for name, value in {"chap.secret": secrets.token_hex(8), "api.psk": secrets.token_hex(32),
-                            "rabbit.password": "guest"}.items():
-            (etc / name).write_text(value + "\n")
-            (etc / name).chmod(0o600)
-        self.conf = etc / "shareless.conf"
-        # The form the devstack plugin writes: the broker password in a file.
-        self.conf.write_text(f"""\
-[DEFAULT]
-host = {HOST}
-state_path = {self.state}
-log_level = debug
-
-[amqp]
-transport_url = {broker.transport_url(password=False)}
-password_file = {etc}/rabbit.password
-
-[iscsi]
-listen = 127.0.0.1
-port = {self.iscsi_port}
-chap_user = shareless
-chap_secret_file = {etc}/chap.secret
-
-[store]
-path = {self.state}/store
-
-[api]
-listen = 127.0.0.1:{self.api_port}
-psk_file = {etc}/api.psk
-socket = {self.socket}
-metrics_listen = 127.0.0.1:{self.metrics_port}
-""")
+        self.state = work / "data/shareless"
+        self.metrics_port = free_port()
+        self.conf = devstack_post_config(work, broker, {
+            "SHARELESS_SOCKET": str(self.socket),
+            "SHARELESS_ISCSI_PORT": str(free_port()),
+            "SHARELESS_API_LISTEN": f"127.0.0.1:{free_port()}",
+            "SHARELESS_METRICS_LISTEN": f"127.0.0.1:{self.metrics_port}",
+        })
         self.log_path = work / "agent.log"
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(installed.bin), "agent", "--config-file", str(self.conf)],
