@@ -46,6 +46,8 @@ type Agent struct {
 	metrics  *metrics
 	peerHTTP *http.Client
 	nova     *novaHosts // nil without [openstack] credentials
+	libvirt  libvirtLink
+	adoptMu  sync.Mutex // one adoption or release at a time (adopt.go)
 
 	apiLn, metricsLn, localLn net.Listener
 	unlock                    func() error // releases the state directory
@@ -214,6 +216,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			spawn("metrics", func(ctx context.Context) error { return serveHTTP(ctx, a.metricsLn, a.metricsHandler()) })
 		}
 		spawn("local API", func(ctx context.Context) error { return localapi.Serve(ctx, a.localLn, localBackend{a}) })
+		spawn("libvirt", a.runLibvirt)
 		err = a.node.Restart(a.ctx)
 	}
 	if err == nil {

@@ -19,6 +19,24 @@
 // 127.0.0.1 is one of its listen addresses). The SCSI identity (VPD 0x83 and serial) is derived
 // from the same name, so the guest sees the same disk on both hosts.
 //
+// # CHAP and libvirt
+//
+// When [iscsi] chap_secret_file is set, QEMU logs in to managed disks as
+// [iscsi] chap_user with the password of the libvirt secret of usage type
+// iscsi named "shareless-chap" (SecretUsage); disk XML refers to it by that
+// usage, so it is valid on every host. The agent defines the secret in the
+// local libvirtd ([libvirt] uri) once it reaches it: libvirtd may be down
+// or not installed yet when the agent starts, so the agent connects in the
+// background and retries, and the hook never needs libvirt.
+//
+// # Adoption
+//
+// `shareless adopt` and `shareless release` ask the agent over the local
+// API; adopt.go says what happens to Nova's files. The adoption guard
+// <state_path>/guard/<domain name> records which file each managed disk
+// came from; while it exists the prepare/start hook refuses domain XML
+// that names one of those files.
+//
 // # Who does what
 //
 // The novahook machine decides; the agent's Executor performs its actions,

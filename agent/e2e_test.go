@@ -31,12 +31,16 @@ import (
 // notifier library, on loopback with distinct ports. Only the processes the
 // tests start are stopped, by PID.
 
-// shared is what the package's end-to-end tests share: the binary and the
-// broker, made by the first test that needs them.
+// shared is what the package's end-to-end tests share: the binary, built
+// by the first test that needs it, and the broker, started by the first
+// test that needs one.
 var shared struct {
+	binOnce sync.Once
+	dir     string
+	bin     string
+	binErr  error
+
 	once   sync.Once
-	dir    string
-	bin    string
 	broker *rabbit.Server
 	err    error
 }
@@ -52,13 +56,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func needE2E(t *testing.T) {
+// needBinary builds the shareless binary once, into shared.bin.
+func needBinary(t *testing.T) {
 	t.Helper()
-	testenv.SkipIfShort(t)
-	testenv.NeedCommands(t, append(rabbit.Commands(), "qemu-io", "qemu-img")...)
-	novaemit.Need(t)
-	shared.once.Do(func() {
-		if shared.dir, shared.err = os.MkdirTemp("", "agent-e2e-"); shared.err != nil {
+	shared.binOnce.Do(func() {
+		if shared.dir, shared.binErr = os.MkdirTemp("", "agent-e2e-"); shared.binErr != nil {
 			return
 		}
 		shared.bin = filepath.Join(shared.dir, "shareless")
@@ -67,9 +69,21 @@ func needE2E(t *testing.T) {
 			args = append(args, "-race")
 		}
 		if out, err := exec.Command("go", append(args, "../cmd/shareless")...).CombinedOutput(); err != nil {
-			shared.err = fmt.Errorf("go build: %v\n%s", err, out)
-			return
+			shared.binErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
+	})
+	if shared.binErr != nil {
+		t.Fatal(shared.binErr)
+	}
+}
+
+func needE2E(t *testing.T) {
+	t.Helper()
+	testenv.SkipIfShort(t)
+	testenv.NeedCommands(t, append(rabbit.Commands(), "qemu-io", "qemu-img")...)
+	novaemit.Need(t)
+	needBinary(t)
+	shared.once.Do(func() {
 		brokerDir := filepath.Join(shared.dir, "rabbit")
 		if shared.err = os.Mkdir(brokerDir, 0o700); shared.err != nil {
 			return
@@ -120,12 +134,16 @@ func newCluster(t *testing.T, o clusterOpts) (a, b *host) {
 	// Host names are per test, so are the agents' queues.
 	prefix := strings.ToLower(regexp.MustCompile(`[^A-Za-z0-9]+`).ReplaceAllString(t.Name(), "-"))
 	hs := []*host{{name: prefix + "-a"}, {name: prefix + "-b"}}
-	for _, h := range hs {
+	ports, err := testenv.FreePorts(3 * len(hs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range hs {
 		h.t = t
 		h.dir = filepath.Join(base, h.name)
 		h.conf, h.sock = filepath.Join(h.dir, "shareless.conf"), filepath.Join(h.dir, "agent.sock")
 		h.store, h.log = filepath.Join(h.dir, "store"), filepath.Join(h.dir, "agent.log")
-		h.iscsiPort, h.apiPort, h.metricsPort = testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
+		h.iscsiPort, h.apiPort, h.metricsPort = ports[3*i], ports[3*i+1], ports[3*i+2]
 		if err := os.MkdirAll(h.dir, 0o700); err != nil {
 			t.Fatal(err)
 		}

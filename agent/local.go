@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -59,7 +58,10 @@ func (b localBackend) Hook(ctx context.Context, req localapi.HookRequest) (local
 	var dom struct {
 		UUID  string `xml:"uuid"`
 		Disks []struct {
-			Type string `xml:"type,attr"`
+			Type   string `xml:"type,attr"`
+			Source struct {
+				File string `xml:"file,attr"`
+			} `xml:"source"`
 		} `xml:"devices>disk"`
 	}
 	if err := xml.Unmarshal([]byte(req.XML), &dom); err != nil {
@@ -74,14 +76,24 @@ func (b localBackend) Hook(ctx context.Context, req localapi.HookRequest) (local
 	case req.Op == "release":
 		return localapi.HookResponse{}, a.hookCall(ctx, log, novahook.HookReleased, dom.UUID, a.cfg.Replicator.HookWait)
 	case req.Op == "prepare" || req.Op == "start":
-		// An adopted instance (a guard file names it) whose XML is back to
-		// Nova's file disks would boot a stale image: refuse.
-		if _, err := os.Stat(filepath.Join(a.cfg.Default.StatePath, "guard", filepath.Base(req.Domain))); err == nil {
-			for _, d := range dom.Disks {
-				if d.Type == "file" {
-					log.Warn("refusing to start an adopted instance on its stale file disk")
-					return localapi.HookResponse{}, fmt.Errorf("%s was adopted: its disks are managed by shareless; starting it on a file disk would boot stale data", req.Domain)
-				}
+		// An adopted instance whose XML is back to Nova's files (Nova
+		// regenerates it on hard reboot and start) would boot stale
+		// images: refuse. XML on the managed disks, as libvirt keeps it
+		// after the pivot, starts.
+		ad, err := a.readGuard(req.Domain)
+		if errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		adopted := make(map[string]bool)
+		for _, d := range ad.Disks {
+			adopted[d.File] = true
+		}
+		for _, d := range dom.Disks {
+			// An unreadable guard leaves adopted empty: then every file
+			// disk is refused rather than guessed about.
+			if d.Type == "file" && (err != nil || adopted[d.Source.File]) {
+				log.Warn("refusing to start an adopted instance on its stale file disk", "file", d.Source.File, "guard_err", err)
+				return localapi.HookResponse{}, fmt.Errorf("%s was adopted by shareless: its disk %s is stale, the data is in the managed disk; start it with the managed disks' XML, or run `shareless release` while it runs on them", req.Domain, d.Source.File)
 			}
 		}
 	}

@@ -62,6 +62,12 @@ func (a *Agent) writeMetrics(w io.Writer) {
 	perDisk("shareless_replica_source_read_bytes_total", "counter",
 		"Bytes read from the source since the disk was opened: reads routed remote, partial writes and the copier.",
 		func(d *disk) int64 { return d.rep.Stats().SourceBytes })
+	perDisk("shareless_disk_read_local_bytes_total", "counter",
+		"Bytes of reads served from the local image since the disk was opened.",
+		func(d *disk) int64 { return d.rep.Stats().ReadLocalBytes })
+	perDisk("shareless_disk_read_remote_bytes_total", "counter",
+		"Bytes of reads served from the source since the disk was opened.",
+		func(d *disk) int64 { return d.rep.Stats().ReadRemoteBytes })
 	family("shareless_notifications_total", "counter", "Nova notifications handled, by outcome.")
 	for o := novahook.Ignored; o <= novahook.Duplicate; o++ {
 		fmt.Fprintf(w, "shareless_notifications_total{outcome=%q} %d\n", o.String(), a.metrics.notifications[o].Load())

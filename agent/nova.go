@@ -4,6 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,10 +18,12 @@ import (
 	"github.com/shareless/shareless/config"
 )
 
-// novaHosts finds a peer that [peers] does not list in Nova: the host_ip
-// of the hypervisor whose nova-compute service runs on that host (the
-// address Nova itself uses for live migration). It authenticates on first
-// use, so that a Keystone outage does not keep the agent from starting.
+// novaHosts is the agent's Nova client. It finds a peer that [peers] does
+// not list: the host_ip of the hypervisor whose nova-compute service runs
+// on that host (the address Nova itself uses for live migration); and the
+// instance a server name names, for `shareless adopt`. It authenticates on
+// first use, so that a Keystone outage does not keep the agent from
+// starting.
 type novaHosts struct {
 	cfg config.OpenStack
 	now func() time.Time
@@ -82,6 +87,34 @@ func (n *novaHosts) hostIP(ctx context.Context, host string) (string, error) {
 		return ip, nil
 	}
 	return "", fmt.Errorf("Nova knows no hypervisor with a host_ip on host %q", host)
+}
+
+// serverID returns the UUID of the one Nova server named name, in any
+// project (Nova's name filter is a regular expression: anchored here).
+func (n *novaHosts) serverID(ctx context.Context, name string) (string, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	sc, err := n.client(ctx)
+	if err != nil {
+		return "", fmt.Errorf("Nova: %w", err)
+	}
+	q := url.Values{"all_tenants": {"1"}, "name": {"^" + regexp.QuoteMeta(name) + "$"}}
+	var body struct {
+		Servers []struct {
+			ID string `json:"id"`
+		} `json:"servers"`
+	}
+	if _, err := sc.Get(ctx, sc.ServiceURL("servers")+"?"+q.Encode(), &body, nil); err != nil {
+		return "", fmt.Errorf("Nova: looking up server %q: %w", name, err)
+	}
+	switch len(body.Servers) {
+	case 1:
+		return strings.ToLower(body.Servers[0].ID), nil
+	case 0:
+		return "", fmt.Errorf("Nova knows no server named %q", name)
+	default:
+		return "", fmt.Errorf("Nova has %d servers named %q: name one by its UUID", len(body.Servers), name)
+	}
 }
 
 // client authenticates once; n.mu is held.

@@ -15,8 +15,8 @@ import (
 	"github.com/shareless/shareless/config"
 )
 
-// fakeOpenStack is Keystone v3 and Nova's hypervisor list, as much as the
-// peer lookup uses.
+// fakeOpenStack is Keystone v3, Nova's hypervisor list and its server
+// list by name, as much as the peer and server lookups use.
 func fakeOpenStack(t *testing.T, hypervisorLists *atomic.Int32) *httptest.Server {
 	t.Helper()
 	var srv *httptest.Server
@@ -58,6 +58,22 @@ func fakeOpenStack(t *testing.T, hypervisorLists *atomic.Int32) *httptest.Server
 			{"id": 2, "hypervisor_hostname": "compute-2.example", "host_ip": "192.0.2.12", "state": "up", "status": "enabled", "service": {"host": "compute-2", "id": 7}}]}`
 		w.Write([]byte(io))
 	})
+	mux.HandleFunc("GET /compute/v2.1/servers", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		if r.Header.Get("X-Auth-Token") != "token-1" || q.Get("all_tenants") != "1" {
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		switch q.Get("name") {
+		case "^web\\.1$":
+			w.Write([]byte(`{"servers": [{"id": "0D1C8E5E-7B1A-4F57-9F5D-1A2B3C4D5E6F", "name": "web.1"}]}`))
+		case "^twin$":
+			w.Write([]byte(`{"servers": [{"id": "a", "name": "twin"}, {"id": "b", "name": "twin"}]}`))
+		default:
+			w.Write([]byte(`{"servers": []}`))
+		}
+	})
 	srv = httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv
@@ -98,5 +114,30 @@ func TestPeerFromNova(t *testing.T) {
 	a.nova = nil
 	if _, err := a.peer(ctx, "compute-2"); err == nil || !strings.Contains(err.Error(), "not in [peers]") {
 		t.Errorf("no credentials: %v", err)
+	}
+}
+
+// TestServerFromNova: `shareless adopt NAME` finds the one server of that
+// exact name (Nova filters by regular expression: the name is quoted and
+// anchored) in any project.
+func TestServerFromNova(t *testing.T) {
+	var lists atomic.Int32
+	srv := fakeOpenStack(t, &lists)
+	pw := filepath.Join(t.TempDir(), "pw")
+	os.WriteFile(pw, []byte("s3cret\n"), 0o600)
+	cfg, err := config.Parse("shareless.conf", []byte("[amqp]\ntransport_url = rabbit://h/\n[openstack]\nauth_url = "+srv.URL+
+		"/v3\nusername = shareless\npassword_file = "+pw+"\nproject_name = service\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := newNovaHosts(cfg.OpenStack, time.Now)
+	ctx := context.Background()
+	if id, err := n.serverID(ctx, "web.1"); err != nil || id != "0d1c8e5e-7b1a-4f57-9f5d-1a2b3c4d5e6f" {
+		t.Errorf("web.1: %q, %v", id, err)
+	}
+	for name, want := range map[string]string{"twin": "2 servers named", "nope": "no server named"} {
+		if _, err := n.serverID(ctx, name); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v; want %q", name, err, want)
+		}
 	}
 }

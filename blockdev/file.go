@@ -164,20 +164,27 @@ func (d *File) Allocation(_ context.Context, off int64) (bool, int64, error) {
 	if off < 0 || off >= d.size {
 		return false, 0, fmt.Errorf("offset %d on a %d-byte device: %w", off, d.size, ErrOutOfRange)
 	}
-	fd := int(d.f.Fd())
+	return SeekAllocation(d.f, off, d.size)
+}
+
+// SeekAllocation reports whether the byte at off of the sparse file f is
+// allocated, and how many bytes from off (up to size) share that state, with
+// SEEK_DATA/SEEK_HOLE. For AllocationReporter implementations over files.
+func SeekAllocation(f *os.File, off, size int64) (bool, int64, error) {
+	fd := int(f.Fd())
 	data, err := syscall.Seek(fd, off, seekData)
 	if errors.Is(err, syscall.ENXIO) {
-		return false, d.size - off, nil // only a hole remains
+		return false, size - off, nil // only a hole remains
 	}
 	if err != nil {
 		return false, 0, fmt.Errorf("seek data: %w", err)
 	}
 	if data > off {
-		return false, min(data, d.size) - off, nil
+		return false, min(data, size) - off, nil
 	}
 	hole, err := syscall.Seek(fd, off, seekHole)
 	if err != nil {
 		return false, 0, fmt.Errorf("seek hole: %w", err)
 	}
-	return true, min(hole, d.size) - off, nil
+	return true, min(hole, size) - off, nil
 }

@@ -40,6 +40,11 @@ type Backend interface {
 	Hook(ctx context.Context, req HookRequest) (HookResponse, error)
 	// Status reports migrations and replicas for `shareless status`.
 	Status(ctx context.Context) (json.RawMessage, error)
+	// Adopt turns the running instance server's local file disks into
+	// managed disks; Release gives them back to their files. Both call
+	// progress as block copies advance.
+	Adopt(ctx context.Context, server string, progress func(Progress)) (Adoption, error)
+	Release(ctx context.Context, server string, progress func(Progress)) (Adoption, error)
 }
 
 // errorBody is the JSON body of every non-2xx answer.
@@ -71,6 +76,8 @@ func Handler(b Backend) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, st)
 	})
+	mux.HandleFunc("POST /v1/adopt", func(w http.ResponseWriter, r *http.Request) { serveAdoption(w, r, b.Adopt) })
+	mux.HandleFunc("POST /v1/release", func(w http.ResponseWriter, r *http.Request) { serveAdoption(w, r, b.Release) })
 	return mux
 }
 
@@ -123,7 +130,18 @@ func (c *Client) Status(ctx context.Context) (json.RawMessage, error) {
 	return st, err
 }
 
+// do sends in as JSON and decodes the answer into out.
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	return c.roundTrip(ctx, method, path, in, func(r io.Reader) error {
+		if err := json.NewDecoder(r).Decode(out); err != nil {
+			return fmt.Errorf("decoding agent answer: %w", err)
+		}
+		return nil
+	})
+}
+
+// roundTrip sends in as JSON and hands a successful answer's body to read.
+func (c *Client) roundTrip(ctx context.Context, method, path string, in any, read func(io.Reader) error) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -148,18 +166,15 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("agent at %s: %w", c.socket, err)
 	}
 	defer resp.Body.Close()
-	dec := json.NewDecoder(io.LimitReader(resp.Body, maxBody))
+	r := io.LimitReader(resp.Body, maxBody)
 	if resp.StatusCode/100 != 2 {
 		var e errorBody
-		if err := dec.Decode(&e); err != nil || e.Error == "" {
+		if err := json.NewDecoder(r).Decode(&e); err != nil || e.Error == "" {
 			return fmt.Errorf("agent answered %s", resp.Status)
 		}
 		return errors.New(e.Error)
 	}
-	if err := dec.Decode(out); err != nil {
-		return fmt.Errorf("decoding agent answer: %w", err)
-	}
-	return nil
+	return read(r)
 }
 
 // Serve serves b on the unix socket until ctx ends.

@@ -99,8 +99,20 @@ func (r *Replica) copyRun(ctx context.Context, honourPause bool) error {
 	var perr error // the producer's, read once inflight is closed
 	go func() {
 		defer close(inflight)
+		var prev *chunkFetch
 		for c := first; ; {
+			if prev != nil && r.guestFetches.Load() > 0 {
+				// The guest waits on the source too, behind whatever the
+				// copier has in flight on the same session: one fetch at
+				// a time until it stops.
+				select {
+				case <-prev.done:
+				case <-ctx.Done():
+					return
+				}
+			}
 			f := &chunkFetch{c: c, runs: r.invalidRuns(c), done: make(chan struct{})}
+			prev = f
 			if perr = r.throttle(ctx, f.size(r)); perr != nil {
 				return
 			}
@@ -124,11 +136,50 @@ func (r *Replica) copyRun(ctx context.Context, honourPause bool) error {
 			}
 		}
 	}()
+	// The copier's commits run beside its next stores, one at a time: an
+	// fsync waited for in line halved the copy rate where the local disk is
+	// the bottleneck. A commit covers what was stored before it started
+	// (rule 4); one that falls due while the last still runs is left to the
+	// next copyCommitBytes, so a crash re-copies at most that plus what was
+	// stored during one commit. The last commit, of the complete replica,
+	// is waited for.
+	var committing chan error
+	waitCommit := func() error {
+		if committing == nil {
+			return nil
+		}
+		err := <-committing
+		committing = nil
+		return err
+	}
+	defer waitCommit()
 	for f := range inflight {
 		<-f.done
 		err := f.err
+		var commit, complete bool
 		if err == nil {
-			err = r.storeChunk(ctx, f)
+			commit, complete, err = r.storeChunk(ctx, f)
+		}
+		if err == nil && committing != nil {
+			select {
+			case err = <-committing:
+				committing = nil
+			default:
+				commit = false
+			}
+		}
+		if err == nil && complete {
+			err = waitCommit()
+		}
+		switch {
+		case err != nil:
+		case complete:
+			if err = r.commit(commitData); err == nil {
+				r.log.Info("replica complete", "id", r.ID())
+			}
+		case commit:
+			committing = make(chan error, 1)
+			go func(done chan<- error) { done <- r.commit(commitData) }(committing)
 		}
 		if err != nil {
 			cancel()
@@ -158,7 +209,14 @@ func (r *Replica) copyStep(ctx context.Context) (bool, error) {
 	if f.bufs, err = r.fetch(ctx, f.runs); err != nil {
 		return false, err
 	}
-	return true, r.storeChunk(ctx, f)
+	commit, complete, err := r.storeChunk(ctx, f)
+	if err == nil && commit {
+		err = r.commit(commitData)
+	}
+	if err == nil && complete {
+		r.log.Info("replica complete", "id", r.ID())
+	}
+	return true, err
 }
 
 // nextChunk finds the first chunk from c on that has invalid blocks, if the
@@ -212,27 +270,28 @@ func (r *Replica) fetch(ctx context.Context, runs []run) ([][]byte, error) {
 		bs, _ := r.span(x.start)
 		_, be := r.span(x.start + x.count - 1)
 		bufs[i] = make([]byte, be-bs)
-		if err := r.src.ReadAt(ctx, bufs[i], bs); err != nil {
+		if err := r.src.readOwned(ctx, bufs[i], bs); err != nil {
 			return nil, err
 		}
 	}
 	return bufs, nil
 }
 
-// storeChunk writes a fetched chunk, advances the progress counter past it and
-// commits every copyCommitBytes.
-func (r *Replica) storeChunk(ctx context.Context, f *chunkFetch) error {
+// storeChunk writes a fetched chunk and advances the progress counter past
+// it. The caller commits when it says so: every copyCommitBytes, and once the
+// replica is complete.
+func (r *Replica) storeChunk(ctx context.Context, f *chunkFetch) (commit, complete bool, err error) {
 	c := f.c
 	// Rule 3: under the chunk lock, keep stores only the blocks still
 	// invalid; a guest write made meanwhile wins.
 	if err := r.locks.lock(ctx, c); err != nil {
-		return err
+		return false, false, err
 	}
 	for i, x := range f.runs {
 		bs, _ := r.span(x.start)
 		if err := r.keep(x, f.bufs[i], bs); err != nil {
 			r.locks.unlock(c)
-			return err
+			return false, false, err
 		}
 	}
 	r.locks.unlock(c)
@@ -240,27 +299,19 @@ func (r *Replica) storeChunk(ctx context.Context, f *chunkFetch) error {
 	if r.meta.Progress < c+1 {
 		r.meta.Progress, r.scalarsDirty = c+1, true
 	}
-	complete := r.validCount == r.blocks
+	complete = r.validCount == r.blocks
 	if complete {
 		r.meta.Progress = r.chunks
 	}
 	for _, x := range f.runs {
 		r.uncommitted += x.count * r.grain
 	}
-	commit := complete || r.uncommitted >= copyCommitBytes
+	commit = complete || r.uncommitted >= copyCommitBytes
 	if commit {
 		r.uncommitted = 0
 	}
 	r.mu.Unlock()
-	if commit {
-		if err := r.commit(commitData); err != nil {
-			return err
-		}
-	}
-	if complete {
-		r.log.Info("replica complete", "id", r.ID())
-	}
-	return nil
+	return commit, complete, nil
 }
 
 // copyCommitBytes is how much the copier stores between its own commits
@@ -362,6 +413,11 @@ type Stats struct {
 	// since the disk was opened; SourceBytes were read from it for any
 	// reason, pass-through reads and partial writes included.
 	BytesCopied, SourceBytes int64
+	// ReadLocalBytes and ReadRemoteBytes are what reads through the disk
+	// were served from since it was opened: the local image (valid
+	// blocks) or the source (rule 1), whether or not the read then kept
+	// what it fetched.
+	ReadLocalBytes, ReadRemoteBytes int64
 	// Rate is the copy rate since copying last (re)started or its limit
 	// changed, in bytes per second; ETA is BytesRemaining at that rate
 	// (0 when unknown).
@@ -409,6 +465,7 @@ func (r *Replica) Stats() Stats {
 	st := Stats{
 		State: r.stateLocked(), Sealed: r.meta.Sealed, ID: r.meta.ID, Source: r.meta.Source,
 		Size: r.size, BytesLocal: local, BytesRemaining: r.size - local, BytesCopied: r.copied,
+		ReadLocalBytes: r.readLocal.Load(), ReadRemoteBytes: r.readRemote.Load(),
 	}
 	if r.src != nil {
 		st.SourceBytes = r.src.bytes.Load()

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shareless/shareless/blockdev"
@@ -115,6 +116,11 @@ type Replica struct {
 	mlog      *metaLog
 	committed record // scalar fields of the last durable commit
 
+	// guestFetches counts the guest's reads waiting on the source; while
+	// there are any, the copier keeps one fetch in flight instead of
+	// copyDepth (see copyRun).
+	guestFetches atomic.Int64
+
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the copier has exited
 	wake   chan struct{} // nudges the copier: state, rate or pause changed
@@ -136,9 +142,16 @@ type Replica struct {
 	uncommitted  int64     // bytes the copier stored since its last commit
 	rateSince    time.Time // start of the current rate measurement
 	rateBase     int64     // copied at rateSince
+
+	// readLocal and readRemote count the bytes ReadAt served from the
+	// local image and from the source (rule 1's routing), for /metrics.
+	readLocal, readRemote atomic.Int64
 }
 
-var _ blockdev.Device = (*Replica)(nil)
+var (
+	_ blockdev.Device             = (*Replica)(nil)
+	_ blockdev.AllocationReporter = (*Replica)(nil)
+)
 
 func newReplica(ctx context.Context, s *Store, name string, image vfs.File, mlog *metaLog, m *diskMeta, src Source, ro ReplicaOptions) *Replica {
 	r := &Replica{
@@ -218,6 +231,41 @@ func (r *Replica) fail(err error) error {
 	return r.failed
 }
 
+// maxAllocationScan bounds the blocks one Allocation call looks at under
+// r.mu (1 GiB at the default grain): a caller asks again from where the
+// answer ends.
+const maxAllocationScan = 1 << 16
+
+// Allocation implements blockdev.AllocationReporter, so that GET LBA STATUS
+// tells an initiator (qemu-img, a backup) which ranges of a managed disk are
+// holes. Blocks held here report the image's own allocation where the file
+// system can tell; blocks not held here are reported mapped, since their
+// data is at the source and only a mapped range is never skipped.
+func (r *Replica) Allocation(ctx context.Context, off int64) (bool, int64, error) {
+	if err := r.enter(false, off, 1); err != nil {
+		return false, 0, err
+	}
+	defer r.gate.RUnlock()
+	b := off / r.grain
+	r.mu.Lock()
+	valid := r.meta.Valid.Get(b)
+	e := b + 1
+	for e < min(r.blocks, b+maxAllocationScan) && r.meta.Valid.Get(e) == valid {
+		e++
+	}
+	r.mu.Unlock()
+	_, end := r.span(e - 1)
+	al, ok := r.image.(vfs.Allocator)
+	if !valid || !ok {
+		return true, end - off, nil
+	}
+	mapped, n, err := al.Allocation(off, end)
+	if err != nil {
+		return false, 0, &blockdev.MediumError{Off: off, Err: err}
+	}
+	return mapped, n, nil
+}
+
 // ReadAt implements blockdev.Device (rule 1).
 func (r *Replica) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := r.enter(false, off, int64(len(p))); err != nil {
@@ -267,16 +315,20 @@ func (r *Replica) runs(first, last int64) (runs []run, valid []bool) {
 }
 
 func (r *Replica) readChunk(ctx context.Context, c, from, to int64, p []byte) error {
-	cor := r.copyOnRead()
+	runs, valid := r.runs(from/r.grain, (to-1)/r.grain)
+	cor := r.copyOnRead() && slices.Contains(valid, false)
 	if cor {
 		// Fetched blocks will be written locally: serialize with writes
-		// and the copier like any other change to the chunk (rule 3).
+		// and the copier like any other change to the chunk (rule 3),
+		// and look again under the lock. A read of valid blocks only
+		// needs no lock: a valid block never becomes invalid, and a write
+		// racing with a read may land before or after it, as on any disk.
 		if err := r.locks.lock(ctx, c); err != nil {
 			return err
 		}
 		defer r.locks.unlock(c)
+		runs, valid = r.runs(from/r.grain, (to-1)/r.grain)
 	}
-	runs, valid := r.runs(from/r.grain, (to-1)/r.grain)
 	for i, x := range runs {
 		bs, _ := r.span(x.start)
 		_, be := r.span(x.start + x.count - 1)
@@ -287,27 +339,37 @@ func (r *Replica) readChunk(ctx context.Context, c, from, to int64, p []byte) er
 			if _, err := r.image.ReadAt(dst, a); err != nil {
 				return &blockdev.MediumError{Off: a, Err: err}
 			}
+			r.readLocal.Add(int64(len(dst)))
 		case cor:
 			buf := make([]byte, be-bs)
-			if err := r.src.ReadAt(ctx, buf, bs); err != nil {
+			if err := r.sourceRead(ctx, buf, bs, true); err != nil {
 				return err
 			}
 			if err := r.keep(x, buf, bs); err != nil {
 				return err
 			}
 			copy(dst, buf[a-bs:])
+			r.readRemote.Add(int64(len(dst)))
 		default:
-			if err := r.sourceRead(ctx, dst, a); err != nil {
+			if err := r.sourceRead(ctx, dst, a, false); err != nil {
 				return err
 			}
+			r.readRemote.Add(int64(len(dst)))
 		}
 	}
 	return nil
 }
 
-func (r *Replica) sourceRead(ctx context.Context, p []byte, off int64) error {
+// sourceRead reads for the guest from the source. owned: p was allocated
+// for this read and is dropped if it fails (see boundedSource.readOwned).
+func (r *Replica) sourceRead(ctx context.Context, p []byte, off int64, owned bool) error {
 	if r.src == nil {
 		return fmt.Errorf("disk %s has no source attached: %w", r.name, blockdev.ErrUnavailable)
+	}
+	r.guestFetches.Add(1)
+	defer r.guestFetches.Add(-1)
+	if owned {
+		return r.src.readOwned(ctx, p, off)
 	}
 	return r.src.ReadAt(ctx, p, off)
 }
@@ -397,7 +459,7 @@ func (r *Replica) modifyChunk(ctx context.Context, c, from, to int64, data []byt
 			continue
 		}
 		buf := make([]byte, be-bs)
-		if err := r.sourceRead(ctx, buf, bs); err != nil {
+		if err := r.sourceRead(ctx, buf, bs, true); err != nil {
 			return fmt.Errorf("complete block %d for a partial write: %w", b, err)
 		}
 		a, e := max(from, bs), min(to, be)

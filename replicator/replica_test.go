@@ -443,3 +443,33 @@ func TestConcurrentIO(t *testing.T) {
 	waitState(t, r, StateComplete)
 	mustEqual(t, "disk after concurrent I/O and copy", mustRead(t, r), data)
 }
+
+// TestReadRouting counts where reads were served from (rule 1): every
+// byte from the source while nothing is local, every byte locally once the
+// copy is complete.
+func TestReadRouting(t *testing.T) {
+	ctx := context.Background()
+	fsys := vfs.NewMem()
+	src, data := randomBase(t, testStore(t, fsys, "/a", StoreOptions{}), "d", 256<<10, 1)
+	r, _, err := testStore(t, fsys, "/b", StoreOptions{}).Replicate(ctx, "d", Origin{Image: src.ID()}, src, ReplicaOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	size := int64(len(data))
+	mustRead(t, r)
+	if st := r.Stats(); st.ReadRemoteBytes != size || st.ReadLocalBytes != 0 {
+		t.Fatalf("pass-through: local %d, remote %d; want 0, %d", st.ReadLocalBytes, st.ReadRemoteBytes, size)
+	}
+	if err := src.Seal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.SourceSealed(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, r, StateComplete)
+	mustRead(t, r)
+	if st := r.Stats(); st.ReadRemoteBytes != size || st.ReadLocalBytes != size {
+		t.Fatalf("complete: local %d, remote %d; want %d, %d", st.ReadLocalBytes, st.ReadRemoteBytes, size, size)
+	}
+}

@@ -40,9 +40,10 @@ func (SystemClock) After(d time.Duration) <-chan time.Time { return time.After(d
 // a read is retried with backoff while the source fails, and fails with an
 // error wrapping blockdev.ErrUnavailable once the bound is spent, even if the
 // Source itself hangs and ignores its context. Once an outage outlasts the
-// bound, further reads wait at most maxBackoff. Reads go to a private buffer,
-// so that a read abandoned on timeout cannot write into the caller's memory
-// later.
+// bound, further reads wait at most maxBackoff. ReadAt reads into a private
+// buffer, so that a read abandoned on timeout cannot write into the caller's
+// memory later; readOwned skips that copy for buffers the caller drops on
+// error.
 type boundedSource struct {
 	src     Source
 	timeout time.Duration
@@ -61,6 +62,19 @@ const (
 )
 
 func (b *boundedSource) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return b.read(ctx, p, off, false)
+}
+
+// readOwned is ReadAt into a buffer that belongs to the read: the caller
+// allocated it for this read and drops it if the read fails, so a read
+// abandoned on timeout may go on writing into it. The copier and
+// copy-on-read fetch this way, saving a copy of everything they fetch.
+// Attempts never overlap: after a timeout the read fails rather than retry.
+func (b *boundedSource) readOwned(ctx context.Context, p []byte, off int64) error {
+	return b.read(ctx, p, off, true)
+}
+
+func (b *boundedSource) read(ctx context.Context, p []byte, off int64, owned bool) error {
 	start := b.clock.Now()
 	bound := b.timeout
 	if down := b.since(); !down.IsZero() && start.Sub(down) >= b.timeout {
@@ -72,7 +86,7 @@ func (b *boundedSource) ReadAt(ctx context.Context, p []byte, off int64) error {
 	deadline := start.Add(bound)
 	backoff := minBackoff
 	for {
-		err := b.attempt(ctx, p, off, deadline)
+		err := b.attempt(ctx, p, off, deadline, owned)
 		if err == nil {
 			b.up()
 			return nil
@@ -96,10 +110,13 @@ func (b *boundedSource) ReadAt(ctx context.Context, p []byte, off int64) error {
 
 var errAttemptTimeout = errors.New("no answer within the source timeout")
 
-func (b *boundedSource) attempt(ctx context.Context, p []byte, off int64, deadline time.Time) error {
+func (b *boundedSource) attempt(ctx context.Context, p []byte, off int64, deadline time.Time, owned bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	buf := make([]byte, len(p))
+	buf := p
+	if !owned {
+		buf = make([]byte, len(p))
+	}
 	done := make(chan error, 1)
 	go func() { done <- b.src.ReadAt(ctx, buf, off) }()
 	select {
@@ -107,7 +124,9 @@ func (b *boundedSource) attempt(ctx context.Context, p []byte, off int64, deadli
 		if err != nil {
 			return err
 		}
-		copy(p, buf)
+		if !owned {
+			copy(p, buf)
+		}
 		b.bytes.Add(int64(len(p)))
 		return nil
 	case <-b.clock.After(deadline.Sub(b.clock.Now())):

@@ -31,11 +31,38 @@ type ISCSIDisk struct {
 	SecretUsage string
 }
 
-// diskXML is the subset of libvirt's <disk> element that a network disk
-// needs, and that CopyDisk reads back (target, mirror state).
+// CopyDest is where CopyDisk copies a disk to: an ISCSIDisk (adoption)
+// or a FileDisk (giving an adopted disk back to its file).
+type CopyDest interface {
+	// XML is the destination's <disk> element.
+	XML() (string, error)
+}
+
+// FileDisk is a local image file of format "raw" or "qcow2".
+type FileDisk struct {
+	Path   string
+	Format string
+}
+
+// XML returns the <disk type='file'> element of the file.
+func (f FileDisk) XML() (string, error) {
+	if f.Path == "" || f.Format != "raw" && f.Format != "qcow2" {
+		return "", fmt.Errorf("virt: file disk needs a path and format raw or qcow2: %+v", f)
+	}
+	b, err := xml.Marshal(diskXML{Type: "file", Driver: &diskDriver{Name: "qemu", Type: f.Format},
+		Source: diskSource{File: f.Path}})
+	if err != nil {
+		return "", fmt.Errorf("virt: disk XML: %w", err)
+	}
+	return string(b), nil
+}
+
+// diskXML is the subset of libvirt's <disk> element that a block copy's
+// destination needs, and that CopyDisk and Disks read back.
 type diskXML struct {
 	XMLName xml.Name    `xml:"disk"`
 	Type    string      `xml:"type,attr"`
+	Device  string      `xml:"device,attr,omitempty"`
 	Driver  *diskDriver `xml:"driver"`
 	Source  diskSource  `xml:"source"`
 	Target  *struct {
@@ -52,6 +79,8 @@ type diskDriver struct {
 }
 
 type diskSource struct {
+	File     string    `xml:"file,attr,omitempty"`
+	Dev      string    `xml:"dev,attr,omitempty"`
 	Protocol string    `xml:"protocol,attr,omitempty"`
 	Name     string    `xml:"name,attr,omitempty"`
 	Host     *diskHost `xml:"host"`
@@ -102,8 +131,10 @@ func (d ISCSIDisk) XML() (string, error) {
 }
 
 // CopyDisk is adoption's libvirt half: it copies the running domain's disk
-// target (e.g. "vda") onto the iSCSI LUN dst and pivots the guest onto it.
-// The LUN must exist, at least as large as the disk (REUSE_EXT). The copy
+// target (e.g. "vda") onto dst (the iSCSI LUN of a managed disk, or back
+// onto a file at release) and pivots the guest onto it. dst must exist,
+// of the disk's size (REUSE_EXT). progress, if not nil, is called with
+// the job's bytes done and total each time CopyDisk looks at it. The copy
 // runs in synchronous-writes mode, so a busy guest cannot outrun it
 // (libvirt >= 8.0), as a transient job, so it works on Nova's persistent
 // domains. It waits until the mirror is ready (block job at its end and
@@ -115,13 +146,13 @@ func (d ISCSIDisk) XML() (string, error) {
 // definition too, so libvirt itself would boot from the LUN; but Nova
 // regenerates file-disk XML on hard reboot and start, which is why the
 // agent guards starts (design.md §2).
-func (c *Conn) CopyDisk(ctx context.Context, d Domain, target string, dst ISCSIDisk) error {
+func (c *Conn) CopyDisk(ctx context.Context, d Domain, target string, dst CopyDest, progress func(done, total uint64)) error {
 	dx, err := dst.XML()
 	if err != nil {
 		return err
 	}
 	op := fmt.Sprintf("copy disk %s of %q", target, d.Name)
-	log := c.log.With("domain", d.Name, "disk", target, "dest", dst.IQN)
+	log := c.log.With("domain", d.Name, "disk", target, "dest", dx)
 	const flags = libvirt.DomainBlockCopyReuseExt | libvirt.DomainBlockCopyTransientJob |
 		libvirt.DomainBlockCopySynchronousWrites
 	if err := ctx.Err(); err != nil {
@@ -150,7 +181,7 @@ func (c *Conn) CopyDisk(ctx context.Context, d Domain, target string, dst ISCSID
 		log.Warn("block copy cancelled", "err", cause, "cancel_err", err)
 		return errors.Join(cause, err)
 	}
-	if err := c.waitMirrorReady(ctx, d, target); err != nil {
+	if err := c.waitMirrorReady(ctx, d, target, progress); err != nil {
 		return abandon(err)
 	}
 	log.Info("block copy ready; pivoting", "after", time.Since(start).Round(time.Millisecond))
@@ -166,7 +197,7 @@ func (c *Conn) CopyDisk(ctx context.Context, d Domain, target string, dst ISCSID
 }
 
 // waitMirrorReady polls until the copy of target is ready to pivot.
-func (c *Conn) waitMirrorReady(ctx context.Context, d Domain, target string) error {
+func (c *Conn) waitMirrorReady(ctx context.Context, d Domain, target string, progress func(done, total uint64)) error {
 	op := fmt.Sprintf("block job of %s on %q", target, d.Name)
 	t := time.NewTicker(blockJobPoll)
 	defer t.Stop()
@@ -184,6 +215,9 @@ func (c *Conn) waitMirrorReady(ctx context.Context, d Domain, target string) err
 		}
 		if !i.found {
 			return fmt.Errorf("virt: %s: the copy job ended before it was ready (failed or cancelled; see libvirtd's log)", op)
+		}
+		if progress != nil {
+			progress(i.cur, i.end)
 		}
 		if i.end > 0 && i.cur == i.end {
 			ready, err := c.mirrorReady(ctx, d, target)
@@ -226,4 +260,49 @@ func (c *Conn) disks(ctx context.Context, d Domain) ([]diskXML, error) {
 		return nil, fmt.Errorf("virt: parsing XML of %q: %w", d.Name, err)
 	}
 	return dom.Disks, nil
+}
+
+// DiskInfo describes one <disk> of a domain's live XML.
+type DiskInfo struct {
+	Target string // guest device, e.g. "vda"
+	Device string // "disk", "cdrom", ...
+	Type   string // "file", "block", "network", ...
+	Format string // the driver's format: "raw", "qcow2", ...
+	// File is the image of a file disk; Protocol, Name and Host the
+	// source of a network disk.
+	File, Protocol, Name, Host string
+}
+
+// Disks returns the disks of the domain's live XML, in its order.
+func (c *Conn) Disks(ctx context.Context, d Domain) ([]DiskInfo, error) {
+	xs, err := c.disks(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DiskInfo, 0, len(xs))
+	for _, x := range xs {
+		i := DiskInfo{Device: x.Device, Type: x.Type, File: x.Source.File,
+			Protocol: x.Source.Protocol, Name: x.Source.Name}
+		if x.Target != nil {
+			i.Target = x.Target.Dev
+		}
+		if x.Driver != nil {
+			i.Format = x.Driver.Type
+		}
+		if x.Source.Host != nil {
+			i.Host = x.Source.Host.Name
+		}
+		out = append(out, i)
+	}
+	return out, nil
+}
+
+// DiskCapacity returns the guest-visible size of the running domain's
+// disk target, in bytes (a qcow2 file's virtual size, not its length).
+func (c *Conn) DiskCapacity(ctx context.Context, d Domain, target string) (int64, error) {
+	n, err := call(ctx, c, fmt.Sprintf("block info of %s on %q", target, d.Name), idempotent, func(l *libvirt.Libvirt) (uint64, error) {
+		_, capacity, _, err := l.DomainGetBlockInfo(d.raw(), target, 0)
+		return capacity, err
+	})
+	return int64(n), err
 }

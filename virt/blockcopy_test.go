@@ -58,7 +58,7 @@ func TestCopyDiskAdoption(t *testing.T) {
 		if err := c.SetSecretValue(ctx, secret, []byte("not-the-password")); err != nil {
 			t.Fatal(err)
 		}
-		err := c.CopyDisk(ctx, d, "vda", dst)
+		err := c.CopyDisk(ctx, d, "vda", dst, nil)
 		if err == nil {
 			t.Fatal("copy with a wrong CHAP password succeeded")
 		}
@@ -73,7 +73,7 @@ func TestCopyDiskAdoption(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if err := c.CopyDisk(ctx, d, "vda", dst); err != nil {
+	if err := c.CopyDisk(ctx, d, "vda", dst, nil); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("adopted a %d MiB disk in %v", size>>20, time.Since(start).Round(time.Millisecond))

@@ -68,6 +68,19 @@ func TestISCSIDiskXML(t *testing.T) {
 	}
 }
 
+func TestFileDiskXML(t *testing.T) {
+	got, err := FileDisk{Path: "/var/lib/nova/instances/x/disk", Format: "qcow2"}.XML()
+	want := `<disk type="file"><driver name="qemu" type="qcow2"></driver><source file="/var/lib/nova/instances/x/disk"></source></disk>`
+	if err != nil || got != want {
+		t.Fatalf("got %s, %v\nwant %s", got, err, want)
+	}
+	for _, bad := range []FileDisk{{Format: "raw"}, {Path: "/f"}, {Path: "/f", Format: "vmdk"}} {
+		if _, err := bad.XML(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
+
 func TestMapError(t *testing.T) {
 	for _, c := range []struct {
 		code libvirt.ErrorNumber

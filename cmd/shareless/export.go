@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/shareless/shareless/internal/secret"
 	"net"
 	"os"
 	"path/filepath"
@@ -109,14 +110,14 @@ func credentials(which, user, file string) (*chap.Credentials, error) {
 // readSecret reads a CHAP secret from a file (a trailing newline is not
 // part of it), so that secrets stay out of process listings and shell
 // history.
-func readSecret(which, file string) (chap.Secret, error) {
+func readSecret(which, file string) (secret.Secret, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return chap.Secret{}, usagef("%s secret: %v", which, err)
+		return secret.Secret{}, usagef("%s secret: %v", which, err)
 	}
 	s, err := chap.NewSecret(bytes.TrimRight(b, "\r\n"))
 	if err != nil {
-		return chap.Secret{}, usagef("%s secret in %s: %v", which, file, err)
+		return secret.Secret{}, usagef("%s secret in %s: %v", which, file, err)
 	}
 	return s, nil
 }

@@ -31,6 +31,15 @@ func (f agentFunc) Hook(ctx context.Context, r localapi.HookRequest) (localapi.H
 	return f(ctx, r)
 }
 func (agentFunc) Status(context.Context) (json.RawMessage, error) { return json.RawMessage(`{}`), nil }
+func (agentFunc) Adopt(context.Context, string, func(localapi.Progress)) (localapi.Adoption, error) {
+	return localapi.Adoption{}, errNotInTest
+}
+func (agentFunc) Release(context.Context, string, func(localapi.Progress)) (localapi.Adoption, error) {
+	return localapi.Adoption{}, errNotInTest
+}
+
+// errNotInTest answers the Backend methods a test's agent does not serve.
+var errNotInTest = errors.New("not served by this test's agent")
 
 func serveAgent(t *testing.T, b localapi.Backend) string {
 	t.Helper()

@@ -167,15 +167,15 @@ func TestReplicaCrash(t *testing.T) {
 	// that kills hit it.
 	rate := int64(size / (rounds + 1) * 2)
 	var (
-		next     int // the batch to issue next; all before it are acknowledged
-		acked    []crashBatch
-		lastLive int64
-		copying  int
+		next      int // the batch to issue next; all before it are acknowledged
+		acked     []crashBatch
+		lastLocal int64 // bytes the replica held at the last restart
+		copying   int
 	)
 	newBatch := func() crashBatch {
 		var bt crashBatch
-		for range 1 + rng.IntN(16) {
-			n := int64(1+rng.IntN(16)) * 4096
+		for range 1 + rng.IntN(8) {
+			n := int64(1+rng.IntN(8)) * 4096
 			off := rng.Int64N((size-n)/4096+1) * 4096
 			bt.writes = append(bt.writes, crashWrite{off: off, len: n, pattern: byte(1 + rng.IntN(255))})
 		}
@@ -183,14 +183,14 @@ func TestReplicaCrash(t *testing.T) {
 	}
 	batches := []crashBatch{newBatch()}
 	for round := range rounds {
-		child, addr, local, err := startReplicaChild(ctx, t, dir, filepath.Join(dir, "hostB"), a.addr, rate)
+		child, addr, local, err := startReplicaChild(ctx, dir, filepath.Join(dir, "hostB"), a.addr, rate)
 		if err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
-		if local < lastLive {
-			t.Fatalf("round %d: the replica holds %d bytes after the restart, %d before: committed progress was lost", round, local, lastLive)
+		if local < lastLocal {
+			t.Fatalf("round %d: the replica holds %d bytes after the restart, %d before: committed progress was lost", round, local, lastLocal)
 		}
-		lastLive = local
+		lastLocal = local
 		if local < size {
 			copying++
 		}
@@ -238,7 +238,9 @@ func TestReplicaCrash(t *testing.T) {
 		}
 		t.Logf("round %d: replica held %d MiB at start; killed with %d batches acknowledged", round, local>>20, next)
 	}
-	if copying < rounds/2 {
+	// With many rounds the guest's writes alone end up covering the disk;
+	// what matters is that many kills hit the copy.
+	if copying < min(rounds/2, 10) {
 		t.Errorf("the copy was running in only %d of %d rounds: kills must hit the copy", copying, rounds)
 	}
 	if next == 0 {
@@ -285,7 +287,7 @@ func TestReplicaCrash(t *testing.T) {
 	if err != nil {
 		t.Fatalf("seed %d: qemu-img compare: %v: %s", seed, err, out)
 	}
-	t.Logf("seed %d: %d kills, %d batches acknowledged, images identical", seed, rounds, next)
+	t.Logf("seed %d: %d kills (%d while the replica was copying), %d batches acknowledged, images identical", seed, rounds, copying, next)
 }
 
 // script is the batch as qemu-io commands: its writes, then a flush.
@@ -300,7 +302,7 @@ func (bt crashBatch) script() string {
 
 // startReplicaChild starts the replica process and waits until it serves.
 // Its stderr goes to a log file, shown if the test fails.
-func startReplicaChild(ctx context.Context, t *testing.T, dir, store, source string, rate int64) (*exec.Cmd, string, int64, error) {
+func startReplicaChild(ctx context.Context, dir, store, source string, rate int64) (*exec.Cmd, string, int64, error) {
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(),
 		replicaChildEnv+"="+store, childSourceEnv+"="+source,

@@ -19,11 +19,18 @@ func (statusAgent) Hook(context.Context, localapi.HookRequest) (localapi.HookRes
 	return localapi.HookResponse{}, nil
 }
 func (s statusAgent) Status(context.Context) (json.RawMessage, error) { return json.Marshal(s.st) }
+func (statusAgent) Adopt(context.Context, string, func(localapi.Progress)) (localapi.Adoption, error) {
+	return localapi.Adoption{}, errNotInTest
+}
+func (statusAgent) Release(context.Context, string, func(localapi.Progress)) (localapi.Adoption, error) {
+	return localapi.Adoption{}, errNotInTest
+}
 
-func runStatusCmd(t *testing.T, args ...string) (int, string, string) {
+// runCmd runs the shareless command line args with an empty stdin.
+func runCmd(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code := run(append([]string{"status"}, args...), strings.NewReader(""), &out, &errb)
+	code := run(args, strings.NewReader(""), &out, &errb)
 	return code, out.String(), errb.String()
 }
 
@@ -37,7 +44,7 @@ func TestStatusNotSafeWhileCopying(t *testing.T) {
 		Migrations: []localapi.Migration{{Instance: "i-1", Role: "source", Phase: "copying", Source: "compute-1", Dest: "compute-2"}},
 		Disks:      []localapi.Disk{{Instance: "i-1", Disk: "disk", State: "complete", Sealed: true, Size: 4 << 30, BytesLocal: 4 << 30}},
 	}})
-	code, out, errs := runStatusCmd(t, "--socket", sock)
+	code, out, errs := runCmd(t, "status", "--socket", sock)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
@@ -55,10 +62,10 @@ func TestStatusNotSafeWhileCopying(t *testing.T) {
 
 func TestStatusSafeAndJSON(t *testing.T) {
 	sock := serveAgent(t, statusAgent{localapi.Status{Host: "compute-1", SafeToPowerOff: true}})
-	if code, out, _ := runStatusCmd(t, "--socket", sock); code != 0 || !strings.Contains(out, "safe to power off: yes\n") {
+	if code, out, _ := runCmd(t, "status", "--socket", sock); code != 0 || !strings.Contains(out, "safe to power off: yes\n") {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
-	code, out, _ := runStatusCmd(t, "--json", "--socket", sock)
+	code, out, _ := runCmd(t, "status", "--json", "--socket", sock)
 	var st localapi.Status
 	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || !st.SafeToPowerOff || st.Host != "compute-1" {
 		t.Fatalf("--json: exit %d: %s", code, out)
@@ -66,7 +73,7 @@ func TestStatusSafeAndJSON(t *testing.T) {
 }
 
 func TestStatusAgentDown(t *testing.T) {
-	code, _, errs := runStatusCmd(t, "--socket", filepath.Join(t.TempDir(), "absent.sock"))
+	code, _, errs := runCmd(t, "status", "--socket", filepath.Join(t.TempDir(), "absent.sock"))
 	if code != 1 || !strings.Contains(errs, "agent unreachable") {
 		t.Fatalf("exit %d: %s", code, errs)
 	}

@@ -322,16 +322,28 @@ type Disk struct {
 // name with the given disks, its serial console appended to consoleLog.
 // Disks use cache='none', so libvirt deems a migration safe.
 func (g Guest) DomainXML(name, consoleLog string, disks ...Disk) string {
+	return g.InstanceXML("", name, consoleLog, disks...)
+}
+
+// InstanceXML is DomainXML with the domain's UUID set to uuid, as Nova
+// sets it to the instance's: the shareless agent and its hook know an
+// instance by it. An empty uuid lets libvirt choose one.
+func (g Guest) InstanceXML(uuid, name, consoleLog string, disks ...Disk) string {
 	var d strings.Builder
 	for _, disk := range disks {
 		switch {
 		case disk.ISCSI != nil:
+			var auth string
+			if l := disk.ISCSI; l.Username != "" {
+				auth = fmt.Sprintf(`
+      <auth username='%s'><secret type='iscsi' usage='%s'/></auth>`, xmlEscape(l.Username), xmlEscape(l.SecretUsage))
+			}
 			fmt.Fprintf(&d, `    <disk type='network' device='disk'>
       <driver name='qemu' type='raw' cache='none'/>
-      <source protocol='iscsi' name='%s/%d'><host name='%s' port='%d'/></source>
+      <source protocol='iscsi' name='%s/%d'><host name='%s' port='%d'/></source>%s
       <target dev='%s' bus='virtio'/>
     </disk>
-`, xmlEscape(disk.ISCSI.IQN), disk.ISCSI.LUN, disk.ISCSI.Host, disk.ISCSI.Port, xmlEscape(disk.Target))
+`, xmlEscape(disk.ISCSI.IQN), disk.ISCSI.LUN, disk.ISCSI.Host, disk.ISCSI.Port, auth, xmlEscape(disk.Target))
 		default:
 			fmt.Fprintf(&d, `    <disk type='file' device='disk'>
       <driver name='qemu' type='raw' cache='none'/>
@@ -341,8 +353,12 @@ func (g Guest) DomainXML(name, consoleLog string, disks ...Disk) string {
 `, xmlEscape(disk.File), xmlEscape(disk.Target))
 		}
 	}
+	var uuidElem string
+	if uuid != "" {
+		uuidElem = "\n  <uuid>" + xmlEscape(uuid) + "</uuid>"
+	}
 	return fmt.Sprintf(`<domain type='qemu'>
-  <name>%s</name>
+  <name>%s</name>%s
   <memory unit='MiB'>128</memory>
   <vcpu>1</vcpu>
   <os>
@@ -362,7 +378,7 @@ func (g Guest) DomainXML(name, consoleLog string, disks ...Disk) string {
     <memballoon model='none'/>
   </devices>
 </domain>
-`, xmlEscape(name), xmlEscape(g.Kernel), xmlEscape(g.Initrd), d.String(), xmlEscape(consoleLog), xmlEscape(consoleLog))
+`, xmlEscape(name), uuidElem, xmlEscape(g.Kernel), xmlEscape(g.Initrd), d.String(), xmlEscape(consoleLog), xmlEscape(consoleLog))
 }
 
 func xmlEscape(s string) string {

@@ -102,6 +102,9 @@ func Start(t testing.TB, opts Options) *Lab {
 	if err := l.ipIn(l.switchNS, "link", "set", "br0", "up"); err != nil {
 		t.Fatalf("lab: %v", err)
 	}
+	if err := l.ipIn(l.switchNS, "addr", "add", l.ControllerAddr().String()+"/24", "dev", "br0"); err != nil {
+		t.Fatalf("lab: %v", err)
+	}
 	ensureQEMUUser(t)
 	for i := range opts.Hosts {
 		h, err := l.newHost(i, opts.Hooks)

@@ -98,3 +98,14 @@ func (p *Proc) Signal(sig syscall.Signal) error {
 	}
 	return nil
 }
+
+// ExitState is how the process ended, nil while it runs: a test checks
+// that a daemon it stopped exited cleanly.
+func (p *Proc) ExitState() *os.ProcessState {
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState
+	default:
+		return nil
+	}
+}

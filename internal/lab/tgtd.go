@@ -19,6 +19,10 @@ type LUN struct {
 	LUN  int
 	Host string
 	Port int
+	// Username and SecretUsage, when set, make QEMU log in with CHAP as
+	// Username, with the value of the libvirt iscsi secret of that usage
+	// on the host that runs the guest (a managed disk's login).
+	Username, SecretUsage string
 }
 
 // TGTD is Debian's iSCSI target (tgtd) running in a host's network

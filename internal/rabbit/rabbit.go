@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/shareless/shareless/internal/testenv"
 	"net"
 	"os"
 	"os/exec"
@@ -46,7 +47,7 @@ func Start(ctx context.Context, dir string) (*Server, error) {
 	if _, err := os.Stat(serverScript); err != nil {
 		return nil, ErrNotInstalled
 	}
-	ports, err := freePorts(3)
+	ports, err := testenv.FreePorts(3)
 	if err != nil {
 		return nil, err
 	}
@@ -181,22 +182,6 @@ func (s *Server) Close() error {
 		s.epmd = nil
 	}
 	return err
-}
-
-// freePorts returns n distinct TCP ports on 127.0.0.1 that were free a
-// moment ago. The listeners are held until all n are chosen so that the
-// same port is not returned twice.
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // waitPort waits until something accepts TCP connections on port, the

@@ -53,14 +53,31 @@ func missing(t testing.TB, format string, a ...any) {
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// A test that needs several ports takes them in one FreePorts call: ports
+// taken one at a time, before anything binds them, can come back equal.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := FreePorts(1)
 	if err != nil {
-		t.Fatalf("free port: %v", err)
+		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports[0]
+}
+
+// FreePorts returns n distinct TCP ports on 127.0.0.1 that were free a
+// moment ago: every port stays bound until all are chosen. It takes no
+// testing.TB so that a TestMain can use it.
+func FreePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("free port: %w", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
 }
 
 // Report records a measurement a test wants the operator to see (a

@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"github.com/shareless/shareless/internal/secret"
 	"strings"
 )
 
@@ -81,29 +82,17 @@ func DecodeBinary(s string) ([]byte, error) {
 	return nil, fmt.Errorf("binary value %q lacks 0x or 0b prefix", s)
 }
 
-// Secret is a CHAP secret. Its String and GoString never reveal it, so
-// that it cannot leak through logs or %v.
-type Secret struct{ b []byte }
-
-// NewSecret validates a secret's length.
-func NewSecret(b []byte) (Secret, error) {
+// NewSecret checks a CHAP secret's length and wraps it so that it never
+// prints itself.
+func NewSecret(b []byte) (secret.Secret, error) {
 	if len(b) < MinSecretLen || len(b) > MaxSecretLen {
-		return Secret{}, fmt.Errorf("CHAP secret must be %d to %d bytes, got %d", MinSecretLen, MaxSecretLen, len(b))
+		return secret.Secret{}, fmt.Errorf("CHAP secret must be %d to %d bytes, got %d", MinSecretLen, MaxSecretLen, len(b))
 	}
-	return Secret{append([]byte(nil), b...)}, nil
+	return secret.New(string(b)), nil
 }
-
-// Bytes returns the secret itself.
-func (s Secret) Bytes() []byte { return s.b }
-
-// IsZero reports whether no secret is set.
-func (s Secret) IsZero() bool { return len(s.b) == 0 }
-
-func (s Secret) String() string   { return "<redacted>" }
-func (s Secret) GoString() string { return "chap.Secret{<redacted>}" }
 
 // Credentials is a CHAP user name and secret.
 type Credentials struct {
 	User   string
-	Secret Secret
+	Secret secret.Secret
 }

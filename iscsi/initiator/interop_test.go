@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"github.com/shareless/shareless/internal/secret"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -38,7 +39,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func secret(t testing.TB, s string) chap.Secret {
+func chapSecret(t testing.TB, s string) secret.Secret {
 	sec, err := chap.NewSecret([]byte(s))
 	if err != nil {
 		t.Fatal(err)
@@ -71,9 +72,9 @@ func startTgtd(t *testing.T, size int64) (*tgtd.Server, string) {
 }
 
 func creds(t testing.TB, mutual bool) Credentials {
-	c := Credentials{CHAP: chap.Credentials{User: testUser, Secret: secret(t, testSecret)}}
+	c := Credentials{CHAP: chap.Credentials{User: testUser, Secret: chapSecret(t, testSecret)}}
 	if mutual {
-		c.Mutual = chap.Credentials{User: mutualUser, Secret: secret(t, mutualPass)}
+		c.Mutual = chap.Credentials{User: mutualUser, Secret: chapSecret(t, mutualPass)}
 	}
 	return c
 }
@@ -105,8 +106,8 @@ func startOwnTarget(t *testing.T, size int64, tune func(*target.Config)) (addr, 
 	cfg := target.Config{
 		IQN: testIQN, Listen: []string{"127.0.0.1:0"},
 		LUNs:       []target.LUN{{Device: dev, Unit: scsi.UnitConfig{ID: img}}},
-		CHAP:       &chap.Credentials{User: testUser, Secret: secret(t, testSecret)},
-		MutualCHAP: &chap.Credentials{User: mutualUser, Secret: secret(t, mutualPass)},
+		CHAP:       &chap.Credentials{User: testUser, Secret: chapSecret(t, testSecret)},
+		MutualCHAP: &chap.Credentials{User: mutualUser, Secret: chapSecret(t, mutualPass)},
 		Logger:     testLogger(t).With("side", "target"),
 	}
 	if tune != nil {
@@ -148,7 +149,7 @@ func interop(t *testing.T, addr string, lun uint16, img string, size int64) {
 
 	t.Run("WrongSecret", func(t *testing.T) {
 		c := creds(t, false)
-		c.CHAP.Secret = secret(t, "not-the-secret")
+		c.CHAP.Secret = chapSecret(t, "not-the-secret")
 		_, err := Dial(ctx, Config{Addr: addr, Target: testIQN, LUN: lun, Credentials: c, Logger: testLogger(t)})
 		if !errors.Is(err, ErrAuth) {
 			t.Fatalf("got %v, want ErrAuth", err)
@@ -157,7 +158,7 @@ func interop(t *testing.T, addr string, lun uint16, img string, size int64) {
 
 	t.Run("WrongMutualSecret", func(t *testing.T) {
 		c := creds(t, true)
-		c.Mutual.Secret = secret(t, "not-the-target-secret")
+		c.Mutual.Secret = chapSecret(t, "not-the-target-secret")
 		_, err := Dial(ctx, Config{Addr: addr, Target: testIQN, LUN: lun, Credentials: c, Logger: testLogger(t)})
 		if !errors.Is(err, ErrAuth) {
 			t.Fatalf("got %v, want ErrAuth", err)

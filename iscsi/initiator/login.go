@@ -244,7 +244,7 @@ func (l *login) chap() (*pdu.LoginResponse, error) {
 	}
 	out := []pdu.KeyValue{
 		{Key: "CHAP_N", Value: l.lp.creds.CHAP.User},
-		{Key: "CHAP_R", Value: chap.EncodeBinary(chap.Response(byte(id), l.lp.creds.CHAP.Secret.Bytes(), challenge))},
+		{Key: "CHAP_R", Value: chap.EncodeBinary(chap.Response(byte(id), []byte(l.lp.creds.CHAP.Secret.Reveal()), challenge))},
 	}
 	mutual := l.lp.creds.Mutual.User != ""
 	if mutual {
@@ -288,7 +288,7 @@ func (l *login) verifyTarget(kvs []pdu.KeyValue) error {
 		return fmt.Errorf("target authenticated as %q, expected %q: %w", name, l.lp.creds.Mutual.User, ErrAuth)
 	}
 	got, err := chap.DecodeBinary(r)
-	if err != nil || !chap.Verify(l.chapID, l.lp.creds.Mutual.Secret.Bytes(), l.chapChallenge, got) {
+	if err != nil || !chap.Verify(l.chapID, []byte(l.lp.creds.Mutual.Secret.Reveal()), l.chapChallenge, got) {
 		return fmt.Errorf("target's mutual CHAP response is wrong: %w", ErrAuth)
 	}
 	return nil

@@ -101,7 +101,7 @@ func (a *authenticator) verify(keys map[string]string) ([]pdu.KeyValue, error) {
 		return nil, authFailure("CHAP_R: %v", err)
 	}
 	want := a.cfg.CHAP
-	if name != want.User || !chap.Verify(a.id, want.Secret.Bytes(), a.challenge, resp) {
+	if name != want.User || !chap.Verify(a.id, []byte(want.Secret.Reveal()), a.challenge, resp) {
 		return nil, authFailure("CHAP response of user %q does not match", name)
 	}
 	ci, okI := keys["CHAP_I"]
@@ -138,6 +138,6 @@ func (a *authenticator) verify(keys map[string]string) ([]pdu.KeyValue, error) {
 	a.state = authDone
 	return []pdu.KeyValue{
 		{Key: "CHAP_N", Value: a.cfg.MutualCHAP.User},
-		{Key: "CHAP_R", Value: chap.EncodeBinary(chap.Response(byte(id), a.cfg.MutualCHAP.Secret.Bytes(), c))},
+		{Key: "CHAP_R", Value: chap.EncodeBinary(chap.Response(byte(id), []byte(a.cfg.MutualCHAP.Secret.Reveal()), c))},
 	}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"github.com/shareless/shareless/internal/secret"
 	"log/slog"
 	"net"
 	"os"
@@ -32,7 +33,7 @@ const (
 	testMutualS   = "bob-secret-4567"
 )
 
-func secret(t testing.TB, s string) chap.Secret {
+func chapSecret(t testing.TB, s string) secret.Secret {
 	sec, err := chap.NewSecret([]byte(s))
 	if err != nil {
 		t.Fatal(err)
@@ -57,8 +58,8 @@ func testConfig(t testing.TB) Config {
 	return Config{
 		IQN: testIQN, Listen: []string{"127.0.0.1:0"},
 		LUNs:       []LUN{{Device: d, Unit: scsi.UnitConfig{ID: "test-lun-0"}}},
-		CHAP:       &chap.Credentials{User: testUser, Secret: secret(t, testSecret)},
-		MutualCHAP: &chap.Credentials{User: testMutualU, Secret: secret(t, testMutualS)},
+		CHAP:       &chap.Credentials{User: testUser, Secret: chapSecret(t, testSecret)},
+		MutualCHAP: &chap.Credentials{User: testMutualU, Secret: chapSecret(t, testMutualS)},
 		Logger:     slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 }

@@ -121,7 +121,7 @@ func (c *Config) validate() error {
 			return errors.New("CHAP credentials need a user name and a secret")
 		}
 	}
-	if c.CHAP != nil && c.MutualCHAP != nil && string(c.CHAP.Secret.Bytes()) == string(c.MutualCHAP.Secret.Bytes()) {
+	if c.CHAP != nil && c.MutualCHAP != nil && string([]byte(c.CHAP.Secret.Reveal())) == string([]byte(c.MutualCHAP.Secret.Reveal())) {
 		// RFC 7143 §12.1.3: the two directions must use different secrets.
 		return errors.New("mutual CHAP secret must differ from the initiator's secret")
 	}

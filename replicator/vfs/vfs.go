@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"syscall"
+
+	"github.com/shareless/shareless/blockdev"
 )
 
 // File is an open regular file.
@@ -112,7 +114,21 @@ func (OS) ReadDir(dir string) ([]string, error) {
 	return names, nil
 }
 
+// Allocator is implemented by files that can tell their holes from their
+// data (a sparse file on a file system with SEEK_DATA). Files that cannot
+// are taken to be allocated everywhere.
+type Allocator interface {
+	// Allocation reports whether the byte at off is allocated and how many
+	// bytes from off, up to size, share that state.
+	Allocation(off, size int64) (allocated bool, length int64, err error)
+}
+
 type osFile struct{ f *os.File }
+
+// Allocation implements Allocator.
+func (o osFile) Allocation(off, size int64) (bool, int64, error) {
+	return blockdev.SeekAllocation(o.f, off, size)
+}
 
 func (o osFile) ReadAt(p []byte, off int64) (int, error)  { return o.f.ReadAt(p, off) }
 func (o osFile) WriteAt(p []byte, off int64) (int, error) { return o.f.WriteAt(p, off) }

@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shareless/shareless/config"
+	"github.com/shareless/shareless/internal/testenv"
+	"github.com/shareless/shareless/localapi"
+)
+
+// startLocal runs an agent in this process with no broker and no
+// libvirtd (a socket nobody serves), as on a host where libvirt is not
+// up yet. It returns the agent and its local API client.
+func startLocal(t *testing.T) (*Agent, *localapi.Client) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "shl-local-") // short: a unix socket path
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg, err := config.Parse("test.conf", fmt.Appendf(nil, `[DEFAULT]
+host = local
+state_path = %[1]s/state
+[amqp]
+transport_url = rabbit://guest:guest@127.0.0.1:1/
+[iscsi]
+listen = 127.0.0.1
+port = %[2]d
+[store]
+path = %[1]s/store
+[libvirt]
+uri = %[1]s/no-libvirt-sock
+[api]
+listen = 127.0.0.1:%[3]d
+socket = %[1]s/agent.sock
+metrics_listen =
+`, dir, testenv.FreePort(t), testenv.FreePort(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	})
+	return a, localapi.NewClient(cfg.API.Socket)
+}
+
+// TestWithoutLibvirtd: the agent starts and serves the hook and status
+// while libvirtd is absent; adoption says why it cannot proceed.
+func TestWithoutLibvirtd(t *testing.T) {
+	_, c := startLocal(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Status(ctx); err != nil {
+		t.Fatalf("status without libvirtd: %v", err)
+	}
+	if _, err := c.Adopt(ctx, "instance-1", nil); err == nil || !strings.Contains(err.Error(), "libvirtd") {
+		t.Fatalf("adopt without libvirtd: %v", err)
+	}
+}
+
+// TestStartGuard: an adopted domain does not start on a file its guard
+// records (Nova's regenerated XML); it starts on its managed disk, and a
+// file disk that was not adopted (a config drive) does not stop it.
+func TestStartGuard(t *testing.T) {
+	a, c := startLocal(t)
+	const inst = "0d1c8e5e-7b1a-4f57-9f5d-1a2b3c4d5e6f"
+	nova := "/var/lib/nova/instances/" + inst + "/"
+	if err := a.writeGuard(localapi.Adoption{Instance: inst, Domain: "instance-1",
+		Disks: []localapi.AdoptedDisk{{Target: "vda", File: nova + "disk", Format: "qcow2", Disk: "disk"}}}); err != nil {
+		t.Fatal(err)
+	}
+	domain := func(disks string) string {
+		return "<domain><name>instance-1</name><uuid>" + inst + "</uuid><devices>" + disks + "</devices></domain>"
+	}
+	managed := "<disk type='network' device='disk'><source protocol='iscsi' name='iqn.2026-11.io.shareless:" + inst + ".disk/0'><host name='127.0.0.1' port='3260'/></source></disk>"
+	configDrive := "<disk type='file' device='cdrom'><source file='" + nova + "disk.config'/></disk>"
+	for _, tc := range []struct {
+		name, domain, xml string
+		refused           bool
+	}{
+		{"Nova's file XML", "instance-1", domain("<disk type='file' device='disk'><source file='" + nova + "disk'/></disk>" + configDrive), true},
+		{"managed disk and config drive", "instance-1", domain(managed + configDrive), false},
+		{"a domain not adopted", "instance-2", domain("<disk type='file' device='disk'><source file='" + nova + "disk'/></disk>"), false},
+	} {
+		for _, op := range []string{"prepare", "start"} {
+			_, err := c.Hook(t.Context(), localapi.HookRequest{Domain: tc.domain, Op: op, SubOp: "begin", Extra: "-", XML: tc.xml})
+			if refused := err != nil; refused != tc.refused || refused && !strings.Contains(err.Error(), "was adopted by shareless") {
+				t.Errorf("%s, %s: %v; want refused %t", tc.name, op, err, tc.refused)
+			}
+		}
+	}
+}

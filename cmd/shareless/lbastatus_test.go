@@ -1,0 +1,53 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"log/slog"
+	"testing"
+)
+
+// TestManagedDiskLBAStatus checks GET LBA STATUS on a complete managed disk
+// served by our target and asked by our initiator: its holes are reported
+// deallocated, its data mapped, so that a copy of it can stay sparse.
+func TestManagedDiskLBAStatus(t *testing.T) {
+	ctx := t.Context()
+	const size = 16 << 20
+	d := &demo{out: io.Discard, log: slog.New(slog.DiscardHandler), dir: t.TempDir(), size: size}
+	if err := d.makeSecret(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := d.newHost("A")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.disk, err = a.store.Create(ctx, demoDisk, size); err != nil {
+		t.Fatal(err)
+	}
+	if err := errors.Join(a.disk.WriteAt(ctx, bytes.Repeat([]byte{1}, 1<<20), 4<<20, false), a.disk.Flush(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.serve(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.stop)
+	s, err := d.dial(ctx, a.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, c := range []struct {
+		off, len int64
+		mapped   bool
+	}{
+		{0, 4 << 20, false},
+		{4 << 20, 1 << 20, true},
+		{5 << 20, 11 << 20, false},
+	} {
+		mapped, n, err := s.Allocation(ctx, c.off)
+		if err != nil || mapped != c.mapped || n != c.len {
+			t.Errorf("offset %d: mapped %v for %d bytes (%v), want %v for %d", c.off, mapped, n, err, c.mapped, c.len)
+		}
+	}
+}
