@@ -27,6 +27,7 @@ lint:
 test: deps build lint
 	@mkdir -p .work && rm -f $(SHARELESS_REPORT)
 	$(GO) test -count=1 -timeout 40m $(PKGS)
+	tox -c tox-tests/tox.ini -e functional
 	@$(MAKE) --no-print-directory fuzz
 	@echo "== measurements reported by the tests"; cat $(SHARELESS_REPORT) 2>/dev/null || true
 

@@ -68,7 +68,13 @@ func (b localBackend) Hook(ctx context.Context, req localapi.HookRequest) (local
 		return localapi.HookResponse{}, fmt.Errorf("domain XML: %w", err)
 	}
 	log := a.log.With("domain", req.Domain, "instance", dom.UUID, "op", req.Op, "sub_op", req.SubOp)
+	served, _ := localapi.ServedLocally(req.XML) // the XML parsed above
 	switch {
+	case (req.Op == "migrate" && req.SubOp == "begin" || req.Op == "release") && !served:
+		// No managed disk: nothing to prepare or seal, and a VM that owes
+		// nothing to shareless must not wait for notifications about it
+		// (after an agent restart or a broker outage there may be none).
+		log.Debug("no managed disk: nothing to do")
 	case req.Op == "migrate" && req.SubOp == "begin":
 		// The XML needs no rewrite for managed disks (their IQN is the same
 		// on every host); libvirt keeps its own when we print nothing.

@@ -43,6 +43,8 @@ uri = %[1]s/no-libvirt-sock
 listen = 127.0.0.1:%[3]d
 socket = %[1]s/agent.sock
 metrics_listen =
+[replicator]
+hook_wait = 2s
 `, dir, ports[0], ports[1]))
 	if err != nil {
 		t.Fatal(err)
@@ -133,5 +135,31 @@ func TestReadRouteMetrics(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("metrics lack %s:\n%s", want, b.String())
 		}
+	}
+}
+
+// TestMigrateBeginWithoutManagedDisks: a VM that owes nothing to shareless
+// migrates in at once even though this agent heard nothing from Nova
+// about it (after an agent restart or a broker outage); one with a managed
+// disk waits for its replicas and is refused when they never come.
+func TestMigrateBeginWithoutManagedDisks(t *testing.T) {
+	_, c := startLocal(t)
+	const inst = "1d1c8e5e-7b1a-4f57-9f5d-1a2b3c4d5e6f"
+	domain := func(disk string) string {
+		return "<domain><name>instance-3</name><uuid>" + inst + "</uuid><devices>" + disk + "</devices></domain>"
+	}
+	plain := domain("<disk type='file' device='disk'><source file='/var/lib/nova/instances/" + inst + "/disk'/></disk>")
+	managed := domain("<disk type='network' device='disk'><source protocol='iscsi' name='iqn.2026-11.io.shareless:" + inst + ".disk/0'><host name='127.0.0.1' port='3260'/></source></disk>")
+	for _, op := range [][2]string{{"migrate", "begin"}, {"release", "end"}} {
+		start := time.Now()
+		if _, err := c.Hook(t.Context(), localapi.HookRequest{Domain: "instance-3", Op: op[0], SubOp: op[1], Extra: "-", XML: plain}); err != nil {
+			t.Fatalf("%s of a VM without managed disks: %v", op[0], err)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Fatalf("%s of a VM without managed disks waited %v", op[0], took)
+		}
+	}
+	if _, err := c.Hook(t.Context(), localapi.HookRequest{Domain: "instance-3", Op: "migrate", SubOp: "begin", Extra: "-", XML: managed}); err == nil {
+		t.Fatal("migrate begin of a managed disk with no replica prepared was allowed")
 	}
 }

@@ -62,22 +62,26 @@ function install_shareless_hook {
     restart_service "${LIBVIRT_DAEMON:-libvirtd}"
 }
 
-# shareless_secret LABEL GIVEN LEN prints GIVEN, or else LEN hex digits
-# derived from SERVICE_PASSWORD, which is the same on every node.
-function shareless_secret {
-    local label=$1 given=$2 len=$3
-    if [[ -n $given ]]; then
-        echo "$given"
+# shareless_shared_secret PATH LABEL GIVEN LEN writes a secret every node
+# shares to PATH: GIVEN if set; else what PATH holds already (the
+# operator's); else LEN hex digits derived from SERVICE_PASSWORD, which is
+# the same on every node.
+function shareless_shared_secret {
+    local path=$1 label=$2 given=$3 len=$4
+    if [[ -z $given ]] && sudo test -s "$path"; then
         return
     fi
-    printf 'shareless-%s:%s' "$label" "$SERVICE_PASSWORD" | sha256sum | cut -c1-"$len"
+    if [[ -z $given ]]; then
+        given=$(printf 'shareless-%s:%s' "$label" "$SERVICE_PASSWORD" | sha256sum | cut -c1-"$len")
+    fi
+    shareless_write_secret "$path" "$given"
 }
 
 # shareless_write_secret PATH VALUE writes a secret file readable by the
 # agent's user only; the mode is set before the secret is written.
 function shareless_write_secret {
     local path=$1 value=$2
-    sudo install -m 0600 -o "$SHARELESS_USER" /dev/null "$path"
+    sudo install -D -m 0600 -o "$SHARELESS_USER" /dev/null "$path"
     printf '%s\n' "$value" | sudo tee "$path" >/dev/null
 }
 
@@ -86,11 +90,13 @@ function shareless_write_secret {
 function configure_shareless {
     local conf=$SHARELESS_CONF_FILE dir=$SHARELESS_CONF_DIR
     local url host exchange topic durable listen
+    local storage_ip=${SHARELESS_STORAGE_IP:-$HOST_IP}
+    local api_listen=${SHARELESS_API_LISTEN:-$storage_ip:3270}
     sudo install -d -m 0755 "$dir"
     sudo install -d -m 0700 -o "$SHARELESS_USER" "$SHARELESS_STATE_DIR" "$SHARELESS_STORE_DIR"
 
-    shareless_write_secret "$dir/chap.secret" "$(shareless_secret chap "$SHARELESS_CHAP_SECRET" 16)"
-    shareless_write_secret "$dir/api.psk" "$(shareless_secret psk "$SHARELESS_PSK" 64)"
+    shareless_shared_secret "$SHARELESS_CHAP_SECRET_FILE" chap "$SHARELESS_CHAP_SECRET" 16
+    shareless_shared_secret "$SHARELESS_PSK_FILE" psk "$SHARELESS_PSK" 64
     shareless_write_secret "$dir/keystone.password" "$SERVICE_PASSWORD"
 
     # A fresh file on every stack.sh: options of an earlier run never linger.
@@ -125,13 +131,13 @@ function configure_shareless {
     iniset -sudo "$conf" amqp topic "${topic:-versioned_notifications}"
 
     listen=127.0.0.1
-    if [[ -n $SHARELESS_STORAGE_IP && $SHARELESS_STORAGE_IP != 127.0.0.1 ]]; then
-        listen+=",$SHARELESS_STORAGE_IP"
+    if [[ -n $storage_ip && $storage_ip != 127.0.0.1 ]]; then
+        listen+=",$storage_ip"
     fi
     iniset -sudo "$conf" iscsi listen "$listen"
     iniset -sudo "$conf" iscsi port "$SHARELESS_ISCSI_PORT"
     iniset -sudo "$conf" iscsi chap_user "$SHARELESS_CHAP_USER"
-    iniset -sudo "$conf" iscsi chap_secret_file "$dir/chap.secret"
+    iniset -sudo "$conf" iscsi chap_secret_file "$SHARELESS_CHAP_SECRET_FILE"
     iniset -sudo "$conf" store path "$SHARELESS_STORE_DIR"
     iniset -sudo "$conf" libvirt uri "qemu:///system"
 
@@ -144,8 +150,8 @@ function configure_shareless {
     iniset -sudo "$conf" openstack region_name "$REGION_NAME"
     iniset -sudo "$conf" openstack interface "$SHARELESS_OS_INTERFACE"
 
-    iniset -sudo "$conf" api listen "$SHARELESS_API_LISTEN"
-    iniset -sudo "$conf" api psk_file "$dir/api.psk"
+    iniset -sudo "$conf" api listen "$api_listen"
+    iniset -sudo "$conf" api psk_file "$SHARELESS_PSK_FILE"
     iniset -sudo "$conf" api socket "$SHARELESS_SOCKET"
     iniset -sudo "$conf" api metrics_listen "$SHARELESS_METRICS_LISTEN"
 

@@ -433,3 +433,35 @@ func TestOverrideDefaults(t *testing.T) {
 		}
 	}
 }
+
+func TestPluginSecretsAndAddressesGiven(t *testing.T) {
+	s := newStack(t)
+	// The operator placed the PSK; local.conf gives the CHAP secret and the
+	// storage network address.
+	psk := s.path("etc/shareless/api.psk")
+	if err := os.MkdirAll(filepath.Dir(psk), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(psk, []byte("operator-placed-key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.env["SHARELESS_CHAP_SECRET"] = "given-secret-15"
+	s.env["SHARELESS_CHAP_SECRET_FILE"] = s.path("etc/keys/shareless-chap") // a directory of its own
+	s.env["SHARELESS_STORAGE_IP"] = "198.51.100.7"
+	s.mustRun("stack post-config")
+	cfg, err := config.Load(s.path("etc/shareless/shareless.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, got, want string }{
+		{"PSK", cfg.API.PSKFile.Secret.Reveal(), "operator-placed-key"},
+		{"[iscsi] chap_secret_file", cfg.ISCSI.CHAPSecretFile.Path, s.env["SHARELESS_CHAP_SECRET_FILE"]},
+		{"CHAP secret", cfg.ISCSI.CHAPSecretFile.Secret.Reveal(), "given-secret-15"},
+		{"[iscsi] listen", strings.Join(cfg.ISCSI.Listen, ","), "127.0.0.1,198.51.100.7"},
+		{"[api] listen", cfg.API.Listen, "198.51.100.7:3270"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %q, want %q", c.name, c.got, c.want)
+		}
+	}
+}

@@ -9,11 +9,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -31,6 +33,38 @@ type HookRequest struct {
 // domain XML (libvirt honours this for "migrate begin" and "restore").
 type HookResponse struct {
 	XML string `json:"xml,omitempty"`
+}
+
+// ServedLocally reports whether a domain has a disk that the local agent
+// serves: an iSCSI network disk on a loopback portal (a managed disk has
+// the same XML on every host, reached on 127.0.0.1). Domains without one
+// owe nothing to the agent, so neither the hook nor the agent makes them
+// wait.
+func ServedLocally(domainXML string) (bool, error) {
+	var dom struct {
+		Disks []struct {
+			Source struct {
+				Protocol string `xml:"protocol,attr"`
+				Hosts    []struct {
+					Name string `xml:"name,attr"`
+				} `xml:"host"`
+			} `xml:"source"`
+		} `xml:"devices>disk"`
+	}
+	if err := xml.Unmarshal([]byte(domainXML), &dom); err != nil {
+		return false, fmt.Errorf("domain XML: %w", err)
+	}
+	for _, d := range dom.Disks {
+		if d.Source.Protocol != "iscsi" {
+			continue
+		}
+		for _, h := range d.Source.Hosts {
+			if h.Name == "localhost" || h.Name == "::1" || strings.HasPrefix(h.Name, "127.") {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 // Backend is what the agent implements behind the socket.

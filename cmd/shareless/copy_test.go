@@ -2,10 +2,10 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"github.com/shareless/shareless/iscsi/target/targettest"
 	"net"
 	"os"
 	"os/exec"
@@ -412,19 +412,10 @@ func startOwnTarget(t *testing.T, iqn, path string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tg, err := target.New(target.Config{IQN: iqn, Listen: []string{"127.0.0.1:0"},
+	_, addr := targettest.Start(t, target.Config{IQN: iqn, Listen: []string{"127.0.0.1:0"},
 		LUNs: []target.LUN{{Device: dev, Unit: scsi.UnitConfig{ID: path}}},
 		CHAP: &chap.Credentials{User: copyUser, Secret: sec}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- tg.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		tg.Close()
-		<-done
-	})
-	return fmt.Sprintf("iscsi://%s@%s/%s/0", copyUser, tg.Addrs()[0], iqn)
+	return fmt.Sprintf("iscsi://%s@%s/%s/0", copyUser, addr, iqn)
 }
 
 // TestCopyOwnTarget copies file -> our LUN -> tgtd LUN -> file, so that

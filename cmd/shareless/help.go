@@ -36,8 +36,7 @@ const exitCommon = `0   success
 
 const filesNone = `none of its own; only the files named on its command line`
 
-// manuals holds one entry per command of commands(). adopt and release are
-// being built on another branch; their entries wait for them here.
+// manuals holds one entry per command of commands() (help_test.go checks).
 func manuals() map[string]manual {
 	return map[string]manual{
 		"help": {

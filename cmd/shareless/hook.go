@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/xml"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/shareless/shareless/localapi"
@@ -78,35 +76,13 @@ func runHook(ctx context.Context, e *env, args []string) error {
 	return err
 }
 
-// needsAgent reports whether a domain depends on the local agent: one of
-// its disks is an iSCSI disk on a loopback portal (a managed disk), or the
-// agent left an adoption guard for it.
+// needsAgent reports whether a domain depends on the local agent: the
+// agent serves one of its disks, or left an adoption guard for it. XML
+// that does not parse counts as needing it: refuse rather than guess.
 func needsAgent(req localapi.HookRequest, stateDir string) bool {
 	if _, err := os.Stat(filepath.Join(stateDir, "guard", filepath.Base(req.Domain))); err == nil {
 		return true
 	}
-	var dom struct {
-		Disks []struct {
-			Source struct {
-				Protocol string `xml:"protocol,attr"`
-				Hosts    []struct {
-					Name string `xml:"name,attr"`
-				} `xml:"host"`
-			} `xml:"source"`
-		} `xml:"devices>disk"`
-	}
-	if err := xml.Unmarshal([]byte(req.XML), &dom); err != nil {
-		return true // cannot tell: refuse rather than guess
-	}
-	for _, d := range dom.Disks {
-		if d.Source.Protocol != "iscsi" {
-			continue
-		}
-		for _, h := range d.Source.Hosts {
-			if h.Name == "localhost" || h.Name == "::1" || strings.HasPrefix(h.Name, "127.") {
-				return true
-			}
-		}
-	}
-	return false
+	served, err := localapi.ServedLocally(req.XML)
+	return served || err != nil
 }

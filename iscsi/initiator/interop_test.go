@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"github.com/shareless/shareless/internal/secret"
+	"github.com/shareless/shareless/iscsi/target/targettest"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -113,19 +114,8 @@ func startOwnTarget(t *testing.T, size int64, tune func(*target.Config)) (addr, 
 	if tune != nil {
 		tune(&cfg)
 	}
-	tg, err := target.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- tg.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		tg.Close()
-		if err := <-done; err != nil {
-			t.Errorf("target: %v", err)
-		}
-	})
-	return tg.Addrs()[0].String(), img
+	_, addr = targettest.Start(t, cfg)
+	return addr, img
 }
 
 // interop checks discovery, CHAP, and every block operation against the

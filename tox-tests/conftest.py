@@ -1,0 +1,161 @@
+"""Fixtures of the functional tests: the packaged shareless, a private
+RabbitMQ broker, free ports, and the rules of make test.
+
+Under make test (SHARELESS_STRICT=1) a missing component fails the test
+instead of skipping it, and a run that skipped anything fails. A run that
+collected no test (pytest's exit status 5) fails too, whatever the options.
+Processes started here are stopped by their process group, never by name.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STRICT = os.environ.get("SHARELESS_STRICT") == "1"
+
+
+def need(what, ok, hint="scripts/deps.sh installs it"):
+    """Skips, or under make test fails, when a component is missing."""
+    if ok:
+        return
+    msg = f"{what} missing ({hint})"
+    if STRICT:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def pytest_collection_finish(session):
+    if not session.items:
+        pytest.exit("no functional test was collected or selected", returncode=1)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if STRICT and skipped and session.exitstatus == 0:
+        session.exitstatus = 1
+        if reporter:
+            reporter.write_line(f"SHARELESS_STRICT=1: {len(skipped)} skipped test(s) count as failures")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with status {proc.returncode} before port {port} opened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"port {port} not open after {timeout}s")
+
+
+def stop(proc, sig=signal.SIGTERM, timeout=30):
+    """Stops proc's process group: sig, then SIGKILL after timeout."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+class Installed:
+    """A make install staged under a directory (DESTDIR)."""
+
+    def __init__(self, destdir):
+        self.destdir = destdir
+        self.bin = destdir / "usr/local/bin/shareless"
+        self.sample = destdir / "etc/shareless/shareless.conf.sample"
+        self.unit = destdir / "usr/local/lib/systemd/system/shareless-agent.service"
+        self.hook = destdir / "etc/libvirt/hooks/qemu.d/shareless"
+
+    def run(self, *args, **kw):
+        kw.setdefault("capture_output", True)
+        kw.setdefault("text", True)
+        kw.setdefault("timeout", 60)
+        return subprocess.run([str(self.bin), *args], **kw)
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory):
+    """make install DESTDIR=... of this tree: what an operator installs."""
+    need("go", shutil.which("go"), "Go 1.26")
+    destdir = tmp_path_factory.mktemp("destdir")
+    subprocess.run(["make", "-C", str(ROOT), "--no-print-directory", "-s", "install", f"DESTDIR={destdir}"],
+                   check=True, capture_output=True, text=True, timeout=600)
+    return Installed(destdir)
+
+
+class Broker:
+    """A private RabbitMQ: own node name, ports, data, cookie and epmd."""
+
+    SCRIPT = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+    def __init__(self, workdir):
+        self.dir = workdir
+        self.port, dist, epmd = free_port(), free_port(), free_port()
+        (workdir / "rabbitmq-env.conf").write_text("")
+        (workdir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n")
+        (workdir / "enabled_plugins").write_text("[].\n")
+        for d in ("home", "mnesia", "log"):
+            (workdir / d).mkdir()
+        self.env = dict(os.environ,
+                        HOME=str(workdir / "home"),
+                        RABBITMQ_CONF_ENV_FILE=str(workdir / "rabbitmq-env.conf"),
+                        RABBITMQ_CONFIG_FILE=str(workdir / "rabbitmq.conf"),
+                        RABBITMQ_ENABLED_PLUGINS_FILE=str(workdir / "enabled_plugins"),
+                        RABBITMQ_MNESIA_BASE=str(workdir / "mnesia"),
+                        RABBITMQ_LOG_BASE=str(workdir / "log"),
+                        RABBITMQ_PID_FILE=str(workdir / "rabbit.pid"),
+                        RABBITMQ_NODENAME=f"shareless-tox-{self.port}@localhost",
+                        RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+                        RABBITMQ_DIST_PORT=str(dist),
+                        ERL_EPMD_PORT=str(epmd),
+                        ERL_EPMD_ADDRESS="127.0.0.1",
+                        # exec the VM, so that the process we hold is the broker
+                        RUNNING_UNDER_SYSTEMD="true")
+        self.epmd = subprocess.Popen(["epmd", "-port", str(epmd), "-address", "127.0.0.1"],
+                                     env=self.env, start_new_session=True)
+        wait_port(epmd, 10, self.epmd)
+        self.log = open(workdir / "log" / "console.log", "ab")
+        self.proc = subprocess.Popen([self.SCRIPT], env=self.env, stdout=self.log, stderr=self.log,
+                                     start_new_session=True)
+        try:
+            wait_port(self.port, 90, self.proc)
+        except Exception:
+            self.close()
+            raise
+
+    # oslo.messaging's form, as in nova.conf
+    def transport_url(self, password=True):
+        return f"rabbit://guest{':guest' if password else ''}@127.0.0.1:{self.port}/"
+
+    def close(self):
+        stop(self.proc)
+        stop(self.epmd, signal.SIGKILL)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    need("rabbitmq-server", Path(Broker.SCRIPT).exists() and shutil.which("epmd"))
+    b = Broker(tmp_path_factory.mktemp("rabbit"))
+    yield b
+    b.close()
