@@ -393,7 +393,7 @@ func TestRFC7143_11_19_NOPInKeepalive(t *testing.T) {
 	o := defaultLogin()
 	o.initiator += "-silent"
 	dead.mustLogin(o)
-	dead.nc.SetDeadline(time.Now().Add(5 * time.Second))
+	dead.nc.SetDeadline(time.Now().Add(10 * time.Second))
 	start := time.Now()
 	for {
 		if _, err := dead.fr.ReadMessage(); err != nil {
@@ -403,8 +403,11 @@ func TestRFC7143_11_19_NOPInKeepalive(t *testing.T) {
 			break
 		}
 	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Fatalf("silent connection dropped after %v", d)
+	// Due after NOPInterval+NOPTimeout (400 ms); the margin is for a loaded
+	// 2-core machine (2.05 s was seen with TCG guests running), the read
+	// deadline for a target that never drops it.
+	if d := time.Since(start); d > 4*time.Second {
+		t.Fatalf("silent connection dropped after %v, want about 400ms", d)
 	}
 }
 
