@@ -400,6 +400,39 @@ func (r *Replica) Resume() {
 	r.nudge()
 }
 
+// StartCopying switches a remote-only replica (Method B) to copying
+// (Method C): from now on reads keep what they fetch and, once the source
+// is sealed, the background copy runs until the disk is complete. A
+// remote-only replica holds only the blocks the guest wrote here (valid and
+// modified), so the copy takes the rest from the source under the usual
+// rules; before the seal nothing changes (rule 5). It reports whether the
+// replica was remote-only; on a copying replica it does nothing.
+//
+// The mode is not recorded in the disk's metadata: a disk opened again is
+// remote-only only if its ReplicaOptions say so.
+func (r *Replica) StartCopying() bool {
+	r.mu.Lock()
+	was := r.remoteOnly
+	if was {
+		r.remoteOnly = false
+		r.rateSince, r.rateBase = r.clock.Now(), r.copied
+	}
+	r.mu.Unlock()
+	if was {
+		r.log.Info("remote-only disk switched to copying")
+		r.nudge()
+	}
+	return was
+}
+
+// RemoteOnly reports whether the replica reads remotely without copying
+// (Method B), until StartCopying.
+func (r *Replica) RemoteOnly() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.remoteOnly
+}
+
 // Stats is a snapshot of a replica's progress, for `shareless status`.
 type Stats struct {
 	State  State

@@ -350,6 +350,40 @@ func TestRemoteOnly(t *testing.T) {
 	})
 }
 
+// TestRemoteOnlyStartCopying: a remote-only replica serves reads remotely
+// and copies nothing; StartCopying switches it to Method C, which completes
+// and equals the model (the source's data with the guest's writes).
+func TestRemoteOnlyStartCopying(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		r, _, data := sealedReplica(t, 256<<10, StoreOptions{}, ReplicaOptions{RemoteOnly: true})
+		copy(data[8192:], "written on B")
+		if err := r.WriteAt(ctx, data[8192:12288], 8192, false); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Minute)
+		mustEqual(t, "remote read", mustRead(t, r), data)
+		if st := r.Stats(); st.State != StateRemote || st.BytesCopied != 0 || st.BytesLocal != 4096 || st.ReadRemoteBytes != int64(len(data))-4096 {
+			t.Fatalf("Method B stats %+v", st)
+		}
+		if !r.RemoteOnly() || !r.StartCopying() || r.RemoteOnly() || r.StartCopying() {
+			t.Fatal("StartCopying did not switch exactly once")
+		}
+		waitState(t, r, StateComplete)
+		if st := r.Stats(); st.BytesLocal != int64(len(data)) || st.BytesCopied != int64(len(data))-4096 {
+			t.Fatalf("after the copy: %+v", st)
+		}
+		before := r.Stats().SourceBytes
+		mustEqual(t, "after the copy", mustRead(t, r), data)
+		if st := r.Stats(); st.SourceBytes != before {
+			t.Fatalf("a complete disk read %d bytes from the source", st.SourceBytes-before)
+		}
+		if err := r.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
 // TestWayBackDeltaMismatch: if the source's final delta does not describe
 // the base the incremental plan counted on (here: it claims another base),
 // SourceSealed falls back to a full copy rather than trust the local image.
