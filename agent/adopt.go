@@ -180,6 +180,26 @@ func (b localBackend) Release(ctx context.Context, server string, progress func(
 	return b.a.releaseAdoption(ctx, server, progress)
 }
 
+// CopyNow implements localapi.Backend: the instance's remote-only replicas
+// (Method B) start copying (Method C). A replica whose source is not sealed
+// yet starts once it is, as any copy does.
+func (b localBackend) CopyNow(ctx context.Context, instance string) (localapi.CopyNowResult, error) {
+	res := localapi.CopyNowResult{Instance: instance, Switched: []string{}, Copying: []string{}}
+	local := b.a.disks.ofInstance(instance)
+	if len(local) == 0 {
+		return res, fmt.Errorf("instance %s has no managed disk on this host", instance)
+	}
+	for _, dk := range local {
+		if dk.rep.StartCopying() {
+			res.Switched = append(res.Switched, dk.ref.Disk)
+			b.a.log.Info("remote-only disk switched to copying", "disk", dk.ref)
+		} else {
+			res.Copying = append(res.Copying, dk.ref.Disk)
+		}
+	}
+	return res, nil
+}
+
 func (a *Agent) adopt(ctx context.Context, server string, progress func(localapi.Progress)) (localapi.Adoption, error) {
 	a.adoptMu.Lock()
 	defer a.adoptMu.Unlock()

@@ -37,6 +37,15 @@
 // came from; while it exists the prepare/start hook refuses domain XML
 // that names one of those files.
 //
+// # Method B
+//
+// Under [replicator] method = remote, ensureReplicas opens replicas
+// remote-only (replicator.ReplicaOptions.RemoteOnly): after the seal they
+// read what the guest did not write from the source and copy nothing.
+// `shareless copy-now INSTANCE` (localBackend.CopyNow) switches them to
+// copying with Replica.StartCopying. The mode lives only in memory: a disk
+// reopened after an agent restart copies.
+//
 // # Who does what
 //
 // The novahook machine decides; the agent's Executor performs its actions,

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shareless/shareless/config"
 	"github.com/shareless/shareless/iscsi/initiator"
 	"github.com/shareless/shareless/novahook"
 	"github.com/shareless/shareless/replicator"
@@ -218,7 +219,8 @@ func (a *Agent) ensureReplica(ctx context.Context, ref DiskRef, d diskInfo, port
 	if err != nil {
 		return fmt.Errorf("disk %s: login to %s: %w", ref, portal, err)
 	}
-	opts := replicator.ReplicaOptions{Rate: int64(a.cfg.Replicator.BandwidthLimit)}
+	opts := replicator.ReplicaOptions{Rate: int64(a.cfg.Replicator.BandwidthLimit),
+		RemoteOnly: a.cfg.Replicator.Method == config.MethodRemote}
 	rep, err := a.store.Open(ctx, ref.storeName(), sess, opts)
 	if err == nil && rep.Stats().Source != image {
 		rep.Close()

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shareless/shareless/config"
 	"github.com/shareless/shareless/localapi"
 	"github.com/shareless/shareless/novahook"
 )
@@ -150,6 +151,10 @@ func (b localBackend) Status(ctx context.Context) (json.RawMessage, error) {
 		d := localapi.Disk{Instance: dk.ref.Instance, Disk: dk.ref.Disk, IQN: dk.ref.IQN(), State: s.State.String(),
 			Sealed: s.Sealed, Size: s.Size, BytesLocal: s.BytesLocal, BytesRemaining: s.BytesRemaining, BytesCopied: s.BytesCopied,
 			Rate: s.Rate, ETASeconds: s.ETA.Seconds()}
+		d.Mode = config.MethodCopy
+		if dk.rep.RemoteOnly() {
+			d.Mode = config.MethodRemote
+		}
 		if !s.SourceDownSince.IsZero() {
 			d.SourceDownSince = &s.SourceDownSince
 		}

@@ -96,10 +96,17 @@ type API struct {
 	MetricsListen string     `ini:"metrics_listen" default:"127.0.0.1:9470" help:"host:port of the Prometheus /metrics endpoint (no authentication: counters and\ninstance UUIDs only). Empty disables it."`
 }
 
+// The values of [replicator] method.
+const (
+	MethodCopy   = "copy"   // Method C
+	MethodRemote = "remote" // Method B
+)
+
 // Replicator is the [replicator] section.
 type Replicator struct {
 	Grain          Size          `ini:"grain" default:"16KiB" help:"Tracking granularity of the valid and modified bitmaps: a power of two, at\nleast 512 bytes. The way back moves whole blocks of this size: 16KiB moves 35%\nof a disk whose guest rewrote 10% in scattered pages (64KiB: 84%), for 16MiB\nof agent memory per TiB (replicator.DefaultGrain)."`
 	Chunk          Size          `ini:"chunk" default:"1MiB" help:"Unit of the sequential post-copy: a multiple of grain. A guest write waits\nfor at most one chunk being stored (replicator.DefaultChunk)."`
+	Method         string        `ini:"method" default:"copy" help:"How a destination's replicas get the disk after the switch-over: copy (Method\nC: a background copy and copy-on-read until the disk is local) or remote\n(Method B: blocks the guest did not write here are read from the source, and\nnothing is copied until 'shareless copy-now INSTANCE' switches the instance to\ncopying). Under remote the source host must stay up while the guest runs here."`
 	BandwidthLimit Size          `ini:"bandwidth_limit" default:"0" help:"Bytes per second the copier may read from a source; 0 means unlimited."`
 	SourceTimeout  time.Duration `ini:"source_timeout" default:"2m" help:"How long reads wait for an unreachable source before failing with an error."`
 	HookWait       time.Duration `ini:"hook_wait" default:"50s" help:"How long the libvirt migrate hook waits for replicas to be ready before it\nrefuses the migration. Keep it below the hook's own bound (shareless hook\n--timeout, 60s), so that libvirt logs the agent's reason, not a timeout."`
@@ -228,6 +235,9 @@ func (c *Config) Validate(file string) error {
 	}
 	if ch := c.Replicator.Chunk; ch < g || ch%g != 0 {
 		return bad("replicator", "chunk", "must be a multiple of grain (%v), is %v", g, ch)
+	}
+	if m := c.Replicator.Method; m != MethodCopy && m != MethodRemote {
+		return bad("replicator", "method", "must be %s or %s, is %q", MethodCopy, MethodRemote, m)
 	}
 	if c.Replicator.SourceTimeout <= 0 {
 		return bad("replicator", "source_timeout", "must be positive")

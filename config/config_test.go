@@ -116,7 +116,7 @@ func TestDefaults(t *testing.T) {
 	if c.AMQP.Exchange != "nova" || c.AMQP.Topic != "versioned_notifications" || c.AMQP.ExchangeDurable {
 		t.Errorf("amqp defaults do not match oslo.messaging's: %+v", c.AMQP)
 	}
-	if c.Replicator.Grain != 16<<10 || c.Replicator.Chunk != 1<<20 || c.Replicator.HookWait != 50*time.Second {
+	if c.Replicator.Grain != 16<<10 || c.Replicator.Chunk != 1<<20 || c.Replicator.HookWait != 50*time.Second || c.Replicator.Method != MethodCopy {
 		t.Errorf("replicator defaults: %+v", c.Replicator)
 	}
 	if c.Default.LogLevel != slog.LevelInfo || c.ISCSI.Port != 3260 || !reflect.DeepEqual(c.ISCSI.Listen, []string{"127.0.0.1"}) {
@@ -246,6 +246,7 @@ func TestErrors(t *testing.T) {
 		{"psk needed", url + "[api]\nlisten = 10.1.0.11:3270\n", "[api] psk_file: required when listen", false},
 		{"grain", url + "[replicator]\ngrain = 1000\n", "[replicator] grain: must be a power of two", false},
 		{"chunk", url + "[replicator]\nchunk = 40KiB\n", "[replicator] chunk: must be a multiple of grain", false},
+		{"method", url + "[replicator]\nmethod = lazy\n", "[replicator] method: must be copy or remote", false},
 		{"cloud and auth_url", url + "[openstack]\ncloud = a\nauth_url = http://k/v3\n", "[openstack] auth_url: set either cloud or auth_url", false},
 		{"auth_url without user", url + "[openstack]\nauth_url = http://k/v3\n", "[openstack] username: required with auth_url", false},
 		{"auth_url without password", url + "[openstack]\nauth_url = http://k/v3\nusername = shareless\n", "[openstack] password_file: required with auth_url", false},

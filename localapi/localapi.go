@@ -79,6 +79,18 @@ type Backend interface {
 	// progress as block copies advance.
 	Adopt(ctx context.Context, server string, progress func(Progress)) (Adoption, error)
 	Release(ctx context.Context, server string, progress func(Progress)) (Adoption, error)
+	// CopyNow switches the instance's remote-only replicas (Method B) to
+	// copying (Method C) and reports the disks it switched.
+	CopyNow(ctx context.Context, instance string) (CopyNowResult, error)
+}
+
+// CopyNowResult answers a copy-now request.
+type CopyNowResult struct {
+	Instance string `json:"instance"`
+	// Switched are the disks that were remote-only and now copy; Copying
+	// the instance's other disks here (already copying or complete).
+	Switched []string `json:"switched"`
+	Copying  []string `json:"copying"`
 }
 
 // errorBody is the JSON body of every non-2xx answer.
@@ -112,6 +124,19 @@ func Handler(b Backend) http.Handler {
 	})
 	mux.HandleFunc("POST /v1/adopt", func(w http.ResponseWriter, r *http.Request) { serveAdoption(w, r, b.Adopt) })
 	mux.HandleFunc("POST /v1/release", func(w http.ResponseWriter, r *http.Request) { serveAdoption(w, r, b.Release) })
+	mux.HandleFunc("POST /v1/copy-now", func(w http.ResponseWriter, r *http.Request) {
+		var req ServerRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, maxBody)).Decode(&req); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("decoding request: %w", err))
+			return
+		}
+		res, err := b.CopyNow(r.Context(), req.Server)
+		if err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
 	return mux
 }
 
@@ -162,6 +187,14 @@ func (c *Client) Status(ctx context.Context) (json.RawMessage, error) {
 	var st json.RawMessage
 	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st)
 	return st, err
+}
+
+// CopyNow asks the agent to switch instance's remote-only replicas to
+// copying.
+func (c *Client) CopyNow(ctx context.Context, instance string) (CopyNowResult, error) {
+	var res CopyNowResult
+	err := c.do(ctx, http.MethodPost, "/v1/copy-now", ServerRequest{Server: instance}, &res)
+	return res, err
 }
 
 // do sends in as JSON and decodes the answer into out.

@@ -38,8 +38,11 @@ type Disk struct {
 	Disk     string `json:"disk"`
 	IQN      string `json:"iqn"`
 	State    string `json:"state"`
-	Sealed   bool   `json:"sealed"`
-	Size     int64  `json:"size"`
+	// Mode is "remote" for a remote-only replica (Method B: nothing is
+	// copied until copy-now), "copy" otherwise.
+	Mode   string `json:"mode"`
+	Sealed bool   `json:"sealed"`
+	Size   int64  `json:"size"`
 	// BytesLocal are held here, BytesRemaining only at the source.
 	BytesLocal     int64 `json:"bytes_local"`
 	BytesRemaining int64 `json:"bytes_remaining"`

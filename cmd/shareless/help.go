@@ -125,6 +125,17 @@ prints.
 /var/lib/shareless/guard/NAME
     the adoption guard the hook reads`,
 		},
+		"copy-now": {
+			options: `--json
+    print the agent's answer (JSON) for scripts
+--socket PATH
+    the local agent's socket (default /run/shareless/agent.sock)`,
+			exit: `0   every remote-only disk of the instance now copies (or none was left)
+1   the agent did not answer, or has no disk of that instance (on stderr)
+2   bad invocation`,
+			files: `/run/shareless/agent.sock
+    the agent that switches the disks`,
+		},
 		"release": {
 			options: `--json
     print the adoption record (JSON) for scripts; progress goes to stderr

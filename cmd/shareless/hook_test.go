@@ -37,6 +37,9 @@ func (agentFunc) Adopt(context.Context, string, func(localapi.Progress)) (locala
 func (agentFunc) Release(context.Context, string, func(localapi.Progress)) (localapi.Adoption, error) {
 	return localapi.Adoption{}, errNotInTest
 }
+func (agentFunc) CopyNow(context.Context, string) (localapi.CopyNowResult, error) {
+	return localapi.CopyNowResult{}, errNotInTest
+}
 
 // errNotInTest answers the Backend methods a test's agent does not serve.
 var errNotInTest = errors.New("not served by this test's agent")

@@ -94,7 +94,11 @@ func printStatus(w io.Writer, st *localapi.Status) {
 		if d.BytesCopied > 0 {
 			copied = "  copied " + human(d.BytesCopied)
 		}
-		fmt.Fprintf(w, "  %s/%s  %s%s  %s%s\n", d.Instance, d.Disk, d.State, sealed,
+		mode := ""
+		if d.Mode == "remote" {
+			mode = " (remote-only: shareless copy-now)"
+		}
+		fmt.Fprintf(w, "  %s/%s  %s%s%s  %s%s\n", d.Instance, d.Disk, d.State, sealed, mode,
 			progressLine(d.BytesLocal, d.Size, d.Rate, seconds(d.ETASeconds)), copied)
 		if d.SourceDownSince != nil {
 			fmt.Fprintf(w, "    ALERT: source unreachable since %s\n", d.SourceDownSince.UTC().Format(time.RFC3339))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,6 +25,46 @@ func (statusAgent) Adopt(context.Context, string, func(localapi.Progress)) (loca
 }
 func (statusAgent) Release(context.Context, string, func(localapi.Progress)) (localapi.Adoption, error) {
 	return localapi.Adoption{}, errNotInTest
+}
+
+// CopyNow switches the remote disks of the document's instance.
+func (s statusAgent) CopyNow(_ context.Context, inst string) (localapi.CopyNowResult, error) {
+	res := localapi.CopyNowResult{Instance: inst}
+	for _, d := range s.st.Disks {
+		switch {
+		case d.Instance != inst:
+		case d.Mode == "remote":
+			res.Switched = append(res.Switched, d.Disk)
+		default:
+			res.Copying = append(res.Copying, d.Disk)
+		}
+	}
+	if res.Switched == nil && res.Copying == nil {
+		return res, errors.New("instance " + inst + " has no managed disk on this host")
+	}
+	return res, nil
+}
+
+// TestCopyNow: status marks a remote-only disk; copy-now names the disks
+// it switched, and fails on an instance without disks here.
+func TestCopyNow(t *testing.T) {
+	sock := serveAgent(t, statusAgent{localapi.Status{Host: "compute-2",
+		Disks: []localapi.Disk{{Instance: "i-1", Disk: "disk", State: "remote", Mode: "remote", Size: 4 << 30, BytesLocal: 1 << 20}},
+	}})
+	code, out, errs := runCmd(t, "status", "--socket", sock)
+	if want := "i-1/disk  remote (remote-only: shareless copy-now)"; code != 0 || !strings.Contains(out, want) {
+		t.Fatalf("status: exit %d, stderr %q; lacks %q:\n%s", code, errs, want, out)
+	}
+	code, out, errs = runCmd(t, "copy-now", "--socket", sock, "i-1")
+	if want := "instance i-1: copying now: disk\n"; code != 0 || out != want {
+		t.Fatalf("copy-now: exit %d, stdout %q (want %q), stderr %q", code, out, want, errs)
+	}
+	if code, _, errs = runCmd(t, "copy-now", "--socket", sock, "i-2"); code != 1 || !strings.Contains(errs, "no managed disk") {
+		t.Fatalf("copy-now of an unknown instance: exit %d, stderr %q", code, errs)
+	}
+	if code, _, _ = runCmd(t, "copy-now", "--socket", sock); code != 2 {
+		t.Fatalf("copy-now without INSTANCE: exit %d, want 2", code)
+	}
 }
 
 // runCmd runs the shareless command line args with an empty stdin.
