@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -115,6 +116,7 @@ type host struct {
 type clusterOpts struct {
 	hookWait  time.Duration
 	bandwidth string // [replicator] bandwidth_limit
+	method    string // [replicator] method
 }
 
 // newCluster writes the configuration of two agents that know each other
@@ -152,6 +154,9 @@ func newCluster(t *testing.T, o clusterOpts) (a, b *host) {
 	}
 	if o.bandwidth == "" {
 		o.bandwidth = "0"
+	}
+	if o.method == "" {
+		o.method = "copy"
 	}
 	for _, h := range hs {
 		conf := fmt.Sprintf(`[DEFAULT]
@@ -191,11 +196,12 @@ metrics_listen = 127.0.0.1:%d
 grain = %d
 chunk = %d
 bandwidth_limit = %s
+method = %s
 source_timeout = 20s
 hook_wait = %s
 `, h.name, filepath.Join(h.dir, "state"), shared.broker.TransportURL(), h.iscsiPort, chap, h.store, filepath.Join(h.dir, "no-libvirt-sock"),
 			h.apiPort, psk, h.sock, h.metricsPort, hs[0].name, hs[0].apiPort, hs[1].name, hs[1].apiPort,
-			testGrain, testChunk, o.bandwidth, o.hookWait)
+			testGrain, testChunk, o.bandwidth, o.method, o.hookWait)
 		if err := os.WriteFile(h.conf, []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -550,6 +556,91 @@ func TestMigrationThereAndBack(t *testing.T) {
 	sameBytes(t, "A's second disk after the way back", readLUN(t, a, eph), wantEph)
 	_, out, _, _ = shareless(t, "", "status", "--socket", a.sock)
 	t.Logf("status on A after the way back:\n%s", out)
+}
+
+// TestMethodB: with [replicator] method = remote, B's replica stays
+// remote-only after the switch-over: the guest's writes land on B, every
+// other read goes to A, nothing is copied, and the migration does not end.
+// `shareless copy-now` switches it to copying; the copy completes and B's
+// disk holds A's bytes plus the guest's writes.
+func TestMethodB(t *testing.T) {
+	a, b := newCluster(t, clusterOpts{method: "remote"})
+	ref, _ := NewDiskRef(testenv.UUID(), "disk")
+	const size = 8 << 20
+	want := seedDisk(t, a, ref, size)
+	a.start()
+	b.start()
+
+	prepared(t, a, b, ref)
+	emit(t, lm("post-start", ref.Instance, a.name, a.name))
+	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+	writes := []guestWrite{{off: 1 << 20, n: 128 << 10, pattern: 0xab}, {off: 5<<20 + 4096, n: 8192, pattern: 0xcd}}
+	for _, w := range writes {
+		if err := qemuIO(t, b, ref, w.qemuIO()); err != nil {
+			t.Fatal(err)
+		}
+		w.apply(want)
+	}
+	emit(t, lm("post_dest-start", ref.Instance, b.name, a.name), lm("post_dest-end", ref.Instance, b.name, b.name),
+		lm("post-end", ref.Instance, a.name, a.name))
+	// The guest reads its whole disk on B, twice: A's blocks come from A
+	// each time and stay there.
+	sameBytes(t, "B's remote-only disk", readLUN(t, b, ref), want)
+	sameBytes(t, "B's remote-only disk read again", readLUN(t, b, ref), want)
+	time.Sleep(2 * time.Second) // a copier would have moved the 8 MiB by now
+	d, _ := diskOf(b.status(), ref)
+	written := int64(2*testGrain + testGrain) // the two writes, in whole tracking blocks
+	if d.State != "remote" || d.Mode != "remote" || d.BytesLocal != written || d.BytesCopied != 0 {
+		t.Fatalf("B's disk under Method B: %+v, want remote with only the %d bytes written here", d, written)
+	}
+	if m, _ := migration(b.status(), ref.Instance, "dest"); m.Phase == "copied" {
+		t.Fatalf("migration ended without a copy: %+v", m)
+	}
+	remote := metric(t, b, fmt.Sprintf(`shareless_disk_read_remote_bytes_total{instance=%q,disk="disk"}`, ref.Instance))
+	if remote < 2*(size-written) {
+		t.Errorf("B read %d bytes from A, want at least the %d of two whole reads", remote, 2*(size-written))
+	}
+	code, out, stderr, _ := shareless(t, "", "status", "--socket", b.sock)
+	if code != 0 || !strings.Contains(out, "remote (remote-only: shareless copy-now)") {
+		t.Fatalf("status on B: exit %d\n%s%s", code, out, stderr)
+	}
+	t.Logf("status on B under Method B:\n%s", out)
+	t.Logf("B read %d bytes from A; %d bytes local, 0 copied", remote, d.BytesLocal)
+
+	code, out, stderr, _ = shareless(t, "", "copy-now", "--socket", b.sock, ref.Instance)
+	if code != 0 || out != "instance "+ref.Instance+": copying now: disk\n" {
+		t.Fatalf("copy-now: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	waitPhase(t, b, ref.Instance, "dest", "copied", time.Minute)
+	waitPhase(t, a, ref.Instance, "source", "copied", 20*time.Second)
+	d, _ = diskOf(b.status(), ref)
+	if d.State != "complete" || d.Mode != "copy" || d.BytesCopied != size-written {
+		t.Errorf("B's disk after copy-now: %+v, want complete with %d bytes copied", d, size-written)
+	}
+	sameBytes(t, "B's disk after copy-now", readLUN(t, b, ref), want)
+}
+
+// metric reads one sample of h's /metrics.
+func metric(t *testing.T, h *host, series string) int64 {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", h.metricsPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m bytes.Buffer
+	m.ReadFrom(resp.Body)
+	for _, l := range strings.Split(m.String(), "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", series, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("metrics of %s lack %s:\n%s", h.name, series, m.String())
+	return 0
 }
 
 // checkMetrics reads b's /metrics after a complete copy of ref.
