@@ -322,6 +322,11 @@ func (n *node) stopAgent() {
 // (shareless_replica_source_read_bytes_total, agent/API.md). The metrics
 // listen on the host's own loopback.
 func (n *node) sourceReadBytes(inst *instance) (int64, error) {
+	return n.metric(fmt.Sprintf("shareless_replica_source_read_bytes_total{instance=%q,disk=%q}", inst.uuid, inst.ref.Disk))
+}
+
+// metric reads one series of n's /metrics.
+func (n *node) metric(series string) (int64, error) {
 	hc := &http.Client{Transport: &http.Transport{DialContext: n.host.Dial}, Timeout: 5 * time.Second}
 	defer hc.CloseIdleConnections()
 	resp, err := hc.Get("http://" + metricsAddr + "/metrics")
@@ -333,7 +338,7 @@ func (n *node) sourceReadBytes(inst *instance) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	key := fmt.Sprintf("shareless_replica_source_read_bytes_total{instance=%q,disk=%q} ", inst.uuid, inst.ref.Disk)
+	key := series + " "
 	for line := range strings.Lines(string(b)) {
 		if v, ok := strings.CutPrefix(line, key); ok {
 			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)

@@ -1,17 +1,20 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/shareless/shareless/internal/lab"
 	"github.com/shareless/shareless/internal/testenv"
+	"github.com/shareless/shareless/localapi"
 	"github.com/shareless/shareless/virt"
 )
 
@@ -20,13 +23,79 @@ import (
 // instance (the disks are created in A's store before the agents start)
 // in one lab, because a lab and its broker take a while to come up.
 func TestLiveMigration(t *testing.T) {
-	c, insts := startCloud(t, []string{"back", "kill", "cut", "abort", "refuse", "adopt"}, "adopt")
+	c, insts := startCloud(t, []string{"back", "kill", "cut", "abort", "refuse", "adopt", "methodb"}, "adopt")
 	t.Run("there and back", func(t *testing.T) { thereAndBack(t, c, insts["back"]) })
 	t.Run("destination agent killed mid-copy", func(t *testing.T) { agentKilled(t, c, insts["kill"]) })
 	t.Run("link cut mid-copy", func(t *testing.T) { linkCut(t, c, insts["cut"]) })
 	t.Run("aborted before switch-over", func(t *testing.T) { aborted(t, c, insts["abort"]) })
 	t.Run("destination hook refuses", func(t *testing.T) { refused(t, c, insts["refuse"]) })
 	t.Run("adopted file disk there and back", func(t *testing.T) { adopted(t, c, insts["adopt"]) })
+	// Last: it restarts B's agent under another method and back.
+	t.Run("method B then copy-now", func(t *testing.T) { methodB(t, c, insts["methodb"]) })
+}
+
+// methodB: B's agent runs with [replicator] method = remote (Method B).
+// After A→B the guest counts on B while B's store holds only what it wrote
+// there, reading the rest from A, and nothing is copied; `copy-now`
+// (Method C from then on) completes the copy and B's image is exact. B's
+// agent gets method = copy back at the end.
+func methodB(t *testing.T, c *cloud, inst *instance) {
+	a, b := c.a, c.b
+	setMethod(t, b, "remote")
+	t.Cleanup(func() { setMethod(t, b, "copy") })
+	c.boot(t, a, inst, managedDisk(inst))
+	w := watchCounter(t, a.image(inst), b.image(inst))
+	w.waitPast(t, 2, 20*time.Second)
+	m, err := c.migrate(t, inst, a, b)
+	if err != nil {
+		t.Fatalf("migrate A→B: %v", err)
+	}
+	w.waitPast(t, w.max()+3, 20*time.Second) // the guest goes on writing on B
+	// At bandwidth_limit a copy would have moved several MiB by now.
+	d, _ := b.disk(inst)
+	if d.State != "remote" || d.Mode != "remote" || d.BytesCopied != 0 || d.BytesLocal > 2*grain {
+		t.Fatalf("B's disk under Method B: %+v; want remote, nothing copied, only the guest's block(s) local", d)
+	}
+	if mg, _ := b.migration(inst, "dest"); mg.Phase == "copied" {
+		t.Fatalf("the migration ended without a copy: %+v", mg)
+	}
+	if st, err := a.status(); err != nil || st.SafeToPowerOff {
+		t.Errorf("A while B reads from it: safe to power off %v, %v", st.SafeToPowerOff, err)
+	}
+	remote, err := b.metric(fmt.Sprintf("shareless_disk_read_remote_bytes_total{instance=%q,disk=%q}", inst.uuid, inst.ref.Disk))
+	if err != nil || remote == 0 {
+		t.Errorf("B's reads from A: %d, %v; want some", remote, err)
+	}
+	t.Logf("Method B on B: %d bytes local of %d, %d bytes copied, guest read %d bytes from A",
+		d.BytesLocal, d.Size, d.BytesCopied, remote)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	res, err := localapi.NewClient(b.outside(socketPath)).CopyNow(ctx, inst.uuid)
+	if err != nil || len(res.Switched) != 1 {
+		t.Fatalf("copy-now: %+v, %v", res, err)
+	}
+	took := copiedExactly(t, c, inst, w, m)
+	testenv.Report(t, "e2e method B a->b: %d KiB local before copy-now, then the copy took %v after the switch-over",
+		d.BytesLocal>>10, took)
+}
+
+// setMethod restarts n's agent with [replicator] method = method.
+func setMethod(t *testing.T, n *node, method string) {
+	t.Helper()
+	n.stopAgent()
+	conf, err := os.ReadFile(n.outside(confPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`(?m)^method = .*\n`)
+	conf = append(re.ReplaceAll(conf, nil), "method = "+method+"\n"...) // [replicator] is the last section
+	if err := os.WriteFile(n.outside(confPath), conf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.startAgent(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // thereAndBack: A→B with Method C, the guest running throughout; B's
