@@ -163,7 +163,7 @@ func (p *portal) route(ctx context.Context, nc net.Conn) {
 		// Discovery is not offered: QEMU and the agents log in by name, and
 		// SendTargets of one disk's target would list that disk only.
 		log.Info("iSCSI login refused: target not served here", "target", name, "discovery", discovery)
-		fr.WriteMessage(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, ExpCmdSN: req.CmdSN, MaxCmdSN: req.CmdSN,
+		fr.WriteMessage(&pdu.LoginResponse{CSG: req.CSG, ISID: req.ISID, ITT: req.ITT, TargetSN: pdu.TargetSN{ExpCmdSN: req.CmdSN, MaxCmdSN: req.CmdSN},
 			StatusClass: pdu.LoginInitiatorError, StatusDetail: pdu.DetailNotFound})
 		nc.Close()
 		return

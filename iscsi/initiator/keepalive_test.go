@@ -40,7 +40,7 @@ func TestKeepAlive(t *testing.T) {
 		if d := time.Since(start); d < keepAlive || d > keepAlive*3/2 {
 			t.Errorf("first ping after %v of silence, want about %v", d, keepAlive)
 		}
-		if err := tgt.WriteMessage(&pdu.NOPIn{ITT: ping.ITT, TTT: pdu.ReservedTag, StatSN: 1, ExpCmdSN: 1, MaxCmdSN: 1}); err != nil {
+		if err := tgt.WriteMessage(&pdu.NOPIn{ITT: ping.ITT, TTT: pdu.ReservedTag, TargetSN: pdu.TargetSN{StatSN: 1, ExpCmdSN: 1, MaxCmdSN: 1}}); err != nil {
 			t.Fatal(err)
 		}
 		answered := time.Now()

@@ -29,11 +29,11 @@ func targetStream(tb testing.TB, msgs ...pdu.Message) []byte {
 func FuzzReader(f *testing.F) {
 	f.Add(targetStream(f,
 		&pdu.DataIn{ITT: 1, BufferOffset: 0, Data: make([]byte, 512)},
-		&pdu.DataIn{ITT: 1, BufferOffset: 512, Data: make([]byte, 512), Final: true, HasStatus: true, StatSN: 1, ExpCmdSN: 3, MaxCmdSN: 10}))
+		&pdu.DataIn{ITT: 1, BufferOffset: 512, Data: make([]byte, 512), Final: true, HasStatus: true, TargetSN: pdu.TargetSN{StatSN: 1, ExpCmdSN: 3, MaxCmdSN: 10}}))
 	f.Add(targetStream(f,
-		&pdu.R2T{ITT: 2, TTT: 7, BufferOffset: 0, DesiredLength: 1024, ExpCmdSN: 3, MaxCmdSN: 10},
-		&pdu.SCSIResponse{ITT: 2, StatSN: 1, ExpCmdSN: 3, MaxCmdSN: 10},
-		&pdu.SCSIResponse{ITT: 1, Status: 2, StatSN: 2, ExpCmdSN: 3, MaxCmdSN: 10, Data: []byte{0, 18, 0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0}}))
+		&pdu.R2T{ITT: 2, TTT: 7, BufferOffset: 0, DesiredLength: 1024, TargetSN: pdu.TargetSN{ExpCmdSN: 3, MaxCmdSN: 10}},
+		&pdu.SCSIResponse{ITT: 2, TargetSN: pdu.TargetSN{StatSN: 1, ExpCmdSN: 3, MaxCmdSN: 10}},
+		&pdu.SCSIResponse{ITT: 1, Status: 2, TargetSN: pdu.TargetSN{StatSN: 2, ExpCmdSN: 3, MaxCmdSN: 10}, Data: []byte{0, 18, 0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0}}))
 	f.Add(targetStream(f,
 		&pdu.NOPIn{ITT: pdu.ReservedTag, TTT: 9, Data: []byte("ping")},
 		&pdu.Reject{Reason: pdu.RejectProtocolError, Data: make([]byte, pdu.BHSLen)},

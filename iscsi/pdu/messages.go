@@ -2,6 +2,27 @@ package pdu
 
 import "fmt"
 
+// TargetSN holds the sequence numbers every target PDU carries at the same
+// place (§11.2.1): the StatSN it reports (meaningful only where the PDU
+// carries status, §4.2.2.2) and the command window ExpCmdSN..MaxCmdSN
+// (§4.2.2.1). A target stamps them in wire order through Seq.
+type TargetSN struct {
+	StatSN, ExpCmdSN, MaxCmdSN uint32
+}
+
+// Seq gives a target PDU's sequence numbers to whoever stamps them.
+func (s *TargetSN) Seq() *TargetSN { return s }
+
+func (s *TargetSN) put(h *BHS) {
+	h.put32(24, s.StatSN)
+	h.put32(28, s.ExpCmdSN)
+	h.put32(32, s.MaxCmdSN)
+}
+
+func (s *TargetSN) get(h *BHS) {
+	s.StatSN, s.ExpCmdSN, s.MaxCmdSN = h.u32(24), h.u32(28), h.u32(32)
+}
+
 // Message is one decoded PDU. Every opcode has its own type in this file;
 // the field layouts follow RFC 7143 §11.
 type Message interface {
@@ -127,13 +148,13 @@ const (
 
 // SCSIResponse is a SCSI Response PDU (§11.4).
 type SCSIResponse struct {
+	TargetSN
 	BidiOverflow, BidiUnderflow bool
 	Overflow, Underflow         bool
 	Response                    uint8
 	Status                      uint8
 	ITT                         uint32
 	SNACKTag                    uint32
-	StatSN, ExpCmdSN, MaxCmdSN  uint32
 	ExpDataSN                   uint32
 	BidiResidualCount           uint32
 	ResidualCount               uint32
@@ -151,9 +172,7 @@ func (m *SCSIResponse) encode(h *BHS) []byte {
 	h[2], h[3] = m.Response, m.Status
 	h.put32(16, m.ITT)
 	h.put32(20, m.SNACKTag)
-	h.put32(24, m.StatSN)
-	h.put32(28, m.ExpCmdSN)
-	h.put32(32, m.MaxCmdSN)
+	m.TargetSN.put(h)
 	h.put32(36, m.ExpDataSN)
 	h.put32(40, m.BidiResidualCount)
 	h.put32(44, m.ResidualCount)
@@ -165,7 +184,7 @@ func (m *SCSIResponse) decode(h *BHS, _, data []byte) error {
 	m.Overflow, m.Underflow = bit(h[1], 0x04), bit(h[1], 0x02)
 	m.Response, m.Status = h[2], h[3]
 	m.ITT, m.SNACKTag = h.ITT(), h.u32(20)
-	m.StatSN, m.ExpCmdSN, m.MaxCmdSN = h.u32(24), h.u32(28), h.u32(32)
+	m.TargetSN.get(h)
 	m.ExpDataSN, m.BidiResidualCount, m.ResidualCount = h.u32(36), h.u32(40), h.u32(44)
 	m.Data = data
 	if _, err := m.SenseData(); err != nil {
@@ -257,9 +276,9 @@ func (m *TaskMgmtRequest) decode(h *BHS, _, _ []byte) error {
 
 // TaskMgmtResponse is a Task Management Function Response PDU (§11.6).
 type TaskMgmtResponse struct {
-	Response                   uint8
-	ITT                        uint32
-	StatSN, ExpCmdSN, MaxCmdSN uint32
+	TargetSN
+	Response uint8
+	ITT      uint32
 }
 
 func (*TaskMgmtResponse) Opcode() Opcode  { return OpTaskMgmtResponse }
@@ -269,15 +288,13 @@ func (m *TaskMgmtResponse) encode(h *BHS) []byte {
 	h.setOpcode(OpTaskMgmtResponse, false)
 	h[1], h[2] = 0x80, m.Response
 	h.put32(16, m.ITT)
-	h.put32(24, m.StatSN)
-	h.put32(28, m.ExpCmdSN)
-	h.put32(32, m.MaxCmdSN)
+	m.TargetSN.put(h)
 	return nil
 }
 
 func (m *TaskMgmtResponse) decode(h *BHS, _, _ []byte) error {
 	m.Response, m.ITT = h[2], h.ITT()
-	m.StatSN, m.ExpCmdSN, m.MaxCmdSN = h.u32(24), h.u32(28), h.u32(32)
+	m.TargetSN.get(h)
 	return nil
 }
 
@@ -317,18 +334,17 @@ func (m *DataOut) decode(h *BHS, _, data []byte) error {
 // DataIn is a SCSI Data-In PDU (§11.7). With HasStatus set it also
 // completes the command (phase collapse, §11.7.4).
 type DataIn struct {
+	TargetSN
 	Final, Acknowledge  bool
 	Overflow, Underflow bool
 	HasStatus           bool
 	Status              uint8
 	LUN                 LUN
 	ITT, TTT            uint32
-	// StatSN is valid only with HasStatus.
-	StatSN, ExpCmdSN, MaxCmdSN uint32
-	DataSN                     uint32
-	BufferOffset               uint32
-	ResidualCount              uint32
-	Data                       []byte
+	DataSN              uint32
+	BufferOffset        uint32
+	ResidualCount       uint32
+	Data                []byte
 }
 
 func (*DataIn) Opcode() Opcode    { return OpDataIn }
@@ -341,9 +357,7 @@ func (m *DataIn) encode(h *BHS) []byte {
 	h.putLUN(m.LUN)
 	h.put32(16, m.ITT)
 	h.put32(20, m.TTT)
-	h.put32(24, m.StatSN)
-	h.put32(28, m.ExpCmdSN)
-	h.put32(32, m.MaxCmdSN)
+	m.TargetSN.put(h)
 	h.put32(36, m.DataSN)
 	h.put32(40, m.BufferOffset)
 	h.put32(44, m.ResidualCount)
@@ -357,7 +371,7 @@ func (m *DataIn) decode(h *BHS, _, data []byte) error {
 		return fmt.Errorf("Data-In with S bit but without F bit")
 	}
 	m.Status, m.LUN, m.ITT, m.TTT = h[3], h.lun(), h.ITT(), h.u32(20)
-	m.StatSN, m.ExpCmdSN, m.MaxCmdSN = h.u32(24), h.u32(28), h.u32(32)
+	m.TargetSN.get(h)
 	m.DataSN, m.BufferOffset, m.ResidualCount = h.u32(36), h.u32(40), h.u32(44)
 	m.Data = data
 	return nil
@@ -365,12 +379,12 @@ func (m *DataIn) decode(h *BHS, _, data []byte) error {
 
 // R2T is a Ready To Transfer PDU (§11.8).
 type R2T struct {
-	LUN                        LUN
-	ITT, TTT                   uint32
-	StatSN, ExpCmdSN, MaxCmdSN uint32
-	R2TSN                      uint32
-	BufferOffset               uint32
-	DesiredLength              uint32
+	TargetSN
+	LUN           LUN
+	ITT, TTT      uint32
+	R2TSN         uint32
+	BufferOffset  uint32
+	DesiredLength uint32
 }
 
 func (*R2T) Opcode() Opcode  { return OpR2T }
@@ -382,9 +396,7 @@ func (m *R2T) encode(h *BHS) []byte {
 	h.putLUN(m.LUN)
 	h.put32(16, m.ITT)
 	h.put32(20, m.TTT)
-	h.put32(24, m.StatSN)
-	h.put32(28, m.ExpCmdSN)
-	h.put32(32, m.MaxCmdSN)
+	m.TargetSN.put(h)
 	h.put32(36, m.R2TSN)
 	h.put32(40, m.BufferOffset)
 	h.put32(44, m.DesiredLength)
@@ -393,15 +405,15 @@ func (m *R2T) encode(h *BHS) []byte {
 
 func (m *R2T) decode(h *BHS, _, _ []byte) error {
 	m.LUN, m.ITT, m.TTT = h.lun(), h.ITT(), h.u32(20)
-	m.StatSN, m.ExpCmdSN, m.MaxCmdSN = h.u32(24), h.u32(28), h.u32(32)
+	m.TargetSN.get(h)
 	m.R2TSN, m.BufferOffset, m.DesiredLength = h.u32(36), h.u32(40), h.u32(44)
 	return nil
 }
 
 // AsyncMessage is an Asynchronous Message PDU (§11.9).
 type AsyncMessage struct {
+	TargetSN
 	LUN                                LUN
-	StatSN, ExpCmdSN, MaxCmdSN         uint32
 	Event, VendorCode                  uint8
 	Parameter1, Parameter2, Parameter3 uint16
 	Data                               []byte
@@ -425,9 +437,7 @@ func (m *AsyncMessage) encode(h *BHS) []byte {
 	h[1] = 0x80
 	h.putLUN(m.LUN)
 	h.put32(16, ReservedTag)
-	h.put32(24, m.StatSN)
-	h.put32(28, m.ExpCmdSN)
-	h.put32(32, m.MaxCmdSN)
+	m.TargetSN.put(h)
 	h[36], h[37] = m.Event, m.VendorCode
 	h.put16(38, m.Parameter1)
 	h.put16(40, m.Parameter2)
@@ -436,7 +446,8 @@ func (m *AsyncMessage) encode(h *BHS) []byte {
 }
 
 func (m *AsyncMessage) decode(h *BHS, _, data []byte) error {
-	m.LUN, m.StatSN, m.ExpCmdSN, m.MaxCmdSN = h.lun(), h.u32(24), h.u32(28), h.u32(32)
+	m.LUN = h.lun()
+	m.TargetSN.get(h)
 	m.Event, m.VendorCode = h[36], h[37]
 	m.Parameter1, m.Parameter2, m.Parameter3 = h.u16(38), h.u16(40), h.u16(42)
 	m.Data = data
@@ -480,11 +491,11 @@ func (m *TextRequest) decode(h *BHS, _, data []byte) error {
 
 // TextResponse is a Text Response PDU (§11.11).
 type TextResponse struct {
-	Final, Continue            bool
-	LUN                        LUN
-	ITT, TTT                   uint32
-	StatSN, ExpCmdSN, MaxCmdSN uint32
-	Data                       []byte
+	TargetSN
+	Final, Continue bool
+	LUN             LUN
+	ITT, TTT        uint32
+	Data            []byte
 }
 
 func (*TextResponse) Opcode() Opcode    { return OpTextResponse }
@@ -496,16 +507,14 @@ func (m *TextResponse) encode(h *BHS) []byte {
 	h.putLUN(m.LUN)
 	h.put32(16, m.ITT)
 	h.put32(20, m.TTT)
-	h.put32(24, m.StatSN)
-	h.put32(28, m.ExpCmdSN)
-	h.put32(32, m.MaxCmdSN)
+	m.TargetSN.put(h)
 	return nil
 }
 
 func (m *TextResponse) decode(h *BHS, _, data []byte) error {
 	m.Final, m.Continue = h.Final(), bit(h[1], 0x40)
 	m.LUN, m.ITT, m.TTT = h.lun(), h.ITT(), h.u32(20)
-	m.StatSN, m.ExpCmdSN, m.MaxCmdSN = h.u32(24), h.u32(28), h.u32(32)
+	m.TargetSN.get(h)
 	m.Data = data
 	return nil
 }
@@ -586,15 +595,15 @@ const (
 
 // LoginResponse is a Login Response PDU (§11.13).
 type LoginResponse struct {
-	Transit, Continue          bool
-	CSG, NSG                   uint8
-	VersionMax, VersionActive  uint8
-	ISID                       ISID
-	TSIH                       uint16
-	ITT                        uint32
-	StatSN, ExpCmdSN, MaxCmdSN uint32
-	StatusClass, StatusDetail  uint8
-	Data                       []byte
+	TargetSN
+	Transit, Continue         bool
+	CSG, NSG                  uint8
+	VersionMax, VersionActive uint8
+	ISID                      ISID
+	TSIH                      uint16
+	ITT                       uint32
+	StatusClass, StatusDetail uint8
+	Data                      []byte
 }
 
 func (*LoginResponse) Opcode() Opcode    { return OpLoginResponse }
@@ -607,9 +616,7 @@ func (m *LoginResponse) encode(h *BHS) []byte {
 	copy(h[8:14], m.ISID[:])
 	h.put16(14, m.TSIH)
 	h.put32(16, m.ITT)
-	h.put32(24, m.StatSN)
-	h.put32(28, m.ExpCmdSN)
-	h.put32(32, m.MaxCmdSN)
+	m.TargetSN.put(h)
 	h[36], h[37] = m.StatusClass, m.StatusDetail
 	return nil
 }
@@ -620,7 +627,7 @@ func (m *LoginResponse) decode(h *BHS, _, data []byte) error {
 	m.VersionMax, m.VersionActive = h[2], h[3]
 	copy(m.ISID[:], h[8:14])
 	m.TSIH, m.ITT = h.u16(14), h.ITT()
-	m.StatSN, m.ExpCmdSN, m.MaxCmdSN = h.u32(24), h.u32(28), h.u32(32)
+	m.TargetSN.get(h)
 	m.StatusClass, m.StatusDetail = h[36], h[37]
 	m.Data = data
 	return nil
@@ -671,10 +678,10 @@ const (
 
 // LogoutResponse is a Logout Response PDU (§11.15).
 type LogoutResponse struct {
-	Response                   uint8
-	ITT                        uint32
-	StatSN, ExpCmdSN, MaxCmdSN uint32
-	Time2Wait, Time2Retain     uint16
+	TargetSN
+	Response               uint8
+	ITT                    uint32
+	Time2Wait, Time2Retain uint16
 }
 
 func (*LogoutResponse) Opcode() Opcode  { return OpLogoutResponse }
@@ -684,9 +691,7 @@ func (m *LogoutResponse) encode(h *BHS) []byte {
 	h.setOpcode(OpLogoutResponse, false)
 	h[1], h[2] = 0x80, m.Response
 	h.put32(16, m.ITT)
-	h.put32(24, m.StatSN)
-	h.put32(28, m.ExpCmdSN)
-	h.put32(32, m.MaxCmdSN)
+	m.TargetSN.put(h)
 	h.put16(40, m.Time2Wait)
 	h.put16(42, m.Time2Retain)
 	return nil
@@ -694,7 +699,7 @@ func (m *LogoutResponse) encode(h *BHS) []byte {
 
 func (m *LogoutResponse) decode(h *BHS, _, _ []byte) error {
 	m.Response, m.ITT = h[2], h.ITT()
-	m.StatSN, m.ExpCmdSN, m.MaxCmdSN = h.u32(24), h.u32(28), h.u32(32)
+	m.TargetSN.get(h)
 	m.Time2Wait, m.Time2Retain = h.u16(40), h.u16(42)
 	return nil
 }
@@ -748,10 +753,10 @@ const (
 
 // Reject is a Reject PDU (§11.17); Data holds the rejected PDU's header.
 type Reject struct {
-	Reason                     uint8
-	StatSN, ExpCmdSN, MaxCmdSN uint32
-	DataSN                     uint32
-	Data                       []byte
+	TargetSN
+	Reason uint8
+	DataSN uint32
+	Data   []byte
 }
 
 func (*Reject) Opcode() Opcode    { return OpReject }
@@ -761,16 +766,15 @@ func (m *Reject) encode(h *BHS) []byte {
 	h.setOpcode(OpReject, false)
 	h[1], h[2] = 0x80, m.Reason
 	h.put32(16, ReservedTag)
-	h.put32(24, m.StatSN)
-	h.put32(28, m.ExpCmdSN)
-	h.put32(32, m.MaxCmdSN)
+	m.TargetSN.put(h)
 	h.put32(36, m.DataSN)
 	return nil
 }
 
 func (m *Reject) decode(h *BHS, _, data []byte) error {
 	m.Reason = h[2]
-	m.StatSN, m.ExpCmdSN, m.MaxCmdSN, m.DataSN = h.u32(24), h.u32(28), h.u32(32), h.u32(36)
+	m.TargetSN.get(h)
+	m.DataSN = h.u32(36)
 	m.Data = data
 	return nil
 }
@@ -810,10 +814,10 @@ func (m *NOPOut) decode(h *BHS, _, data []byte) error {
 
 // NOPIn is a NOP-In PDU (§11.19).
 type NOPIn struct {
-	LUN                        LUN
-	ITT, TTT                   uint32
-	StatSN, ExpCmdSN, MaxCmdSN uint32
-	Data                       []byte
+	TargetSN
+	LUN      LUN
+	ITT, TTT uint32
+	Data     []byte
 }
 
 func (*NOPIn) Opcode() Opcode    { return OpNOPIn }
@@ -825,15 +829,13 @@ func (m *NOPIn) encode(h *BHS) []byte {
 	h.putLUN(m.LUN)
 	h.put32(16, m.ITT)
 	h.put32(20, m.TTT)
-	h.put32(24, m.StatSN)
-	h.put32(28, m.ExpCmdSN)
-	h.put32(32, m.MaxCmdSN)
+	m.TargetSN.put(h)
 	return nil
 }
 
 func (m *NOPIn) decode(h *BHS, _, data []byte) error {
 	m.LUN, m.ITT, m.TTT = h.lun(), h.ITT(), h.u32(20)
-	m.StatSN, m.ExpCmdSN, m.MaxCmdSN = h.u32(24), h.u32(28), h.u32(32)
+	m.TargetSN.get(h)
 	m.Data = data
 	return nil
 }

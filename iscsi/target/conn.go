@@ -437,36 +437,31 @@ func (c *conn) writeLoop() {
 // status take the next StatSN; R2T and NOP-In pings carry it without
 // taking it (§11.8, §11.19).
 func (c *conn) stamp(m pdu.Message) {
-	exp, max := c.sess.window.load()
-	take := func() uint32 { c.statSN++; return c.statSN - 1 }
+	sm, ok := m.(interface{ Seq() *pdu.TargetSN })
+	if !ok {
+		return
+	}
+	sn := sm.Seq()
+	sn.ExpCmdSN, sn.MaxCmdSN = c.sess.window.load()
+	// StatSN advances only on PDUs that carry status. An R2T and an
+	// unsolicited NOP-In (a ping) report the next one without taking it; a
+	// Data-In without status carries none (§4.2.2.2, §11.7.4, §11.19.1).
 	switch m := m.(type) {
-	case *pdu.SCSIResponse:
-		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = take(), exp, max
 	case *pdu.DataIn:
-		if m.HasStatus {
-			m.StatSN = take()
+		if !m.HasStatus {
+			return
 		}
-		m.ExpCmdSN, m.MaxCmdSN = exp, max
 	case *pdu.R2T:
-		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = c.statSN, exp, max
+		sn.StatSN = c.statSN
+		return
 	case *pdu.NOPIn:
 		if m.ITT == pdu.ReservedTag {
-			m.StatSN = c.statSN
-		} else {
-			m.StatSN = take()
+			sn.StatSN = c.statSN
+			return
 		}
-		m.ExpCmdSN, m.MaxCmdSN = exp, max
-	case *pdu.TaskMgmtResponse:
-		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = take(), exp, max
-	case *pdu.TextResponse:
-		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = take(), exp, max
-	case *pdu.LogoutResponse:
-		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = take(), exp, max
-	case *pdu.Reject:
-		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = take(), exp, max
-	case *pdu.AsyncMessage:
-		m.StatSN, m.ExpCmdSN, m.MaxCmdSN = take(), exp, max
 	}
+	sn.StatSN = c.statSN
+	c.statSN++
 }
 
 // ordered runs deliver for a command in CmdSN order, or at once for an

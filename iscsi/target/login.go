@@ -100,7 +100,7 @@ func (l *login) result() *loginResult {
 func (l *login) step(req *pdu.LoginRequest) (*pdu.LoginResponse, loginOutcome, error) {
 	resp := &pdu.LoginResponse{
 		CSG: req.CSG, NSG: req.NSG, ISID: req.ISID, TSIH: req.TSIH, ITT: req.ITT,
-		StatSN: l.statSN, ExpCmdSN: req.CmdSN, MaxCmdSN: req.CmdSN,
+		TargetSN: pdu.TargetSN{StatSN: l.statSN, ExpCmdSN: req.CmdSN, MaxCmdSN: req.CmdSN},
 	}
 	l.statSN++
 	kvs, outcome, err := l.handle(req, resp)
