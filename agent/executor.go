@@ -31,7 +31,7 @@ func (x *executor) Run(_ context.Context, act novahook.Action) {
 		x.a.hooks.deliver(r)
 		return
 	}
-	inst := actionInstance(act)
+	inst := act.InstanceUUID()
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	q, busy := x.queues[inst]
@@ -68,28 +68,6 @@ func (x *executor) drain(inst string) {
 
 // wait waits for the running actions after the agent's context ended.
 func (x *executor) wait() { x.wg.Wait() }
-
-func actionInstance(act novahook.Action) string {
-	switch a := act.(type) {
-	case novahook.PrepareReplicas:
-		return a.Instance
-	case novahook.DiscardReplicas:
-		return a.Instance
-	case novahook.StartCopy:
-		return a.Instance
-	case novahook.RecordHome:
-		return a.Instance
-	case novahook.ReportCopied:
-		return a.Instance
-	case novahook.SealExports:
-		return a.Instance
-	case novahook.UnsealExports:
-		return a.Instance
-	case novahook.ReleaseSource:
-		return a.Instance
-	}
-	panic(fmt.Sprintf("agent: unknown action %T", act))
-}
 
 // perform runs one action. Every action is idempotent: the node repeats
 // unfinished ones after a restart.

@@ -81,8 +81,13 @@ type Restart struct{}
 
 func (Restart) isEvent() {}
 
-// Action is work for the shell. Every action must be idempotent.
-type Action interface{ isAction() }
+// Action is work for the shell. Every action must be idempotent, and
+// every action concerns one instance, so that the shell can run an
+// instance's actions in order and different instances' apart.
+type Action interface {
+	// InstanceUUID is the Nova instance the action is about.
+	InstanceUUID() string
+}
 
 // PrepareReplicas (destination): learn the instance's managed disks from the
 // source's agent, create pass-through replicas, define the CHAP secrets, get
@@ -123,15 +128,15 @@ type HookReply struct {
 	Reason   string
 }
 
-func (PrepareReplicas) isAction() {}
-func (DiscardReplicas) isAction() {}
-func (StartCopy) isAction()       {}
-func (RecordHome) isAction()      {}
-func (ReportCopied) isAction()    {}
-func (SealExports) isAction()     {}
-func (UnsealExports) isAction()   {}
-func (ReleaseSource) isAction()   {}
-func (HookReply) isAction()       {}
+func (a PrepareReplicas) InstanceUUID() string { return a.Instance }
+func (a DiscardReplicas) InstanceUUID() string { return a.Instance }
+func (a StartCopy) InstanceUUID() string       { return a.Instance }
+func (a RecordHome) InstanceUUID() string      { return a.Instance }
+func (a ReportCopied) InstanceUUID() string    { return a.Instance }
+func (a SealExports) InstanceUUID() string     { return a.Instance }
+func (a UnsealExports) InstanceUUID() string   { return a.Instance }
+func (a ReleaseSource) InstanceUUID() string   { return a.Instance }
+func (a HookReply) InstanceUUID() string       { return a.Instance }
 
 // Ready is the machine's answer to one event. The caller's contract:
 //
