@@ -558,22 +558,29 @@ func TestMigrationThereAndBack(t *testing.T) {
 	t.Logf("status on A after the way back:\n%s", out)
 }
 
+// switchedOver starts two agents with a seeded disk of size bytes on A and
+// takes its migration to B past the switch-over: B is copying from A.
+func switchedOver(t *testing.T, o clusterOpts, size int) (a, b *host, ref DiskRef, want []byte) {
+	t.Helper()
+	a, b = newCluster(t, o)
+	ref, _ = NewDiskRef(testenv.UUID(), "disk")
+	want = seedDisk(t, a, ref, size)
+	a.start()
+	b.start()
+	prepared(t, a, b, ref)
+	emit(t, lm("post-start", ref.Instance, a.name, a.name))
+	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+	return a, b, ref, want
+}
+
 // TestMethodB: with [replicator] method = remote, B's replica stays
 // remote-only after the switch-over: the guest's writes land on B, every
 // other read goes to A, nothing is copied, and the migration does not end.
 // `shareless copy-now` switches it to copying; the copy completes and B's
 // disk holds A's bytes plus the guest's writes.
 func TestMethodB(t *testing.T) {
-	a, b := newCluster(t, clusterOpts{method: "remote"})
-	ref, _ := NewDiskRef(testenv.UUID(), "disk")
 	const size = 8 << 20
-	want := seedDisk(t, a, ref, size)
-	a.start()
-	b.start()
-
-	prepared(t, a, b, ref)
-	emit(t, lm("post-start", ref.Instance, a.name, a.name))
-	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+	a, b, ref, want := switchedOver(t, clusterOpts{method: "remote"}, size)
 	writes := []guestWrite{{off: 1 << 20, n: 128 << 10, pattern: 0xab}, {off: 5<<20 + 4096, n: 8192, pattern: 0xcd}}
 	for _, w := range writes {
 		if err := qemuIO(t, b, ref, w.qemuIO()); err != nil {
@@ -668,15 +675,8 @@ func checkMetrics(t *testing.T, b *host, ref DiskRef) {
 // node's journal, the replica's metadata) and the copy completes exactly,
 // the guest's writes on B included.
 func TestMigrationSurvivesSIGKILL(t *testing.T) {
-	a, b := newCluster(t, clusterOpts{bandwidth: "3MiB"})
-	ref, _ := NewDiskRef(testenv.UUID(), "disk")
 	const size = 24 << 20
-	want := seedDisk(t, a, ref, size)
-	a.start()
-	b.start()
-	prepared(t, a, b, ref)
-	emit(t, lm("post-start", ref.Instance, a.name, a.name))
-	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+	a, b, ref, want := switchedOver(t, clusterOpts{bandwidth: "3MiB"}, size)
 
 	local := func(min int64) func() (bool, string) {
 		return func() (bool, string) {
@@ -719,14 +719,7 @@ func TestMigrationSurvivesSIGKILL(t *testing.T) {
 // read from one that reads from A) and A keeps serving B's copy, which
 // completes.
 func TestNoWayBackWhileCopying(t *testing.T) {
-	a, b := newCluster(t, clusterOpts{bandwidth: "2MiB"})
-	ref, _ := NewDiskRef(testenv.UUID(), "disk")
-	want := seedDisk(t, a, ref, 8<<20)
-	a.start()
-	b.start()
-	prepared(t, a, b, ref)
-	emit(t, lm("post-start", ref.Instance, a.name, a.name))
-	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+	a, b, ref, want := switchedOver(t, clusterOpts{bandwidth: "2MiB"}, 8<<20)
 
 	emit(t, lm("pre-start", ref.Instance, a.name, b.name))
 	code, stderr, _ := hook(t, a, ref, "qemu", "instance-00000001", "migrate", "begin", "-")
