@@ -221,6 +221,26 @@ func (s *Store) create(ctx context.Context, name string, m *diskMeta, src Source
 }
 
 func (s *Store) createLocked(ctx context.Context, name, dir string, m *diskMeta, src Source, ro ReplicaOptions) (*Replica, error) {
+	return s.layOut(ctx, name, dir, m, src, ro, func(path string) (vfs.File, error) {
+		image, err := s.fs.Create(path)
+		if err != nil {
+			return nil, err
+		}
+		if err := image.Truncate(m.Size); err != nil {
+			image.Close()
+			return nil, fmt.Errorf("size image: %w", err)
+		}
+		if err := image.Sync(); err != nil {
+			image.Close()
+			return nil, fmt.Errorf("sync image: %w", err)
+		}
+		return image, nil
+	})
+}
+
+// layOut creates the directory of a new disk with the image that makeImage
+// puts at the path it is given, then the metadata, and opens the disk.
+func (s *Store) layOut(ctx context.Context, name, dir string, m *diskMeta, src Source, ro ReplicaOptions, makeImage func(path string) (vfs.File, error)) (*Replica, error) {
 	if _, err := s.fs.ReadDir(dir); err == nil {
 		return nil, fmt.Errorf("create disk %s: %w", name, fs.ErrExist)
 	}
@@ -231,17 +251,11 @@ func (s *Store) createLocked(ctx context.Context, name, dir string, m *diskMeta,
 	if err := s.fs.MkdirAll(dir); err != nil {
 		return nil, fmt.Errorf("create disk %s: %w", name, err)
 	}
-	image, err := s.fs.Create(filepath.Join(dir, imageName))
+	image, err := makeImage(filepath.Join(dir, imageName))
 	if err != nil {
-		return nil, fmt.Errorf("create disk %s: %w", name, err)
-	}
-	if err := image.Truncate(m.Size); err != nil {
-		image.Close()
-		return nil, fmt.Errorf("create disk %s: size image: %w", name, err)
-	}
-	if err := image.Sync(); err != nil {
-		image.Close()
-		return nil, fmt.Errorf("create disk %s: sync image: %w", name, err)
+		// The directory is new (checked above, under acquire): leave no
+		// disk without an image behind.
+		return nil, errors.Join(fmt.Errorf("create disk %s: %w", name, err), s.fs.RemoveAll(dir))
 	}
 	mlog, err := createMeta(s.fs, dir, m)
 	if err == nil {
@@ -253,6 +267,61 @@ func (s *Store) createLocked(ctx context.Context, name, dir string, m *diskMeta,
 	}
 	s.opts.Log.Info("disk created", "disk", name, "id", m.ID, "size", m.Size, "replica", m.Replica, "source", m.Source)
 	return newReplica(ctx, s, name, image, mlog, m, src, ro), nil
+}
+
+// Import makes the raw image file a new base disk without copying it: the
+// disk's image becomes a second name (hard link) of file, so that from then
+// on both names are the same data, and what the disk is written through its
+// Replica is what a reader of file reads. file must be on the store's file
+// system and mount (the link fails with EXDEV otherwise) and not change
+// size. The agent's adoption keeps Nova's instance file this way
+// (agent/adopt.go).
+func (s *Store) Import(ctx context.Context, name, file string) (*Replica, error) {
+	dir, err := s.dir(name)
+	if err != nil {
+		return nil, err
+	}
+	f, err := s.fs.Open(file)
+	if err != nil {
+		return nil, fmt.Errorf("import %s: %w", file, err)
+	}
+	size, err := f.Size()
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("import %s: %w", file, err)
+	}
+	if err := checkGeometry(size, s.opts.Grain, s.opts.Chunk); err != nil {
+		return nil, fmt.Errorf("import %s: %w", file, err)
+	}
+	lineage, err := s.newLineage()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.acquire(name); err != nil {
+		return nil, err
+	}
+	m := &diskMeta{ID: ID{Lineage: lineage, Generation: 1}, Size: size, Grain: s.opts.Grain, Chunk: s.opts.Chunk}
+	r, err := s.layOut(ctx, name, dir, m, nil, ReplicaOptions{}, func(path string) (vfs.File, error) {
+		if err := s.fs.Link(file, path); err != nil {
+			return nil, err
+		}
+		return s.fs.Open(path)
+	})
+	if err != nil {
+		s.release(name)
+	}
+	return r, err
+}
+
+// ImagePath is the file that holds disk name's data (raw): what Import
+// linked, or what the agent links into Nova's instance directory once the
+// disk is complete.
+func (s *Store) ImagePath(name string) (string, error) {
+	dir, err := s.dir(name)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, imageName), nil
 }
 
 // Open opens an existing disk. src is required while the disk is a replica

@@ -141,6 +141,26 @@ func (m *Mem) Rename(oldname, newname string) error {
 	return nil
 }
 
+// Link implements FS.
+func (m *Mem) Link(oldname, newname string) error {
+	oldname, newname = clean(oldname), clean(newname)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := m.files[oldname]
+	if n == nil {
+		return notExist("link", oldname)
+	}
+	if err := m.parentExists("link", newname); err != nil {
+		return err
+	}
+	if m.files[newname] != nil || m.dirs[newname] {
+		return &fs.PathError{Op: "link", Path: newname, Err: fs.ErrExist}
+	}
+	m.record(nsOp{name: newname, node: n})
+	m.mutated()
+	return nil
+}
+
 // RemoveAll implements FS.
 func (m *Mem) RemoveAll(name string) error {
 	name = clean(name)

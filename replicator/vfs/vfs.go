@@ -43,6 +43,9 @@ type FS interface {
 	Open(name string) (File, error)
 	// Rename atomically replaces newname with oldname.
 	Rename(oldname, newname string) error
+	// Link makes newname, which must not exist, a second name of the
+	// existing file oldname (a hard link): both name the same data.
+	Link(oldname, newname string) error
 	// RemoveAll removes a directory tree; a missing one is not an error.
 	RemoveAll(name string) error
 	// MkdirAll creates a directory and its missing parents.
@@ -78,6 +81,9 @@ func (OS) Open(name string) (File, error) {
 
 // Rename implements FS.
 func (OS) Rename(oldname, newname string) error { return os.Rename(oldname, newname) }
+
+// Link implements FS.
+func (OS) Link(oldname, newname string) error { return os.Link(oldname, newname) }
 
 // RemoveAll implements FS.
 func (OS) RemoveAll(name string) error { return os.RemoveAll(name) }

@@ -70,6 +70,34 @@ func TestConformance(t *testing.T) {
 			if _, err := fsys.Open(filepath.Join(dir, "x")); !errors.Is(err, fs.ErrNotExist) {
 				t.Fatalf("Open of a renamed file: %v, want ErrNotExist", err)
 			}
+			// A link is the same data under two names: a write through
+			// one reads through the other, and removing one keeps it.
+			if err := fsys.Link(filepath.Join(dir, "y"), filepath.Join(dir, "z")); err != nil {
+				t.Fatal(err)
+			}
+			if err := fsys.Link(filepath.Join(dir, "y"), filepath.Join(dir, "z")); !errors.Is(err, fs.ErrExist) {
+				t.Fatalf("Link onto an existing name: %v, want ErrExist", err)
+			}
+			y, err := fsys.Open(filepath.Join(dir, "y"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := y.WriteAt([]byte{9}, 5000); err != nil {
+				t.Fatal(err)
+			}
+			y.Close()
+			if err := fsys.RemoveAll(filepath.Join(dir, "y")); err != nil {
+				t.Fatal(err)
+			}
+			z, err := fsys.Open(filepath.Join(dir, "z"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, 1)
+			if _, err := z.ReadAt(b, 5000); err != nil || b[0] != 9 {
+				t.Fatalf("read through the link = %v, %v; want 9", b, err)
+			}
+			z.Close()
 			if err := fsys.RemoveAll(filepath.Join(tc.root, "a")); err != nil {
 				t.Fatal(err)
 			}
