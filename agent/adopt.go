@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/shareless/shareless/localapi"
 	"github.com/shareless/shareless/novahook"
@@ -16,28 +17,45 @@ import (
 )
 
 // Adoption (design.md §2) turns a running instance's local file disks into
-// managed disks. For each file disk the agent creates a disk of the same
-// guest-visible size in the store, exports it, and has libvirt block-copy
-// the file onto it (synchronous writes, so a busy guest cannot outrun the
-// copy) and pivot. Before the first copy it writes the instance's adoption
-// guard, <state_path>/guard/<domain name>, a JSON localapi.Adoption that
-// records which file each managed disk came from. From then on:
+// managed disks. For each file disk the agent makes a managed disk of the
+// same guest-visible size, exports it, and has libvirt block-copy the file
+// onto it (synchronous writes, so a busy guest cannot outrun the copy) and
+// pivot. Before the first copy it writes the instance's adoption guard,
+// <state_path>/guard/<domain name>, a JSON localapi.Adoption that records
+// which file each managed disk came from.
 //
-//   - Nova's files stay where they are, as they were at the pivot, and
-//     are never used again while the guard exists: the prepare/start hook
-//     refuses a domain XML that names one of them (Nova regenerates file
-//     disk XML on hard reboot and start), so a VM never boots stale data.
-//     Nova still believes they are the disks (snapshot, resize, shelve read
-//     them: issue 9).
-//   - Release gives the disks back: libvirt block-copies each managed disk
-//     onto its file and pivots, then the agent removes the store disk and
-//     the guard. It requires a running domain, no live migration of the
-//     instance in progress, and every disk complete and unsealed (a sealed
-//     disk or an incomplete replica is not this host's to give back). The
-//     copy is a full one into the existing file: a qcow2 file with a
-//     backing file ends up holding every block itself.
+// What Nova sees. A raw file on the store's mount (Nova's
+// [libvirt] images_type = flat or raw, and [store] path next to Nova's
+// instances directory) is adopted by hard link (replicator.Store.Import):
+// the managed disk's image is Nova's file itself, one inode, so the block
+// copy rewrites the same bytes and Nova's file stays the live data, read
+// by anything that reads it (Nova's own copies included). Nova deletes
+// its instance directory when the instance leaves the host; the store's
+// name keeps the data. On the host it moves to, the agent links the disk
+// into Nova's new directory once the copy is complete (linkForNova), and
+// on the way back likewise. A start of the domain on Nova's file XML (Nova
+// writes it again on hard reboot, power on, rescue, unshelve, resize, cold
+// migration) is allowed when that file is the complete, writable disk: the
+// agent hands the disk back to Nova (startOnFiles) and the instance is no
+// longer adopted; anything else is refused by the prepare hook, so a VM
+// never boots stale or missing data. Nova's snapshot and shelve read the
+// root disk's path from the live XML, which is a network disk: Nova fails
+// them ("Can't retrieve root device path from instance libvirt
+// configuration") before anything changes.
 //
-// One adoption or release runs at a time (adoptMu).
+// Any other file disk (qcow2, or a store on another mount) is copied: the
+// file stays as it was at the pivot and is never used again while the
+// guard exists: the prepare/start hook refuses a domain XML that names it.
+//
+// Release gives the disks back: libvirt block-copies each managed disk
+// onto its file and pivots, then the agent removes the store disk and the
+// guard. It requires a running domain, no live migration of the instance
+// in progress, and every disk complete and unsealed (a sealed disk or an
+// incomplete replica is not this host's to give back). The copy is a full
+// one into the existing file: a qcow2 file with a backing file ends up
+// holding every block itself.
+//
+// One adoption, release or hand-back runs at a time (adoptMu).
 
 // guardPath is the adoption guard of domain (the hook knows the domain by
 // name only; `shareless hook --state-dir` checks the same file when the
@@ -220,9 +238,14 @@ func (a *Agent) adopt(ctx context.Context, server string, progress func(localapi
 	refs := make([]DiskRef, len(ad.Disks))
 	for i, ds := range ad.Disks {
 		refs[i] = DiskRef{ad.Instance, ds.Disk}
-		if err := a.createExport(ctx, refs[i], ds.Size); err != nil {
+		linked, err := a.createAdopted(ctx, refs[i], ds)
+		if err != nil {
 			return ad, a.abandonAdoption(ad, refs[:i], 0, err)
 		}
+		ad.Disks[i].Linked = linked
+	}
+	if err := a.writeGuard(ad); err != nil {
+		return ad, a.abandonAdoption(ad, refs, 0, err)
 	}
 	for i, ds := range ad.Disks {
 		log.Info("adopting disk", "target", ds.Target, "file", ds.File, "iqn", ds.IQN, "size", ds.Size)
@@ -281,6 +304,30 @@ func (a *Agent) planAdoption(ctx context.Context, c *virt.Conn, d virt.Domain) (
 		return ad, fmt.Errorf("domain %s has no disk to adopt", d.Name)
 	}
 	return ad, nil
+}
+
+// createAdopted makes and serves ds's managed disk. A raw file on the
+// store's mount becomes the disk itself (Store.Import, a hard link: nothing
+// is copied into the store, and Nova's file stays the live data; the block
+// copy then rewrites the same bytes through the export, which QEMU's
+// write-blocking mirror serializes with the guest's writes). Otherwise the
+// disk starts empty and the block copy fills it.
+func (a *Agent) createAdopted(ctx context.Context, ref DiskRef, ds localapi.AdoptedDisk) (linked bool, err error) {
+	if ds.Format == "raw" {
+		rep, err := a.store.Import(ctx, ref.storeName(), ds.File)
+		switch {
+		case err == nil:
+			if err := a.disks.export(ref, rep, nil); err != nil {
+				return false, errors.Join(err, rep.Close(), a.store.Remove(ref.storeName()))
+			}
+			return true, nil
+		case !errors.Is(err, syscall.EXDEV):
+			return false, err
+		}
+		a.log.Warn("the store is on another mount than the instance's file: adoption copies it, and the file stays as it is at the pivot",
+			"file", ds.File, "store", a.cfg.Store.Path)
+	}
+	return false, a.createExport(ctx, ref, ds.Size)
 }
 
 // createExport makes an empty disk of size in the store and serves it.

@@ -155,10 +155,63 @@ func adoptAndRelease(t *testing.T, l *lab.Lab, c *virt.Conn, format, sock, state
 		t.Errorf("adopt showed no progress to 100%%:\n%s", stderr)
 	}
 	ds := ad.Disks[0]
-	if ds.Target != "vda" || ds.File != file || ds.Format != format || ds.Size != size || ds.Disk != "disk-"+format {
+	// A raw file on the store's mount is adopted by hard link; qcow2 is
+	// copied.
+	linked := format == "raw"
+	if ds.Target != "vda" || ds.File != file || ds.Format != format || ds.Size != size || ds.Disk != "disk-"+format || ds.Linked != linked {
 		t.Fatalf("adoption record %+v", ds)
 	}
+	checkManagedXML(t, c, d, ds)
+	guard := filepath.Join(state, "guard", name)
+	if _, err := os.Stat(guard); err != nil {
+		t.Fatalf("no adoption guard: %v", err)
+	}
+	refused(t, sock, "already adopted", "adopt", ad.Instance)
+
+	image := filepath.Join(store, ad.Instance+"."+ds.Disk, "image")
+	var n uint64
+	if linked {
+		n = adoptedByLink(t, c, d, sock, fileXML, file, image, guard, data)
+	} else {
+		n = adoptedByCopy(t, c, d, fileXML, file, image, data)
+	}
+
+	code, out, stderr, _ = shareless(t, "", "release", "--socket", sock, name)
+	if code != 0 {
+		t.Fatalf("release: exit %d: %s", code, stderr)
+	}
+	t.Logf("release: %s", strings.TrimSpace(out))
+	d, err = c.LookupDomain(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
 	live, err := c.DomainXML(ctx, d, 0)
+	if err != nil || !strings.Contains(live, "<source file='"+file+"'") {
+		t.Fatalf("live XML after release (%v):\n%s", err, live)
+	}
+	if _, err := os.Stat(guard); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("guard after release: %v", err)
+	}
+	if _, err := os.Stat(filepath.Dir(image)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("store disk after release: %v", err)
+	}
+	// The file has the guest's data and its counter moves on from where
+	// the managed disk was.
+	testenv.Eventually(t, 10*time.Second, "the guest counts on its file again", func() (bool, string) {
+		m := fileCounter(t, file, format)
+		return m > n, fmt.Sprintf("counter %d, was %d on the managed disk", m, n)
+	})
+	if format == "raw" {
+		sameData(t, file, data)
+	}
+	refused(t, sock, "not adopted", "release", name)
+}
+
+// checkManagedXML fails the test unless d's live disk ds.Target is its
+// managed disk on 127.0.0.1 with the CHAP secret.
+func checkManagedXML(t *testing.T, c *virt.Conn, d virt.Domain, ds localapi.AdoptedDisk) {
+	t.Helper()
+	live, err := c.DomainXML(t.Context(), d, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,14 +221,60 @@ func adoptAndRelease(t *testing.T, l *lab.Lab, c *virt.Conn, format, sock, state
 			t.Fatalf("live XML lacks %s:\n%s", want, live)
 		}
 	}
-	guard := filepath.Join(state, "guard", name)
-	if _, err := os.Stat(guard); err != nil {
-		t.Fatalf("no adoption guard: %v", err)
-	}
-	refused(t, sock, "already adopted", "adopt", ad.Instance)
+}
 
-	// The guest counts on the store's image; Nova's file no longer moves.
-	image := filepath.Join(store, ad.Instance+"."+ds.Disk, "image")
+// adoptedByLink: the store's image is Nova's file (one inode), so the
+// file is the live data. Nova's hard reboot (the domain defined again with
+// its file disk) starts: the hook hands the disk back to Nova (guard and
+// store disk gone) and the guest boots on the file with its data. Adopting
+// it again links it again. Returns the guest's counter on the managed disk.
+func adoptedByLink(t *testing.T, c *virt.Conn, d virt.Domain, sock, fileXML, file, image, guard string, data []byte) uint64 {
+	ctx := t.Context()
+	if a, b := statFile(t, image), statFile(t, file); !os.SameFile(a, b) {
+		t.Fatal("the store's image is not Nova's file")
+	}
+	n := waitCounter(t, image, 0)
+	n = waitCounter(t, file, n)
+	sameData(t, file, data)
+	if err := c.DestroyDomain(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	d, err := c.DefineDomain(ctx, fileXML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartDomain(ctx, d); err != nil {
+		t.Fatalf("start on the linked file: %v; want the hook to hand the disk back", err)
+	}
+	for _, p := range []string{guard, filepath.Dir(image)} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s after the disk was handed back: %v", p, err)
+		}
+	}
+	testenv.Eventually(t, 60*time.Second, "the restarted guest counts on its file", func() (bool, string) {
+		m, err := lab.ReadCounter(file)
+		return err == nil && m < n, fmt.Sprintf("counter %d, %d before the restart (%v)", m, n, err)
+	})
+	sameData(t, file, data)
+	code, out, stderr, _ := shareless(t, "", "adopt", "--socket", sock, "--json", d.Name)
+	if code != 0 {
+		t.Fatalf("adopt again: exit %d: %s", code, stderr)
+	}
+	var ad localapi.Adoption
+	if err := json.Unmarshal([]byte(out), &ad); err != nil || len(ad.Disks) != 1 || !ad.Disks[0].Linked {
+		t.Fatalf("adopt again printed %q (%v)", out, err)
+	}
+	checkManagedXML(t, c, d, ad.Disks[0])
+	return waitCounter(t, image, 0)
+}
+
+// adoptedByCopy: the guest counts on the store's image and Nova's file no
+// longer moves. Nova's hard reboot (the domain defined again with its file
+// disk) is refused by the hook; on the managed disk it starts. Returns the
+// guest's counter on the managed disk.
+func adoptedByCopy(t *testing.T, c *virt.Conn, d virt.Domain, fileXML, file, image string, data []byte) uint64 {
+	ctx := t.Context()
+	format := "qcow2"
 	frozen := fileCounter(t, file, format)
 	n := waitCounter(t, image, 0)
 	waitCounter(t, image, n)
@@ -183,9 +282,6 @@ func adoptAndRelease(t *testing.T, l *lab.Lab, c *virt.Conn, format, sock, state
 		t.Fatalf("Nova's file still changes: counter %d -> %d", frozen, now)
 	}
 	sameData(t, image, data)
-
-	// Nova's hard reboot: the domain redefined with its file disk. The
-	// hook refuses to start it; on the managed disk it starts.
 	managedXML, err := c.DomainXML(ctx, d, virt.XMLInactive)
 	if err != nil {
 		t.Fatal(err)
@@ -220,32 +316,16 @@ func adoptAndRelease(t *testing.T, l *lab.Lab, c *virt.Conn, format, sock, state
 	if now := fileCounter(t, file, format); now != frozen {
 		t.Fatalf("the restarted guest writes Nova's file: counter %d -> %d", frozen, now)
 	}
+	return n
+}
 
-	code, out, stderr, _ = shareless(t, "", "release", "--socket", sock, name)
-	if code != 0 {
-		t.Fatalf("release: exit %d: %s", code, stderr)
+func statFile(t *testing.T, name string) os.FileInfo {
+	t.Helper()
+	fi, err := os.Stat(name)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("release: %s", strings.TrimSpace(out))
-	live, err = c.DomainXML(ctx, d, 0)
-	if err != nil || !strings.Contains(live, "<source file='"+file+"'") {
-		t.Fatalf("live XML after release (%v):\n%s", err, live)
-	}
-	if _, err := os.Stat(guard); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("guard after release: %v", err)
-	}
-	if _, err := os.Stat(filepath.Dir(image)); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("store disk after release: %v", err)
-	}
-	// The file has the guest's data and its counter moves on from where
-	// the managed disk was.
-	testenv.Eventually(t, 10*time.Second, "the guest counts on its file again", func() (bool, string) {
-		m := fileCounter(t, file, format)
-		return m > n, fmt.Sprintf("counter %d, was %d on the managed disk", m, n)
-	})
-	if format == "raw" {
-		sameData(t, file, data)
-	}
-	refused(t, sock, "not adopted", "release", name)
+	return fi
 }
 
 // refused runs the CLI command on server and expects it to fail with

@@ -314,6 +314,7 @@ func (a *Agent) follow(ctx context.Context, inst string, ds []*disk) error {
 			for _, dk := range ds {
 				a.disks.dropSource(dk.ref)
 			}
+			a.linkForNova(ds)
 			a.step(novahook.ReplicaUpdate{Instance: inst, Role: novahook.RoleDestination, Kind: novahook.ReplicaCopied, Done: total, Total: total})
 			return nil
 		}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 
@@ -83,25 +82,14 @@ func (b localBackend) Hook(ctx context.Context, req localapi.HookRequest) (local
 	case req.Op == "release":
 		return localapi.HookResponse{}, a.hookCall(ctx, log, novahook.HookReleased, dom.UUID, a.cfg.Replicator.HookWait)
 	case req.Op == "prepare" || req.Op == "start":
-		// An adopted instance whose XML is back to Nova's files (Nova
-		// regenerates it on hard reboot and start) would boot stale
-		// images: refuse. XML on the managed disks, as libvirt keeps it
-		// after the pivot, starts.
-		ad, err := a.readGuard(req.Domain)
-		if errors.Is(err, os.ErrNotExist) {
-			break
-		}
-		adopted := make(map[string]bool)
-		for _, d := range ad.Disks {
-			adopted[d.File] = true
-		}
+		var files []string
 		for _, d := range dom.Disks {
-			// An unreadable guard leaves adopted empty: then every file
-			// disk is refused rather than guessed about.
-			if d.Type == "file" && (err != nil || adopted[d.Source.File]) {
-				log.Warn("refusing to start an adopted instance on its stale file disk", "file", d.Source.File, "guard_err", err)
-				return localapi.HookResponse{}, fmt.Errorf("%s was adopted by shareless: its disk %s is stale, the data is in the managed disk; start it with the managed disks' XML, or run `shareless release` while it runs on them", req.Domain, d.Source.File)
+			if d.Type == "file" {
+				files = append(files, d.Source.File)
 			}
+		}
+		if len(files) > 0 {
+			return localapi.HookResponse{}, a.startOnFiles(log, req.Domain, dom.UUID, files)
 		}
 	}
 	return localapi.HookResponse{}, nil

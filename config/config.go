@@ -67,7 +67,8 @@ type ISCSI struct {
 
 // Store is the [store] section.
 type Store struct {
-	Path string `ini:"path" default:"/var/lib/shareless/store" help:"Directory of managed disk images (raw, sparse). It must not be under Nova's\ninstances directory, which Nova deletes after a migration."`
+	Path          string `ini:"path" default:"/var/lib/shareless/store" help:"Directory of managed disk images (raw, sparse). It must not be under Nova's\ninstances directory, which Nova deletes after a migration. On the same mount\nas that directory (e.g. /var/lib/nova/shareless-store), a raw instance file is\nadopted by hard link: no copy, and Nova's file stays the disk's live data."`
+	InstancesPath string `ini:"instances_path" default:"" help:"Nova's instances_path on this host. When set, a disk that finished copying\nhere is linked into its instance's directory (when Nova made it and has no\nfile of that name), so that Nova's file is the disk's live data here too.\nEmpty: never link."`
 }
 
 // Libvirt is the [libvirt] section.

@@ -28,6 +28,10 @@ type AdoptedDisk struct {
 	Disk   string `json:"disk"`   // the managed disk's name within the instance
 	IQN    string `json:"iqn"`
 	Size   int64  `json:"size"` // guest-visible bytes
+	// Linked: the managed disk's image is File itself (a hard link, raw),
+	// so File stays the disk's live data; otherwise File stays as it was
+	// at the pivot.
+	Linked bool `json:"linked"`
 }
 
 // Progress is how far the block copy of one disk is.

@@ -1,0 +1,165 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/shareless/shareless/novahook"
+	"github.com/shareless/shareless/replicator"
+)
+
+// startOnFiles decides a start of domain (instance inst) whose XML has
+// file disks. Nova writes file disk XML again on hard reboot, power on,
+// rescue, unshelve, resize and cold migration, from its instance directory.
+//
+// A file that is a managed disk's image here (the same inode: adopted by
+// link, or linked into Nova's directory once a replica completed, see
+// linkForNova) holds the disk's current data. If the disk is complete and
+// writable here and the instance is not migrating, the agent hands it back
+// to Nova: it stops serving it and drops it from the store (the file keeps
+// the data) and from the adoption guard, and the start goes on, on the
+// file. The instance is no longer adopted; `shareless adopt` adopts it
+// again. Every other file of a managed disk or of an adopted instance
+// would boot stale or missing data: refused, with the reason.
+func (a *Agent) startOnFiles(log *slog.Logger, domain, inst string, files []string) error {
+	a.adoptMu.Lock()
+	defer a.adoptMu.Unlock()
+	ad, gerr := a.readGuard(domain)
+	if errors.Is(gerr, os.ErrNotExist) {
+		gerr = nil
+	}
+	adopted := make(map[string]bool)
+	for _, d := range ad.Disks {
+		adopted[d.File] = true
+	}
+	var back []*disk
+	for _, f := range files {
+		var dk *disk
+		if ref, err := NewDiskRef(inst, filepath.Base(f)); err == nil {
+			dk = a.disks.get(ref)
+		}
+		var err error
+		if dk != nil {
+			err = a.canHandBack(dk, f)
+		}
+		// An unreadable guard refuses every file disk rather than guess
+		// about it.
+		if (dk == nil || errors.Is(err, errNotLinked)) && (gerr != nil || adopted[f]) {
+			log.Warn("refusing to start an adopted instance on its stale file disk", "file", f, "guard_err", gerr)
+			return fmt.Errorf("%s was adopted by shareless: its disk %s is stale, the data is in the managed disk; start it with the managed disks' XML, or run `shareless release` while it runs on them", domain, f)
+		}
+		if dk == nil {
+			continue
+		}
+		if err != nil {
+			log.Warn("refusing to start on a managed disk's file", "file", f, "disk", dk.ref, "reason", err)
+			return fmt.Errorf("%s: %s is shareless managed disk %s, which cannot be handed back to Nova now: %w", domain, f, dk.ref, err)
+		}
+		back = append(back, dk)
+	}
+	for _, dk := range back {
+		if err := a.removeDisk(dk.ref); err != nil {
+			return fmt.Errorf("%s: handing disk %s back to Nova: %w", domain, dk.ref, err)
+		}
+		log.Info("managed disk handed back to Nova: the instance starts on its file", "disk", dk.ref)
+		kept := ad.Disks[:0]
+		for _, d := range ad.Disks {
+			if d.Disk != dk.ref.Disk {
+				kept = append(kept, d)
+			}
+		}
+		ad.Disks = kept
+	}
+	switch {
+	case len(back) == 0 || gerr != nil:
+	case len(ad.Disks) > 0:
+		return a.writeGuard(ad)
+	default:
+		if err := a.removeGuard(domain); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// canHandBack says why dk, named by Nova's file, cannot become that file
+// again, or nil if it can: file must be the disk's image itself, complete
+// and writable here, with no migration of the instance under way.
+func (a *Agent) canHandBack(dk *disk, file string) error {
+	for _, m := range a.node.Migrations() {
+		if m.Instance == dk.ref.Instance && (m.Phase == novahook.PhasePreparing || m.Phase == novahook.PhaseReady) {
+			return fmt.Errorf("the instance is migrating (%s, %s)", m.Role, m.Phase)
+		}
+	}
+	st := dk.rep.Stats()
+	switch {
+	case st.State != replicator.StateComplete:
+		return fmt.Errorf("it is still being copied to this host, %d of %d bytes left (ETA %v); wait until `shareless status` shows it complete",
+			st.BytesRemaining, st.Size, st.ETA.Round(time.Second))
+	case st.Sealed:
+		return errors.New("it is sealed: the instance has moved to another host")
+	}
+	img, err := a.store.ImagePath(dk.ref.storeName())
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		return fmt.Errorf("Nova's file: %w", err)
+	}
+	ii, err := os.Stat(img)
+	if err != nil {
+		return err
+	}
+	if !os.SameFile(fi, ii) {
+		return errNotLinked
+	}
+	return nil
+}
+
+// errNotLinked: Nova's file is not the managed disk's image.
+var errNotLinked = errors.New("Nova's file is not the managed disk's data (it was adopted by copy, or the file was made again): start it with the managed disks' XML, or `shareless release` it while it runs")
+
+// linkForNova (destination, once ds, an instance's disks, are complete
+// here) gives Nova its files back: each disk's image becomes
+// <[store] instances_path>/<instance>/<disk name>, a hard link, where Nova
+// made the instance's directory (pre_live_migration does) and has no file
+// of that name. Nova's operations that read the file, or start the
+// instance on it, then see the disk's current data (startOnFiles).
+func (a *Agent) linkForNova(ds []*disk) {
+	if a.cfg.Store.InstancesPath == "" {
+		return
+	}
+	for _, dk := range ds {
+		log := a.log.With("disk", dk.ref)
+		dir := filepath.Join(a.cfg.Store.InstancesPath, dk.ref.Instance)
+		if _, err := os.Stat(dir); err != nil {
+			log.Info("no instance directory of Nova's: the disk is not linked there", "err", err)
+			continue
+		}
+		img, err := a.store.ImagePath(dk.ref.storeName())
+		if err != nil {
+			log.Warn("not linked into Nova's instance directory", "err", err)
+			continue
+		}
+		file := filepath.Join(dir, dk.ref.Disk)
+		err = os.Link(img, file)
+		switch {
+		case err == nil:
+			log.Info("disk linked into Nova's instance directory", "file", file)
+		case errors.Is(err, os.ErrExist):
+			if fi, ierr := os.Stat(img); ierr == nil {
+				if ff, ferr := os.Stat(file); ferr == nil && os.SameFile(fi, ff) {
+					continue
+				}
+			}
+			log.Warn("Nova's instance directory has a file of its own for the disk: not linked, and a start on it is refused", "file", file)
+		default:
+			log.Warn("not linked into Nova's instance directory", "file", file, "err", err)
+		}
+	}
+}
