@@ -163,3 +163,46 @@ func (a *Agent) linkForNova(ds []*disk) {
 		}
 	}
 }
+
+// EventDeleteEnd is Nova's notification that an instance is deleted, sent
+// by the compute host that deleted it once its files are gone.
+const EventDeleteEnd = "instance.delete.end"
+
+// instanceDeleted frees what this host keeps of a deleted instance (every
+// agent hears instance.delete.end, whichever host sent it): its managed
+// disks, served or sealed, and its adoption guard. The data of a deleted
+// instance is never needed again.
+func (a *Agent) instanceDeleted(inst string) error {
+	if err := checkInstance(inst); err != nil {
+		return err
+	}
+	a.adoptMu.Lock()
+	defer a.adoptMu.Unlock()
+	var errs []error
+	names, err := a.store.List()
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		ref, err := parseStoreName(name)
+		if err != nil || ref.Instance != inst {
+			continue
+		}
+		if err := a.removeDisk(ref); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		a.log.Info("instance deleted: its managed disk is removed from the store", "disk", ref)
+	}
+	guards, err := os.ReadDir(filepath.Join(a.cfg.Default.StatePath, "guard"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, g := range guards {
+		ad, err := a.readGuard(g.Name())
+		if err == nil && ad.Instance == inst {
+			errs = append(errs, a.removeGuard(g.Name()))
+		}
+	}
+	return errors.Join(errs...)
+}

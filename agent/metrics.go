@@ -22,6 +22,11 @@ type metrics struct {
 type countingHandler struct{ a *Agent }
 
 func (h countingHandler) HandleNotification(ctx context.Context, n novahook.Notification) (novahook.Outcome, error) {
+	if n.EventType == EventDeleteEnd {
+		if err := h.a.instanceDeleted(n.Payload.InstanceUUID); err != nil {
+			h.a.log.Warn("freeing a deleted instance's disks", "instance", n.Payload.InstanceUUID, "err", err)
+		}
+	}
 	o, err := h.a.node.HandleNotification(ctx, n)
 	if err == nil && o >= novahook.Ignored && o <= novahook.Duplicate {
 		h.a.metrics.notifications[o].Add(1)
