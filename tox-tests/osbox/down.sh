@@ -5,7 +5,7 @@
 # The state directory stays, with its logs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=common.sh
+# shellcheck source=tox-tests/osbox/common.sh
 . "$here/common.sh"
 ns=$OSBOX_NETNS
 ip netns list | grep -qx "$ns\( (id: [0-9]*)\)\?" || exit 0

@@ -55,7 +55,7 @@
 # 8776, stand-in 9292. Each service user's password is its name.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=common.sh
+# shellcheck source=tox-tests/osbox/common.sh
 . "$here/common.sh"
 OSBOX_COMPUTES=${OSBOX_COMPUTES:-2}
 OSBOX_COMPUTE_IPS=${OSBOX_COMPUTE_IPS:-}
