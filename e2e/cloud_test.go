@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -82,6 +83,12 @@ type node struct {
 	conn  *virt.Conn
 	bin   string
 	agent *lab.Proc
+	// What a deployment sets beyond the agents' common configuration:
+	// [store] instances_path (Nova's, for hard links), the copy's
+	// bandwidth limit (0: bandwidth) and whole sections appended as is.
+	instancesPath string
+	bandwidth     int64
+	extraConf     string
 }
 
 // instance is a Nova instance of the tiny guest whose one disk is a
@@ -107,12 +114,8 @@ func startCloud(t *testing.T, names []string, adopt ...string) (*cloud, map[stri
 	novaemit.Need(t)
 	c := &cloud{}
 	work := t.TempDir()
-	c.bin = filepath.Join(work, "shareless")
-	if out, err := exec.Command("go", "build", "-o", c.bin, "../cmd/shareless").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	hook := fmt.Sprintf("#!/bin/sh\nexec %s hook --socket %s --state-dir %s --timeout 30s qemu \"$@\"\n", c.bin, socketPath, statePath)
-	c.lab = lab.Start(t, lab.Options{Hooks: map[string][]byte{"shareless": []byte(hook)}})
+	c.bin = buildShareless(t, work)
+	c.lab = lab.Start(t, lab.Options{Hooks: hooks(c.bin)})
 
 	brokerDir := filepath.Join(work, "rabbit")
 	if err := os.Mkdir(brokerDir, 0o700); err != nil {
@@ -164,6 +167,23 @@ func startCloud(t *testing.T, names []string, adopt ...string) (*cloud, map[stri
 		}
 	})
 	return c, insts
+}
+
+// buildShareless builds the binary into dir.
+func buildShareless(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "shareless")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/shareless").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// hooks is the libvirt hook every host runs: bin's, asking the host's
+// agent.
+func hooks(bin string) map[string][]byte {
+	return map[string][]byte{"shareless": fmt.Appendf(nil, "#!/bin/sh\nexec %s hook --socket %s --state-dir %s --timeout 30s qemu \"$@\"\n",
+		bin, socketPath, statePath)}
 }
 
 func (c *cloud) newNode(t *testing.T, h *lab.Host) *node {
@@ -220,6 +240,7 @@ chap_secret_file = /etc/libvirt/shareless/chap
 
 [store]
 path = %s
+instances_path = %s
 
 [api]
 listen = %s:%d
@@ -235,8 +256,8 @@ chunk = %d
 bandwidth_limit = %d
 source_timeout = 60s
 hook_wait = %s
-`, n.name, statePath, transport, n.host.Addr, iscsiPort, chapUser, storePath, n.host.Addr, apiPort, socketPath, metricsAddr,
-		peerLines.String(), grain, chunk, bandwidth, hookWait)
+%s`, n.name, statePath, transport, n.host.Addr, iscsiPort, chapUser, storePath, n.instancesPath, n.host.Addr, apiPort, socketPath, metricsAddr,
+		peerLines.String(), grain, chunk, cmp.Or(n.bandwidth, bandwidth), hookWait, n.extraConf)
 	if err := os.WriteFile(n.outside(confPath), []byte(conf), 0o600); err != nil {
 		return err
 	}

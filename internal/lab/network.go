@@ -24,6 +24,12 @@ func (l *Lab) ControllerAddr() netip.Addr {
 	return netip.MustParseAddr("10.254.71.254")
 }
 
+// SwitchNetNS is the network namespace of the lab's bridge, br0: another
+// namespace joins the lab with a veth pair into it (a control plane such
+// as tox-tests/osbox, OSBOX_BRIDGE_NETNS), on an address of Subnet that no
+// host uses.
+func (l *Lab) SwitchNetNS() string { return l.switchNS }
+
 // Expose makes a service of the test process, listening on to in the
 // machine's own network namespace (e.g. a broker on 127.0.0.1), reachable
 // from every host at ControllerAddr and the same port, until cleanup. The

@@ -5,11 +5,19 @@ exercise but Nova calls when it boots and migrates a server: one image
 that has no resources (servers are created with --nic none). It checks no
 token.
 
+With OSBOX_IMAGES naming a JSON list of real images
+([{"id", "name", "file", "disk_format", "properties": {...}}]), it also
+serves those, with their data (a real nova-compute boots from them), and
+keeps the images Nova uploads (snapshots, shelve) in memory.
+
 usage: stand_in.py ADDRESS PORT
 """
+import hashlib
 import json
+import os
 import re
 import sys
+import uuid
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -32,6 +40,91 @@ SCHEMA = {
               {"rel": "describedby", "href": "{schema}"}],
 }
 
+# Real images: id -> (metadata, data file or None, bytes uploaded).
+IMAGES = {IMAGE_ID: (IMAGE, None, None)}
+
+
+def load_images(path):
+    for d in json.load(open(path)):
+        md5, sha = hashlib.md5(), hashlib.sha512()
+        with open(d["file"], "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                md5.update(chunk)
+                sha.update(chunk)
+        size = os.path.getsize(d["file"])
+        img = dict(IMAGE, id=d["id"], name=d["name"], checksum=md5.hexdigest(), os_hash_value=sha.hexdigest(),
+                   size=size, virtual_size=size, disk_format=d.get("disk_format", "raw"),
+                   self="/v2/images/" + d["id"], file="/v2/images/%s/file" % d["id"])
+        img.update(d.get("properties", {}))
+        IMAGES[d["id"]] = (img, d["file"], None)
+
+
+def image_api(environ, method, p, reply, start):
+    """Glance's v2 image calls Nova makes: show, download, and for a
+    snapshot create, upload, update and delete."""
+    m = re.match(r"^/v2/images(?:/([0-9a-f-]+))?(/file)?$", p)
+    if not m:
+        return None
+    iid, data = m.group(1), m.group(2)
+    if iid is None and method == "POST":
+        body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)) or b"{}")
+        iid = body.pop("id", None) or str(uuid.uuid4())
+        img = dict(IMAGE, id=iid, status="queued", size=None, virtual_size=None, checksum=None,
+                   os_hash_value=None, self="/v2/images/" + iid, file="/v2/images/%s/file" % iid)
+        img.update(body)
+        IMAGES[iid] = (img, None, None)
+        return reply("201 Created", img)
+    if iid not in IMAGES:
+        return None
+    img, path, blob = IMAGES[iid]
+    if data and method == "PUT":
+        blob = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)) if environ.get("CONTENT_LENGTH") \
+            else read_chunked(environ["wsgi.input"])
+        img = dict(img, status="active", size=len(blob), virtual_size=len(blob),
+                   checksum=hashlib.md5(blob).hexdigest(), os_hash_value=hashlib.sha512(blob).hexdigest())
+        IMAGES[iid] = (img, None, blob)
+        start("204 No Content", [])
+        return [b""]
+    if data and method == "GET":
+        if blob is not None:
+            start("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(blob)))])
+            return [blob]
+        if path is None:
+            return reply("204 No Content", {})
+        start("200 OK", [("Content-Type", "application/octet-stream"),
+                         ("Content-Length", str(img["size"])), ("Content-MD5", img["checksum"])])
+        f = open(path, "rb")
+        return iter(lambda: f.read(1 << 20), b"")
+    if method == "PATCH":
+        ops = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)) or b"[]")
+        img = dict(img)
+        for op in ops:
+            key = op["path"].lstrip("/")
+            if op["op"] == "remove":
+                img.pop(key, None)
+            else:
+                img[key] = op["value"]
+        IMAGES[iid] = (img, path, blob)
+        return reply("200 OK", img)
+    if method == "DELETE":
+        del IMAGES[iid]
+        start("204 No Content", [])
+        return [b""]
+    if method == "GET" and not data:
+        return reply("200 OK", img)
+    return None
+
+
+def read_chunked(f):
+    out = bytearray()
+    while True:
+        n = int(f.readline().split(b";")[0], 16)
+        if n == 0:
+            f.readline()
+            return bytes(out)
+        out += f.read(n)
+        f.readline()
+
 
 def app(environ, start):
     path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
@@ -49,10 +142,12 @@ def app(environ, start):
                 {"id": "v2.16", "status": "CURRENT", "links": [{"rel": "self", "href": base + "/image/v2/"}]}]})
         if p.startswith("/v2/schemas/image"):
             return reply("200 OK", SCHEMA)
-        if p == "/v2/images/" + IMAGE_ID:
-            return reply("200 OK", IMAGE)
         if p == "/v2/images" and method == "GET":
-            return reply("200 OK", {"images": [IMAGE], "schema": "/v2/schemas/images", "first": "/v2/images"})
+            return reply("200 OK", {"images": [i[0] for i in IMAGES.values()], "schema": "/v2/schemas/images",
+                                    "first": "/v2/images"})
+        r = image_api(environ, method, p, reply, start)
+        if r is not None:
+            return r
     elif path.startswith("/network"):
         p = re.sub(r"\.json$", "", path[len("/network"):])
         if p in ("", "/"):
@@ -76,4 +171,6 @@ class Quiet(WSGIRequestHandler):
 
 
 if __name__ == "__main__":
+    if os.environ.get("OSBOX_IMAGES"):
+        load_images(os.environ["OSBOX_IMAGES"])
     make_server(sys.argv[1], int(sys.argv[2]), app, server_class=Server, handler_class=Quiet).serve_forever()

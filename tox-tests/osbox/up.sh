@@ -36,6 +36,10 @@
 #                       define any other backend's section in OSBOX_CINDER_CONF
 #   OSBOX_CINDER_CONF   extra cinder.conf files (space-separated), given to
 #                       every Cinder service after the osbox's own
+#   OSBOX_IMAGES        JSON list of real images the Glance stand-in serves
+#                       with their data, for a real nova-compute to boot
+#                       ([{"id", "name", "file", "disk_format",
+#                       "properties"}], see stand_in.py)
 #   OSBOX_PYTHONPATH    prepended to every service's PYTHONPATH (a volume
 #                       driver of one's own, for example)
 #

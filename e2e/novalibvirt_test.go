@@ -1,0 +1,494 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"os"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shareless/shareless/internal/lab"
+	"github.com/shareless/shareless/internal/testenv"
+	"github.com/shareless/shareless/localapi"
+	"github.com/shareless/shareless/virt"
+)
+
+// TestNovaLibvirt drives real Nova with the libvirt driver (novaCloud):
+// an instance adopted by shareless live-migrates with RAM only and its
+// disk follows post-copy, beside a block migration of an identical
+// instance that is not adopted; then it comes back moving only what
+// changed; compute1 is drained and powered off (its services stopped).
+func TestNovaLibvirt(t *testing.T) {
+	c := startNova(t)
+	for _, n := range []*node{c.a, c.b} {
+		c.logMigrations(t, n)
+	}
+	adopted := c.create(t, "adopted")
+	plain := c.create(t, "plain")
+
+	var ad localapi.Adoption
+	if err := json.Unmarshal(c.adopt(t, c.a, "adopted"), &ad); err != nil || len(ad.Disks) != 1 || ad.Instance != adopted.uuid {
+		t.Fatalf("adoption of the server named adopted: %+v (%v)", ad, err)
+	}
+	if ds := ad.Disks[0]; !ds.Linked || ds.Disk != "disk" || ds.File != novaInstances+"/"+adopted.uuid+"/disk" || ds.Size != flavorDisk {
+		t.Fatalf("adopted disk %+v: want Nova's raw 1 GiB file, linked", ds)
+	}
+	sameInode(t, c.novaFile(c.a, adopted), c.a.image(adopted))
+	n := waitCounter(t, c.a.image(adopted), 0, 30*time.Second)
+	waitCounter(t, c.novaFile(c.a, adopted), n, 30*time.Second)
+	t.Logf("adopted: the guest counts on its managed disk, which is Nova's file (one inode)")
+
+	// Each step starts where the previous one left the instances.
+	for _, step := range []struct {
+		name string
+		run  func(*testing.T)
+	}{
+		{"there", func(t *testing.T) { c.there(t, adopted, plain) }},
+		{"drain", func(t *testing.T) { c.drain(t, adopted) }},
+		{"back", func(t *testing.T) { c.back(t, adopted) }},
+		{"abort", func(t *testing.T) { c.abort(t, adopted) }},
+	} {
+		if !t.Run(step.name, step.run) {
+			return
+		}
+	}
+}
+
+// there: both instances go to compute2 with `openstack server migrate
+// --live-migration --host compute2 --wait`; Nova decides the block
+// migration itself (no shared storage). The adopted one moves RAM only:
+// libvirt's flags lack the storage-copy bits, the destination's job copied
+// no disk, QEMU ran no NBD mirror. The guest counts on; the agents, on
+// Nova's real notifications, copy the disk after the switch-over, and
+// compute2's image ends equal to what the guest wrote, linked as Nova's
+// file there.
+func (c *novaCloud) there(t *testing.T, adopted, plain *instance) {
+	before, err := lab.ReadCounter(c.a.image(adopted))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := c.markLogs(t)
+	plainTook, plainJob := c.novaMigrate(t, plain, c.b)
+	plainFlags := c.migrationFlags(t, logs)
+	waitCounter(t, c.novaFile(c.b, plain), 0, 30*time.Second)
+
+	logs = c.markLogs(t)
+	since := time.Now()
+	took, job := c.novaMigrate(t, adopted, c.b)
+	landed := time.Now()
+	flags := c.migrationFlags(t, logs)
+	if job.DiskTotal != 0 || job.DiskProcessed != 0 {
+		t.Errorf("the adopted instance's migration copied disk: %+v", job)
+	}
+	if plainJob.DiskTotal == 0 {
+		t.Errorf("the plain instance's migration copied no disk: %+v", plainJob)
+	}
+	if flags&storageCopy != 0 || plainFlags&storageCopy == 0 {
+		t.Errorf("libvirt flags: adopted %#x, plain %#x; want the storage-copy bits (%#x) only on the plain one", flags, plainFlags, storageCopy)
+	}
+	if qmp := c.qmpSince(t, logs); bytes.Contains(qmp, []byte("nbd-server-start")) || bytes.Contains(qmp, []byte("blockdev-mirror")) {
+		t.Errorf("QEMU ran an NBD block copy for the adopted instance")
+	}
+	// The guest counts on compute2 (on its replica) while the copy runs.
+	waitCounter(t, c.b.image(adopted), before, 30*time.Second)
+	testenv.Report(t, "nova live migration compute1->compute2, 1 GiB disk holding %d MiB, TCG guest: adopted %.2f s (openstack --wait; libvirt job %v, downtime %v, disk %d B, flags %#x) vs block migration %.2f s (libvirt job %v, downtime %v, disk %d B, flags %#x)",
+		rootData>>20, took.Seconds(), job.Elapsed, job.Downtime, job.DiskProcessed, flags,
+		plainTook.Seconds(), plainJob.Elapsed, plainJob.Downtime, plainJob.DiskProcessed, plainFlags)
+
+	c.notSafe(t, adopted)
+	copied := waitCopied(t, adopted, c.a, c.b, 3*time.Minute)
+	t.Logf("Nova's notifications as the agents received them:\n%s", c.notifications(t, adopted, since))
+	testenv.Report(t, "nova: the adopted instance's 1 GiB disk was copied post-copy to compute2 %v after the migration returned ([replicator] bandwidth_limit %d MiB/s)",
+		copied.Sub(landed).Round(100*time.Millisecond), novaBandwidth>>20)
+	last := waitCounter(t, c.b.image(adopted), 0, 30*time.Second)
+	c.sameDisk(t, c.b.image(adopted), nil, last)
+	sameInode(t, c.novaFile(c.b, adopted), c.b.image(adopted))
+}
+
+// notSafe: while compute2 copies inst's disk from compute1, `shareless
+// status` on compute1 says it is not safe to power off, with the bytes
+// left and the ETA.
+func (c *novaCloud) notSafe(t *testing.T, inst *instance) {
+	t.Helper()
+	testenv.Eventually(t, 30*time.Second, "compute1 reports the copy to compute2", func() (bool, string) {
+		st, err := c.a.status()
+		if err != nil || st.SafeToPowerOff || len(st.CopyingFromHere) != 1 {
+			return false, fmt.Sprintf("%+v %v", st, err)
+		}
+		o := st.CopyingFromHere[0]
+		return o.Instance == inst.uuid && o.Known && o.BytesRemaining > 0 && o.ETASeconds > 0, fmt.Sprintf("%+v", o)
+	})
+	text := c.statusText(t, c.a)
+	if !bytes.Contains([]byte(text), []byte("safe to power off: no")) {
+		t.Errorf("shareless status on compute1 while compute2 copies:\n%s", text)
+	}
+	t.Logf("compute1 while compute2 copies from it:\n%s", text)
+}
+
+// drain: compute1 is the source of compute2's copy; `shareless status`
+// says it is not safe to power it off, with what is left and when it
+// ends, until the copy is done. Then compute1's services stop (its agent
+// and nova-compute: the host is powered off) and the instance on
+// compute2 keeps running on its disk.
+func (c *novaCloud) drain(t *testing.T, inst *instance) {
+	st, err := c.a.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.SafeToPowerOff {
+		t.Fatalf("compute1 after the copy: not safe to power off: %+v", st.CopyingFromHere)
+	}
+	t.Logf("compute1 status after the copy:\n%s", c.statusText(t, c.a))
+	// The plain instance went to compute2 with Nova's block migration
+	// and owes compute1 nothing; the adopted one's copy is done. Power
+	// compute1 off: its agent and nova-compute stop.
+	c.a.stopAgent()
+	if err := c.compute[c.a].Stop(30 * time.Second); err != nil {
+		t.Errorf("nova-compute on compute1: %v", err)
+	}
+	n := waitCounter(t, c.b.image(inst), 0, 10*time.Second)
+	waitCounter(t, c.b.image(inst), n+2, 30*time.Second)
+	if s := c.show(t, inst.uuid); s.Status != "ACTIVE" || s.Host != c.b.name {
+		t.Errorf("with compute1 off: %+v", s)
+	}
+	t.Logf("compute1 off: the instance on compute2 counted from %d past %d", n, n+2)
+	// compute1 comes back for the way back.
+	if err := c.a.startAgent(); err != nil {
+		t.Fatal(err)
+	}
+	c.startCompute(t, c.a)
+	testenv.Eventually(t, 2*time.Minute, "compute1's nova-compute up again", func() (bool, string) {
+		out, err := c.tryOpenstack("compute", "service", "list", "--service", "nova-compute", "--host", c.a.name, "-f", "value", "-c", "State")
+		return err == nil && out == "up", out + fmt.Sprint(err)
+	})
+}
+
+// back: about 1% of the disk's tracking blocks change on compute2 (written
+// through the managed disk's export there, by qemu-io as a second
+// initiator beside the guest, which writes only its counter); the
+// instance goes back to compute1, which fetches only the changed blocks:
+// the bytes moved are printed against the disk's size, and compute1's
+// image is exact.
+func (c *novaCloud) back(t *testing.T, inst *instance) {
+	wrote := c.scribble(t, c.b, inst, flavorDisk/grain/100)
+	c.wrote = wrote
+	took, job := c.novaMigrate(t, inst, c.a)
+	if job.DiskTotal != 0 {
+		t.Errorf("the way back copied disk in libvirt: %+v", job)
+	}
+	waitCopied(t, inst, c.b, c.a, 3*time.Minute)
+	moved, err := c.a.sourceReadBytes(inst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := int64(len(wrote)+1) * grain // and the counter's block
+	testenv.Report(t, "nova live migration back compute2->compute1 after %d of %d tracking blocks changed: %.2f s (openstack --wait), moved %d KiB = %.2f%% of the %d MiB disk",
+		len(wrote), flavorDisk/grain, took.Seconds(), moved>>10, 100*float64(moved)/flavorDisk, flavorDisk>>20)
+	if moved < changed || moved > changed+4*grain {
+		t.Errorf("the way back read %d bytes from compute2; want the %d changed blocks (%d bytes) and a few KiB QEMU reads when it opens the disk", moved, len(wrote)+1, changed)
+	}
+	last := waitCounter(t, c.a.image(inst), 0, 30*time.Second)
+	c.sameDisk(t, c.a.image(inst), wrote, last)
+	sameInode(t, c.novaFile(c.a, inst), c.a.image(inst))
+}
+
+// abort: a live migration to compute2 is aborted by Nova's API (DELETE
+// /servers/{id}/migrations/{id}, `openstack server migration abort`)
+// while libvirt moves its memory (slowed to 1 MiB/s for the abort to land
+// mid-way): the instance stays whole on compute1, running on its disk,
+// which is unsealed and exact; compute2 keeps no replica.
+func (c *novaCloud) abort(t *testing.T, inst *instance) {
+	ctx := t.Context()
+	u, err := virt.ParseUUID(inst.uuid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := c.a.conn.LookupDomainByUUID(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	since := time.Now()
+	c.openstack(t, "server", "migrate", "--live-migration", "--host", c.b.name, inst.uuid)
+	testenv.Eventually(t, time.Minute, "libvirt migrates the instance", func() (bool, string) {
+		job, err := c.a.conn.JobStats(ctx, d)
+		return err == nil && job.Type != virt.JobNone, fmt.Sprintf("%+v %v", job, err)
+	})
+	if out, err := exec.Command("virsh", "-c", c.a.host.URI(), "migrate-setspeed", inst.domain, "1").CombinedOutput(); err != nil {
+		t.Fatalf("virsh migrate-setspeed: %v\n%s", err, out)
+	}
+	var id string
+	testenv.Eventually(t, time.Minute, "Nova lists the running migration", func() (bool, string) {
+		out, err := c.tryOpenstack("server", "migration", "list", "--server", inst.uuid, "--status", "running", "-f", "value", "-c", "Id")
+		id = out
+		return err == nil && out != "", out + fmt.Sprint(err)
+	})
+	c.openstack(t, "server", "migration", "abort", inst.uuid, id)
+	testenv.Eventually(t, 2*time.Minute, "Nova ends the aborted migration", func() (bool, string) {
+		s := c.show(t, inst.uuid)
+		return s.Status == "ACTIVE" && s.TaskState == "", fmt.Sprintf("%+v", s)
+	})
+	if s := c.show(t, inst.uuid); s.Host != c.a.name {
+		t.Fatalf("after the abort: %+v", s)
+	}
+	if out := c.openstack(t, "server", "migration", "show", inst.uuid, id, "-f", "value", "-c", "Status"); out != "cancelled" {
+		t.Errorf("the migration's status: %q, want cancelled", out)
+	}
+	stayed(t, inst, c.a, c.b)
+	testenv.Eventually(t, 30*time.Second, "compute2 drops its replica", func() (bool, string) {
+		d, ok := c.b.disk(inst)
+		return !ok, fmt.Sprintf("%+v", d)
+	})
+	if d, ok := c.a.disk(inst); !ok || d.Sealed || d.State != "complete" {
+		t.Errorf("compute1's disk after the abort: %+v", d)
+	}
+	n := waitCounter(t, c.a.image(inst), 0, 10*time.Second)
+	waitCounter(t, c.a.image(inst), n+1, 30*time.Second)
+	c.sameDisk(t, c.a.image(inst), c.wrote, n)
+	sameInode(t, c.novaFile(c.a, inst), c.a.image(inst))
+	t.Logf("Nova's notifications of the aborted migration:\n%s", c.notifications(t, inst, since))
+}
+
+// notifications are the Nova notifications about inst that the agents
+// logged since a time: when, which agent, event, sender, outcome.
+func (c *novaCloud) notifications(t *testing.T, inst *instance, since time.Time) string {
+	t.Helper()
+	type line struct {
+		at                               time.Time
+		agent, event, publisher, outcome string
+	}
+	var lines []line
+	for _, n := range []*node{c.a, c.b} {
+		b, err := os.ReadFile(n.agent.Log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for l := range strings.Lines(string(b)) {
+			if !strings.Contains(l, "msg=notification ") || !strings.Contains(l, "instance="+inst.uuid) {
+				continue
+			}
+			f := logfmt(l)
+			at, err := time.Parse(time.RFC3339Nano, f["time"])
+			if err != nil || at.Before(since) {
+				continue
+			}
+			lines = append(lines, line{at, n.name, f["event_type"], f["publisher"], f["outcome"]})
+		}
+	}
+	slices.SortFunc(lines, func(x, y line) int { return x.at.Compare(y.at) })
+	var out strings.Builder
+	for _, l := range lines {
+		fmt.Fprintf(&out, "  %6.2fs  %-8s  %-42s  %-22s  %s\n", l.at.Sub(since).Seconds(), l.agent, l.event, l.publisher, l.outcome)
+	}
+	return out.String()
+}
+
+// logfmt splits one logfmt line into its keys and values.
+func logfmt(line string) map[string]string {
+	f := map[string]string{}
+	for rest := strings.TrimSpace(line); rest != ""; {
+		k, v, ok := strings.Cut(rest, "=")
+		if !ok {
+			break
+		}
+		if strings.HasPrefix(v, `"`) {
+			end := 1
+			for end < len(v) && (v[end] != '"' || v[end-1] == '\\') {
+				end++
+			}
+			f[k], rest = strings.Trim(v[:min(end+1, len(v))], `"`), strings.TrimSpace(v[min(end+1, len(v)):])
+			continue
+		}
+		val, r, _ := strings.Cut(v, " ")
+		f[k], rest = val, strings.TrimSpace(r)
+	}
+	return f
+}
+
+// storageCopy are libvirt's VIR_MIGRATE_NON_SHARED_DISK and
+// VIR_MIGRATE_NON_SHARED_INC: a block migration.
+const storageCopy = 0x40 | 0x80
+
+// logMark is where each host's libvirtd log was when a step began.
+type logMark map[*node]int
+
+// logMigrations has n's libvirtd log its migration steps (with their
+// flags) besides the QMP commands the lab logs.
+func (c *novaCloud) logMigrations(t *testing.T, n *node) {
+	t.Helper()
+	admin := "libvirtd:///system?socket=" + n.host.Dir + "/run/libvirt-admin-sock"
+	if out, err := exec.Command("virt-admin", "-c", admin, "daemon-log-filters", "1:qemu.qemu_monitor 1:qemu.qemu_migration").CombinedOutput(); err != nil {
+		t.Fatalf("virt-admin on %s: %v\n%s", n.name, err, out)
+	}
+}
+
+func (c *novaCloud) markLogs(t *testing.T) logMark {
+	t.Helper()
+	m := logMark{}
+	for _, n := range []*node{c.a, c.b} {
+		b, err := n.host.LibvirtdLog()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m[n] = len(b)
+	}
+	return m
+}
+
+// logsSince is what the hosts' libvirtd logs gained since m.
+func (c *novaCloud) logsSince(t *testing.T, m logMark) []byte {
+	t.Helper()
+	var all []byte
+	for n, off := range m {
+		b, err := n.host.LibvirtdLog()
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, b[min(off, len(b)):]...)
+	}
+	return all
+}
+
+var flagsRE = regexp.MustCompile(`qemuMigrationSrcPerform\w*.*?flags=(0x[0-9a-f]+)`)
+
+// migrationFlags are the flags of the source's migration since m.
+func (c *novaCloud) migrationFlags(t *testing.T, m logMark) uint64 {
+	t.Helper()
+	logs := c.logsSince(t, m)
+	found := flagsRE.FindSubmatch(logs)
+	if found == nil {
+		var flagLines []byte
+		for l := range bytes.Lines(logs) {
+			if bytes.Contains(l, []byte("flags=")) {
+				flagLines = append(flagLines, l...)
+			}
+		}
+		t.Fatalf("no migration flags in the libvirtd logs (%d bytes); lines with flags:\n%s", len(logs), flagLines)
+	}
+	var f uint64
+	if _, err := fmt.Sscanf(string(found[1]), "0x%x", &f); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// qmpSince are the QMP commands libvirt sent QEMU since m.
+func (c *novaCloud) qmpSince(t *testing.T, m logMark) []byte {
+	t.Helper()
+	var out []byte
+	for line := range bytes.Lines(c.logsSince(t, m)) {
+		if bytes.Contains(line, []byte("QEMU_MONITOR_SEND_MSG")) {
+			out = append(out, line...)
+		}
+	}
+	return out
+}
+
+// statusText is `shareless status` on n.
+func (c *novaCloud) statusText(t *testing.T, n *node) string {
+	t.Helper()
+	out, err := exec.Command(c.bin, "status", "--socket", n.outside(socketPath)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("shareless status on %s: %v\n%s", n.name, err, out)
+	}
+	return string(out)
+}
+
+// scribble writes count 4 KiB runs of random data at distinct tracking
+// blocks of inst's managed disk on n (never block 0, the guest's counter),
+// through n's export with qemu-io, and returns them by offset.
+func (c *novaCloud) scribble(t *testing.T, n *node, inst *instance, count int64) map[int64][]byte {
+	t.Helper()
+	rng := mrand.New(mrand.NewPCG(7, uint64(count)))
+	runs := map[int64][]byte{}
+	used := map[int64]bool{}
+	args := []string{"-f", "raw"}
+	for int64(len(runs)) < count {
+		block := 1 + rng.Int64N(flavorDisk/grain-1)
+		if used[block] {
+			continue
+		}
+		used[block] = true
+		off := block*grain + rng.Int64N(grain/4096)*4096
+		pattern := byte(1 + rng.IntN(254))
+		runs[off] = bytes.Repeat([]byte{pattern}, 4096)
+		args = append(args, "-c", fmt.Sprintf("write -P %#x %d 4096", pattern, off))
+	}
+	url := fmt.Sprintf("iscsi://%s%%%s@127.0.0.1:%d/%s/0", chapUser, c.chap, iscsiPort, inst.ref.IQN())
+	if out, err := n.host.Command(t.Context(), "qemu-io", append(args, url)...).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io on %s: %v\n%s", n.name, err, out)
+	}
+	return runs
+}
+
+// sameDisk checks a 1 GiB image of the root disk: the root image's data,
+// zeroes after it, the runs in wrote, and in sector 0 the guest's counter,
+// at least last.
+func (c *novaCloud) sameDisk(t *testing.T, image string, wrote map[int64][]byte, last uint64) {
+	t.Helper()
+	if n, err := lab.ReadCounter(image); err != nil || n < last {
+		t.Errorf("%s: counter %d (%v); the guest had counted to %d", image, n, err, last)
+	}
+	f, err := os.Open(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || fi.Size() != flavorDisk {
+		t.Fatalf("%s: %v bytes (%v), want %d", image, fi.Size(), err, flavorDisk)
+	}
+	const step = 1 << 20
+	got, want := make([]byte, step), make([]byte, step)
+	for off := int64(0); off < flavorDisk; off += step {
+		if _, err := io.ReadFull(f, got); err != nil {
+			t.Fatal(err)
+		}
+		clear(want)
+		if off < int64(len(c.root)) {
+			copy(want, c.root[off:])
+		}
+		for at, run := range wrote {
+			if at >= off && at < off+step {
+				copy(want[at-off:], run)
+			}
+		}
+		from := 0
+		if off == 0 {
+			from = 512 // the counter
+		}
+		if i := firstDiff(got[from:], want[from:]); i >= 0 {
+			t.Fatalf("%s differs from what the guest wrote at byte %d", image, off+int64(from+i))
+		}
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return -1
+}
+
+// sameInode fails the test unless a and b are one file.
+func sameInode(t *testing.T, a, b string) {
+	t.Helper()
+	fa, err := os.Stat(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := os.Stat(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(fa, fb) {
+		t.Fatalf("%s and %s are not the same file", a, b)
+	}
+}
