@@ -310,30 +310,50 @@ func waitCounter(t *testing.T, image string, after uint64, timeout time.Duration
 }
 
 // novaMigrate runs `openstack server migrate --live-migration --host DST
-// --wait` and returns how long it took and the destination's statistics
-// of the incoming migration job.
-func (c *novaCloud) novaMigrate(t *testing.T, inst *instance, dst *node, extra ...string) (time.Duration, virt.JobStats) {
+// --wait` and returns how long after the command started the instance ran
+// on dst (its domain there running: the switch-over), how long the command
+// took (it polls Nova), and the destination's statistics of the incoming
+// migration job.
+func (c *novaCloud) novaMigrate(t *testing.T, inst *instance, dst *node) (runs, took time.Duration, job virt.JobStats) {
 	t.Helper()
-	start := time.Now()
-	args := append([]string{"server", "migrate", "--live-migration", "--host", dst.name, "--wait"}, extra...)
-	c.openstack(t, append(args, inst.uuid)...)
-	took := time.Since(start)
-	if s := c.show(t, inst.uuid); s.Host != dst.name || s.Status != "ACTIVE" {
-		t.Fatalf("after the migration to %s: %+v", dst.name, s)
-	}
 	u, err := virt.ParseUUID(inst.uuid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := dst.conn.LookupDomainByUUID(t.Context(), u)
+	start := time.Now()
+	landed := make(chan time.Duration, 1)
+	stop := make(chan struct{})
+	go func() {
+		defer close(landed)
+		for {
+			if d, err := dst.conn.LookupDomainByUUID(t.Context(), u); err == nil {
+				if st, err := dst.conn.DomainState(t.Context(), d); err == nil && st == virt.StateRunning {
+					landed <- time.Since(start)
+					return
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	_, err = c.tryOpenstack("server", "migrate", "--live-migration", "--host", dst.name, "--wait", inst.uuid)
+	took = time.Since(start)
+	close(stop)
+	runs = <-landed
 	if err != nil {
 		t.Fatal(err)
 	}
-	job, err := dst.conn.CompletedJobStats(t.Context(), d)
+	if s := c.show(t, inst.uuid); s.Host != dst.name || s.Status != "ACTIVE" {
+		t.Fatalf("after the migration to %s: %+v", dst.name, s)
+	}
+	job, err = dst.conn.CompletedJobStats(t.Context(), c.domain(t, dst, inst))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return took, job
+	return runs, took, job
 }
 
 // adopt runs `shareless adopt --json NAME` on n, the server named through
