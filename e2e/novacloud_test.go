@@ -183,6 +183,8 @@ func (c *novaCloud) startCompute(t *testing.T, n *node) {
 host = %s
 my_ip = %s
 compute_driver = libvirt.LibvirtDriver
+# the tiny guest ignores ACPI: power it off at once on stop, rescue, shelve
+shutdown_timeout = 0
 state_path = %s
 instances_path = %s
 [libvirt]

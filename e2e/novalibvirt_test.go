@@ -59,6 +59,7 @@ func TestNovaLibvirt(t *testing.T) {
 		{"stop start", func(t *testing.T) { c.stopStart(t, adopted) }},
 		{"rescue", func(t *testing.T) { c.rescue(t, adopted) }},
 		{"snapshot", func(t *testing.T) { c.snapshot(t, adopted) }},
+		{"shelve", func(t *testing.T) { c.shelve(t, adopted) }},
 		{"delete", func(t *testing.T) { c.deleteFrees(t, adopted) }},
 	} {
 		if !t.Run(step.name, step.run) {
@@ -342,9 +343,8 @@ func (c *novaCloud) snapshot(t *testing.T, inst *instance) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const refusal = "Can't retrieve root device path from instance libvirt configuration"
-	if !bytes.Contains(log, []byte(refusal)) {
-		t.Errorf("nova-compute on compute1 did not refuse the snapshot with %q", refusal)
+	if !bytes.Contains(log, []byte(snapshotRefusal)) {
+		t.Errorf("nova-compute on compute1 did not refuse the snapshot with %q", snapshotRefusal)
 	}
 	if d, ok := c.a.disk(inst); !ok || d.State != "complete" || d.Sealed {
 		t.Fatalf("the managed disk after the snapshot: %+v", d)
@@ -352,6 +352,42 @@ func (c *novaCloud) snapshot(t *testing.T, inst *instance) {
 	n := waitCounter(t, c.a.image(inst), 0, 10*time.Second)
 	c.sameDisk(t, c.a.image(inst), c.wrote, n)
 }
+
+// shelve: `openstack server shelve` powers the instance off and takes a
+// snapshot, which Nova's libvirt driver refuses as above (the domain names
+// the managed disk): the instance is left powered off, not shelved, its
+// disk managed and whole. `openstack server start` hands the disk back
+// (as stop/start) with the data, and it is adopted again.
+func (c *novaCloud) shelve(t *testing.T, inst *instance) {
+	log, err := os.ReadFile(c.compute[c.a].Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusals := bytes.Count(log, []byte(snapshotRefusal))
+	c.openstack(t, "server", "shelve", inst.uuid)
+	testenv.Eventually(t, 3*time.Minute, "the shelve ends", func() (bool, string) {
+		s := c.show(t, inst.uuid)
+		return s.TaskState == "" && s.Status != "ACTIVE", fmt.Sprintf("%+v", s)
+	})
+	if s := c.show(t, inst.uuid); s.Status != "SHUTOFF" {
+		t.Fatalf("after the shelve: %+v; want SHUTOFF (the snapshot refused)", s)
+	}
+	if log, err = os.ReadFile(c.compute[c.a].Log); err != nil || bytes.Count(log, []byte(snapshotRefusal)) <= refusals {
+		t.Errorf("nova-compute on compute1 did not refuse the shelve's snapshot with %q (%v)", snapshotRefusal, err)
+	}
+	if d, ok := c.a.disk(inst); !ok || d.State != "complete" || d.Sealed {
+		t.Fatalf("the managed disk after the shelve: %+v", d)
+	}
+	c.sameDisk(t, c.a.image(inst), c.wrote, 0)
+	c.openstack(t, "server", "start", inst.uuid)
+	c.waitStatus(t, inst, "ACTIVE")
+	c.handedBack(t, inst)
+	c.adoptAgain(t, inst)
+}
+
+// snapshotRefusal is how Nova's libvirt driver fails a snapshot of a
+// domain whose root disk is a network disk other than RBD.
+const snapshotRefusal = "Can't retrieve root device path from instance libvirt configuration"
 
 // deleteFrees: `openstack server delete` frees the instance's managed
 // disks in every agent's store (compute2 kept the sealed image of the way
