@@ -3,8 +3,8 @@ package replicator
 import (
 	"context"
 	"errors"
-	"os"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
