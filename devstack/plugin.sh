@@ -139,6 +139,9 @@ function configure_shareless {
     iniset -sudo "$conf" iscsi chap_user "$SHARELESS_CHAP_USER"
     iniset -sudo "$conf" iscsi chap_secret_file "$SHARELESS_CHAP_SECRET_FILE"
     iniset -sudo "$conf" store path "$SHARELESS_STORE_DIR"
+    # Nova's instances directory: a raw instance file on the store's mount
+    # is adopted by hard link and stays Nova's live data (README).
+    iniset -sudo "$conf" store instances_path "${NOVA_INSTANCES_PATH:-$DATA_DIR/nova/instances}"
     iniset -sudo "$conf" libvirt uri "qemu:///system"
 
     iniset -sudo "$conf" openstack auth_url "${KEYSTONE_SERVICE_URI:-http://$SERVICE_HOST/identity}/v3"

@@ -305,6 +305,7 @@ func TestPluginStackUnstackClean(t *testing.T) {
 		check("[iscsi] chap_user", cfg.ISCSI.CHAPUser, "shareless")
 		check("CHAP secret", cfg.ISCSI.CHAPSecretFile.Secret.Reveal(), derived("chap", 16))
 		check("[store] path", cfg.Store.Path, filepath.Join(state, "store"))
+		check("[store] instances_path", cfg.Store.InstancesPath, s.env["DATA_DIR"]+"/nova/instances")
 		check("[openstack] auth_url", cfg.OpenStack.AuthURL, "http://"+serviceHost+"/identity/v3")
 		check("[openstack] username", cfg.OpenStack.Username, "nova")
 		check("Keystone password", cfg.OpenStack.PasswordFile.Secret.Reveal(), servicePassword)
