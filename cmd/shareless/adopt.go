@@ -18,9 +18,13 @@ in its store, exports it, and has libvirt block-copy the file onto it and
 pivot. SERVER is a libvirt domain name, an instance UUID, or a Nova server
 name (resolved through Nova when the agent has [openstack] credentials).
 
-Nova's files are left as they were at the pivot and are never used again
-while the instance is adopted: the libvirt hook refuses to start the domain
-on them. 'shareless release SERVER' gives the disks back to the files.
+A raw file on the store's mount becomes the managed disk itself (a hard
+link: nothing is copied into the store) and stays Nova's live data; a start
+of the domain on it (Nova's hard reboot, power on, rescue) hands the disk
+back to Nova with its data. Any other file (qcow2, or a store on another
+mount) is left as it was at the pivot and never used again while the
+instance is adopted: the libvirt hook refuses to start the domain on it.
+'shareless release SERVER' gives the disks back to the files.
 --json prints the adoption record for scripts; progress goes to stderr.
 `
 
