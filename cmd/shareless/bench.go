@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -34,11 +35,14 @@ iSCSI on 127.0.0.1, and prints one line per case:
                   against qemu-img convert -m 16 -W -O raw from that export
   randread-qd32-copiedN
                   4 KiB reads at queue depth 32 (qemu-img bench, strided over
-                  the disk) through a replica while it copies, starting when
-                  N percent of it is copied, against the same through a plain
-                  export of a local file
+                  the disk: every read in another copy chunk and tracking
+                  block, none read twice) through a replica while it copies,
+                  starting when N percent of it is copied, against the same
+                  through a plain export of a local file
   randread-qd32-complete
                   the same once the replica holds every block
+                  (each randread case runs three turns, each against the
+                  peer measured just before it; the median turn is printed)
   wayback-Npct-time, wayback-Npct-bytes
                   the way back after N percent of the blocks were modified,
                   against the full copy of the copy case; bytes are Data-In
@@ -54,7 +58,7 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	fs.Usage = func() { fmt.Fprint(e.stderr, benchHelp); fs.PrintDefaults() }
 	dir := fs.String("dir", "", "working directory (default: a temporary one, removed afterwards)")
 	size := fs.Int64("size", 1<<30, "disk size in bytes")
-	reads := fs.Int("reads", 0, "4 KiB reads per randread run (default: one per 8 tracking blocks)")
+	reads := fs.Int("reads", 0, "4 KiB reads per randread run (default: one per 4 tracking blocks)")
 	if len(args) == 0 || args[0] != "replica" {
 		fs.Usage()
 		return usagef("bench takes a suite: replica")
@@ -81,7 +85,10 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	d := &demo{out: io.Discard, log: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		dir: *dir, size: *size}
 	if *reads == 0 {
-		*reads = int(*size / replicator.DefaultGrain / 8)
+		// Enough for the peer's run to last a fifth of a second on
+		// this kind of machine, few enough that the copied50 case ends
+		// before the copy does.
+		*reads = int(*size / replicator.DefaultGrain / 4)
 	}
 	b := &replicaBench{demo: d, out: e.stdout, reads: *reads}
 	return b.run(ctx)
@@ -188,37 +195,40 @@ func (b *replicaBench) run(ctx context.Context) error {
 		return b.qemuBench(ctx, paddr)
 	}
 	for _, at := range []int64{0, 50} {
-		peer, err := peerReads()
-		if err != nil {
-			return err
-		}
-		h.stop()
-		if err := errors.Join(h.disk.Close(), h.store.Remove(demoDisk)); err != nil {
-			return err
-		}
-		// The copy runs at a tenth of the disk per second, so that it is
-		// still running when the reads end.
-		if _, err := b.copyOnce(ctx, a, h, src, b.size/10); err != nil {
-			return err
-		}
-		for h.disk.Stats().BytesLocal < b.size*at/100 {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(5 * time.Millisecond):
+		var turns []readTurn
+		for range readTurns {
+			peer, err := peerReads()
+			if err != nil {
+				return err
 			}
+			h.stop()
+			if err := errors.Join(h.disk.Close(), h.store.Remove(demoDisk)); err != nil {
+				return err
+			}
+			// The copy runs at a tenth of the disk per second, so that it
+			// is still running when the reads end.
+			if _, err := b.copyOnce(ctx, a, h, src, b.size/10); err != nil {
+				return err
+			}
+			for h.disk.Stats().BytesLocal < b.size*at/100 {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+			before := h.disk.Stats().BytesLocal
+			ours, err := b.qemuBench(ctx, h.addr)
+			if err != nil {
+				return err
+			}
+			st := h.disk.Stats()
+			if st.State != replicator.StateCopying {
+				return fmt.Errorf("the replica finished copying during the read run: lower --reads")
+			}
+			turns = append(turns, readTurn{ours, peer, before, st.BytesLocal})
 		}
-		before := h.disk.Stats().BytesLocal
-		ours, err := b.qemuBench(ctx, h.addr)
-		if err != nil {
-			return err
-		}
-		st := h.disk.Stats()
-		if st.State != replicator.StateCopying {
-			return fmt.Errorf("the replica finished copying during the read run: lower --reads")
-		}
-		b.result(fmt.Sprintf("randread-qd32-copied%d", at), "IOPS", ours, peer)
-		b.note("the replica held %s of %s before the reads, %s after", human(before), human(b.size), human(st.BytesLocal))
+		b.readResult(fmt.Sprintf("randread-qd32-copied%d", at), turns)
 	}
 
 	// The same reads once the replica is complete: the cost of the
@@ -227,16 +237,20 @@ func (b *replicaBench) run(ctx context.Context) error {
 	if err := errors.Join(b.waitComplete(ctx, h.name, h.disk), src.Close()); err != nil {
 		return err
 	}
-	peer, err := peerReads()
-	if err != nil {
-		return err
+	var turns []readTurn
+	for range readTurns {
+		peer, err := peerReads()
+		if err != nil {
+			return err
+		}
+		syscall.Sync()
+		ours, err := b.qemuBench(ctx, h.addr)
+		if err != nil {
+			return err
+		}
+		turns = append(turns, readTurn{ours, peer, b.size, b.size})
 	}
-	syscall.Sync()
-	ours, err := b.qemuBench(ctx, h.addr)
-	if err != nil {
-		return err
-	}
-	b.result("randread-qd32-complete", "IOPS", ours, peer)
+	b.readResult("randread-qd32-complete", turns)
 
 	// (c) The way back, against the full copy of (a).
 	home, away := a, h
@@ -345,6 +359,29 @@ func (b *replicaBench) qemuBench(ctx context.Context, addr string) (float64, err
 
 // copyTurns is how many times each side of the copy case runs.
 const copyTurns = 5
+
+// readTurns is how many times each randread case runs, each turn against
+// the peer measured just before it.
+const readTurns = 3
+
+// readTurn is one run of a randread case: IOPS of ours and the peer, and
+// what the replica held before and after the reads.
+type readTurn struct {
+	ours, peer    float64
+	before, after int64
+}
+
+// readResult prints the turn with the median ratio, and every turn.
+func (b *replicaBench) readResult(name string, turns []readTurn) {
+	s := slices.Clone(turns)
+	slices.SortFunc(s, func(x, y readTurn) int { return cmp.Compare(x.ours/x.peer, y.ours/y.peer) })
+	m := s[len(s)/2]
+	b.result(name, "IOPS", m.ours, m.peer)
+	for _, t := range turns {
+		b.note("turn: ours %.4g peer %.4g ratio %.3f; the replica held %s of %s before the reads, %s after",
+			t.ours, t.peer, t.ours/t.peer, human(t.before), human(b.size), human(t.after))
+	}
+}
 
 func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
