@@ -75,10 +75,11 @@ var (
 //   - Rule 2: a write goes to the image and makes its blocks valid and
 //     modified; an invalid block that the write covers only in part is
 //     first completed from the source, so no block is ever half valid.
-//   - Rule 3: the copier fetches a chunk without its lock, then under the
-//     chunk lock (which every write holds for its chunk) writes only the
-//     blocks still invalid: a block a guest wrote meanwhile is never
-//     overwritten.
+//   - Rule 3: the copier fetches a chunk, and a read the blocks it keeps,
+//     without the chunk's lock, then under it (which every write holds for
+//     its chunk) writes only the blocks still invalid: a block a guest
+//     wrote meanwhile is never overwritten. Blocks of zeroes are stored as
+//     holes.
 //   - Rule 4: valid bits and progress are committed only after an fsync of
 //     the image that covers their data. Modified bits are the exception,
 //     made durable before the guest's data can reach the image (a
@@ -321,20 +322,11 @@ func (r *Replica) runs(first, last int64) (runs []run, valid []bool) {
 }
 
 func (r *Replica) readChunk(ctx context.Context, c, from, to int64, p []byte) error {
+	// No chunk lock: a valid block never becomes invalid, and a write
+	// racing with a read may land before or after it, as on any disk.
+	// Blocks fetched to keep are fetched without it too (see keepFetched).
 	runs, valid := r.runs(from/r.grain, (to-1)/r.grain)
-	cor := r.copyOnRead() && slices.Contains(valid, false)
-	if cor {
-		// Fetched blocks will be written locally: serialize with writes
-		// and the copier like any other change to the chunk (rule 3),
-		// and look again under the lock. A read of valid blocks only
-		// needs no lock: a valid block never becomes invalid, and a write
-		// racing with a read may land before or after it, as on any disk.
-		if err := r.locks.lock(ctx, c); err != nil {
-			return err
-		}
-		defer r.locks.unlock(c)
-		runs, valid = r.runs(from/r.grain, (to-1)/r.grain)
-	}
+	cor := r.copyOnRead()
 	for i, x := range runs {
 		bs, _ := r.span(x.start)
 		_, be := r.span(x.start + x.count - 1)
@@ -351,7 +343,7 @@ func (r *Replica) readChunk(ctx context.Context, c, from, to int64, p []byte) er
 			if err := r.sourceRead(ctx, buf, bs, true); err != nil {
 				return err // buf is dropped: an abandoned read may still fill it
 			}
-			err := r.keep(x, buf, bs)
+			err := r.keepFetched(ctx, c, x, buf, bs)
 			copy(dst, buf[a-bs:])
 			r.bufs.put(buf)
 			if err != nil {
@@ -366,6 +358,20 @@ func (r *Replica) readChunk(ctx context.Context, c, from, to int64, p []byte) er
 		}
 	}
 	return nil
+}
+
+// keepFetched keeps what a read fetched for the blocks x of chunk c, like
+// the copier's stores: the fetch ran without the chunk lock, and under it
+// keep stores only the blocks still invalid, so a write made meanwhile wins
+// (rule 3). Holding the lock across the round trip to the source made the
+// reads of one chunk wait for each other (a guest reading a MiB at queue
+// depth 32 got depth 1), and writes and the copier wait for them.
+func (r *Replica) keepFetched(ctx context.Context, c int64, x run, buf []byte, off int64) error {
+	if err := r.locks.lock(ctx, c); err != nil {
+		return err
+	}
+	defer r.locks.unlock(c)
+	return r.keep(x, buf, off)
 }
 
 // sourceRead reads for the guest from the source. owned: p was allocated
