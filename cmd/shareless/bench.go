@@ -42,7 +42,10 @@ iSCSI on 127.0.0.1, and prints one line per case:
   randread-qd32-complete
                   the same once the replica holds every block
                   (each randread case runs three turns, each against the
-                  peer measured just before it; the median turn is printed)
+                  peer measured just before it; the median turn is printed,
+                  and every turn with its CPU time per read: this process,
+                  both hosts' targets, the replica and its copier, plus
+                  qemu-img)
   wayback-Npct-time, wayback-Npct-bytes
                   the way back after N percent of the blocks were modified,
                   against the full copy of the copy case; bytes are Data-In
@@ -190,7 +193,7 @@ func (b *replicaBench) run(ctx context.Context) error {
 		return err
 	}
 	defer func() { pt.Close(); <-pstopped }()
-	peerReads := func() (float64, error) {
+	peerReads := func() (benchRun, error) {
 		syscall.Sync()
 		return b.qemuBench(ctx, paddr)
 	}
@@ -331,30 +334,54 @@ func (b *replicaBench) qemuConvert(ctx context.Context, addr string) (time.Durat
 // every read in another copy chunk and another tracking block.
 const benchStep = 1<<20 + 20<<10
 
-var benchRun = regexp.MustCompile(`Run completed in ([0-9.]+) seconds`)
+var benchRunTime = regexp.MustCompile(`Run completed in ([0-9.]+) seconds`)
+
+// benchRun is what one qemu-img bench run measured: reads per second, and
+// CPU time per read of this process (targets, replica, copier, source) and
+// qemu-img together, which the machine's other load disturbs less than the
+// rate.
+type benchRun struct {
+	iops float64
+	cpu  time.Duration
+}
+
+// cpuTime is the user and system time of this process and of its waited-for
+// children.
+func cpuTime() time.Duration {
+	var t time.Duration
+	for _, who := range []int{syscall.RUSAGE_SELF, syscall.RUSAGE_CHILDREN} {
+		var ru syscall.Rusage
+		if syscall.Getrusage(who, &ru) == nil {
+			t += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		}
+	}
+	return t
+}
 
 // qemuBench runs qemu-img bench's 4 KiB reads at queue depth 32 on the
-// demo disk's LUN at addr and returns the reads per second.
-func (b *replicaBench) qemuBench(ctx context.Context, addr string) (float64, error) {
+// demo disk's LUN at addr.
+func (b *replicaBench) qemuBench(ctx context.Context, addr string) (benchRun, error) {
 	// qemu-img bench takes no --object, so the CHAP secret goes in the URL
 	// (libiscsi's user%password form): tolerable for a throwaway secret on
 	// loopback, never for a real one.
 	url := fmt.Sprintf("iscsi://%s%%%s@%s/%s/0", b.user, b.secret, addr, demoIQN)
 	cmd := exec.CommandContext(ctx, "qemu-img", "bench", "-f", "raw",
 		"-c", strconv.Itoa(b.reads), "-d", "32", "-s", "4096", "-S", strconv.Itoa(benchStep), "-t", "none", url)
+	cpu := cpuTime()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return 0, fmt.Errorf("qemu-img bench: %w: %s", err, bytes.TrimSpace(out))
+		return benchRun{}, fmt.Errorf("qemu-img bench: %w: %s", err, bytes.TrimSpace(out))
 	}
-	m := benchRun.FindSubmatch(out)
+	cpu = cpuTime() - cpu
+	m := benchRunTime.FindSubmatch(out)
 	if m == nil {
-		return 0, fmt.Errorf("qemu-img bench: no run time in %q", out)
+		return benchRun{}, fmt.Errorf("qemu-img bench: no run time in %q", out)
 	}
 	secs, err := strconv.ParseFloat(string(m[1]), 64)
 	if err != nil || secs <= 0 {
-		return 0, fmt.Errorf("qemu-img bench: run time %q", m[1])
+		return benchRun{}, fmt.Errorf("qemu-img bench: run time %q", m[1])
 	}
-	return float64(b.reads) / secs, nil
+	return benchRun{iops: float64(b.reads) / secs, cpu: cpu / time.Duration(b.reads)}, nil
 }
 
 // copyTurns is how many times each side of the copy case runs.
@@ -364,22 +391,25 @@ const copyTurns = 5
 // the peer measured just before it.
 const readTurns = 3
 
-// readTurn is one run of a randread case: IOPS of ours and the peer, and
-// what the replica held before and after the reads.
+// readTurn is one run of a randread case: ours and the peer's, and what
+// the replica held before and after the reads.
 type readTurn struct {
-	ours, peer    float64
+	ours, peer    benchRun
 	before, after int64
 }
+
+func (t readTurn) ratio() float64 { return t.ours.iops / t.peer.iops }
 
 // readResult prints the turn with the median ratio, and every turn.
 func (b *replicaBench) readResult(name string, turns []readTurn) {
 	s := slices.Clone(turns)
-	slices.SortFunc(s, func(x, y readTurn) int { return cmp.Compare(x.ours/x.peer, y.ours/y.peer) })
+	slices.SortFunc(s, func(x, y readTurn) int { return cmp.Compare(x.ratio(), y.ratio()) })
 	m := s[len(s)/2]
-	b.result(name, "IOPS", m.ours, m.peer)
+	b.result(name, "IOPS", m.ours.iops, m.peer.iops)
 	for _, t := range turns {
-		b.note("turn: ours %.4g peer %.4g ratio %.3f; the replica held %s of %s before the reads, %s after",
-			t.ours, t.peer, t.ours/t.peer, human(t.before), human(b.size), human(t.after))
+		b.note("turn: ours %.4g peer %.4g ratio %.3f; CPU per read ours %v peer %v; the replica held %s of %s before the reads, %s after",
+			t.ours.iops, t.peer.iops, t.ratio(), t.ours.cpu.Round(100*time.Nanosecond), t.peer.cpu.Round(100*time.Nanosecond),
+			human(t.before), human(b.size), human(t.after))
 	}
 }
 
