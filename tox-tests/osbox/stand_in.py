@@ -90,7 +90,7 @@ def image_api(environ, method, p, reply, start):
             start("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(blob)))])
             return [blob]
         if path is None:
-            return reply("204 No Content", {})
+            return None
         start("200 OK", [("Content-Type", "application/octet-stream"),
                          ("Content-Length", str(img["size"])), ("Content-MD5", img["checksum"])])
         f = open(path, "rb")
