@@ -41,7 +41,10 @@ import (
 // never boots stale or missing data. Nova's snapshot and shelve read the
 // root disk's path from the live XML, which is a network disk: Nova fails
 // them ("Can't retrieve root device path from instance libvirt
-// configuration") before anything changes.
+// configuration") before anything changes. Not handled: Nova's cold
+// migration and resize copy only file disks, so an adopted instance would
+// start on the destination on a fresh disk made from its image (its data
+// stays in the source's store); release it first.
 //
 // Any other file disk (qcow2, or a store on another mount) is copied: the
 // file stays as it was at the pivot and is never used again while the
