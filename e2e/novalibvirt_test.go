@@ -60,6 +60,7 @@ func TestNovaLibvirt(t *testing.T) {
 		{"rescue", func(t *testing.T) { c.rescue(t, adopted) }},
 		{"snapshot", func(t *testing.T) { c.snapshot(t, adopted) }},
 		{"shelve", func(t *testing.T) { c.shelve(t, adopted) }},
+		{"hard reboot while copying", func(t *testing.T) { c.rebootWhileCopying(t, adopted) }},
 		{"delete", func(t *testing.T) { c.deleteFrees(t, adopted) }},
 	} {
 		if !t.Run(step.name, step.run) {
@@ -269,7 +270,7 @@ func (c *novaCloud) abort(t *testing.T, inst *instance) {
 // with every byte it wrote. `shareless adopt` adopts it again, by link.
 func (c *novaCloud) hardReboot(t *testing.T, inst *instance) {
 	c.openstack(t, "server", "reboot", "--hard", "--wait", inst.uuid)
-	c.handedBack(t, inst)
+	c.handedBack(t, c.a, inst)
 	c.adoptAgain(t, inst)
 }
 
@@ -282,7 +283,7 @@ func (c *novaCloud) stopStart(t *testing.T, inst *instance) {
 	c.sameDisk(t, c.a.image(inst), c.wrote, 0)
 	c.openstack(t, "server", "start", inst.uuid)
 	c.waitStatus(t, inst, "ACTIVE")
-	c.handedBack(t, inst)
+	c.handedBack(t, c.a, inst)
 	c.adoptAgain(t, inst)
 }
 
@@ -381,8 +382,41 @@ func (c *novaCloud) shelve(t *testing.T, inst *instance) {
 	c.sameDisk(t, c.a.image(inst), c.wrote, 0)
 	c.openstack(t, "server", "start", inst.uuid)
 	c.waitStatus(t, inst, "ACTIVE")
-	c.handedBack(t, inst)
+	c.handedBack(t, c.a, inst)
 	c.adoptAgain(t, inst)
+}
+
+// rebootWhileCopying: right after a live migration to compute2, while
+// compute2 still copies the disk, `openstack server reboot --hard`: Nova
+// destroys the domain and starts it on its file on compute2, which does
+// not hold the disk yet: the prepare hook refuses, with what is left, and
+// Nova puts the server in ERROR; the copy goes on. Once it is complete, a
+// hard reboot starts: compute2's agent linked the disk as Nova's file there
+// and hands it back, and the guest boots with every byte.
+func (c *novaCloud) rebootWhileCopying(t *testing.T, inst *instance) {
+	c.novaMigrate(t, inst, c.b)
+	if d, ok := c.b.disk(inst); !ok || d.BytesRemaining == 0 {
+		t.Fatalf("compute2 is not copying: %+v", d)
+	}
+	out, err := c.tryOpenstack("server", "reboot", "--hard", "--wait", inst.uuid)
+	t.Logf("openstack server reboot --hard while compute2 copies: %v\n%s", err, out)
+	testenv.Eventually(t, 2*time.Minute, "the refused reboot ends", func() (bool, string) {
+		s := c.show(t, inst.uuid)
+		return s.TaskState == "" && s.Status == "ERROR", fmt.Sprintf("%+v", s)
+	})
+	log, err := os.ReadFile(c.compute[c.b].Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const refusal = "cannot be handed back to Nova now: it is still being copied to this host"
+	if !bytes.Contains(log, []byte(refusal)) {
+		t.Errorf("nova-compute on compute2 does not show the hook's refusal %q", refusal)
+	}
+	waitCopied(t, inst, c.a, c.b, 3*time.Minute)
+	sameInode(t, c.novaFile(c.b, inst), c.b.image(inst))
+	c.openstack(t, "server", "reboot", "--hard", "--wait", inst.uuid)
+	c.waitStatus(t, inst, "ACTIVE")
+	c.handedBack(t, c.b, inst)
 }
 
 // snapshotRefusal is how Nova's libvirt driver fails a snapshot of a
@@ -406,26 +440,26 @@ func (c *novaCloud) deleteFrees(t *testing.T, inst *instance) {
 	}
 }
 
-// handedBack checks that inst runs on compute1 on Nova's file, which the
-// agent no longer serves, with the data and a new counter.
-func (c *novaCloud) handedBack(t *testing.T, inst *instance) {
+// handedBack checks that inst runs on n on Nova's file, which the agent
+// no longer serves, with the data and a new counter.
+func (c *novaCloud) handedBack(t *testing.T, n *node, inst *instance) {
 	t.Helper()
-	if s := c.show(t, inst.uuid); s.Status != "ACTIVE" || s.Host != c.a.name {
+	if s := c.show(t, inst.uuid); s.Status != "ACTIVE" || s.Host != n.name {
 		t.Fatalf("%+v", s)
 	}
-	if d, ok := c.a.disk(inst); ok {
+	if d, ok := n.disk(inst); ok {
 		t.Fatalf("the agent still serves the disk: %+v", d)
 	}
-	live, err := c.a.conn.DomainXML(t.Context(), c.domain(t, c.a, inst), 0)
+	live, err := n.conn.DomainXML(t.Context(), c.domain(t, n, inst), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(live, "<source file='"+novaInstances+"/"+inst.uuid+"/disk'") {
 		t.Fatalf("the domain does not run on Nova's file:\n%s", live)
 	}
-	n := waitCounter(t, c.novaFile(c.a, inst), 0, 90*time.Second)
-	c.sameDisk(t, c.novaFile(c.a, inst), c.wrote, n)
-	t.Logf("handed back: the guest runs on Nova's file with its data")
+	last := waitCounter(t, c.novaFile(n, inst), 0, 90*time.Second)
+	c.sameDisk(t, c.novaFile(n, inst), c.wrote, last)
+	t.Logf("handed back: the guest runs on Nova's file on %s with its data", n.name)
 }
 
 // adoptAgain adopts inst on compute1 again, by link.
