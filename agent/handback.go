@@ -32,6 +32,7 @@ func (a *Agent) startOnFiles(log *slog.Logger, domain, inst string, files []stri
 	a.adoptMu.Lock()
 	defer a.adoptMu.Unlock()
 	ad, gerr := a.readGuard(domain)
+	guarded := gerr == nil
 	if errors.Is(gerr, os.ErrNotExist) {
 		gerr = nil
 	}
@@ -78,7 +79,10 @@ func (a *Agent) startOnFiles(log *slog.Logger, domain, inst string, files []stri
 		ad.Disks = kept
 	}
 	switch {
-	case len(back) == 0 || gerr != nil:
+	case len(back) == 0 || !guarded:
+		// No guard to update: nothing handed back, a guard unreadable
+		// (left for an operator), or none here (a host the instance
+		// migrated to).
 	case len(ad.Disks) > 0:
 		return a.writeGuard(ad)
 	default:
@@ -100,6 +104,9 @@ func (a *Agent) canHandBack(dk *disk, file string) error {
 	}
 	st := dk.rep.Stats()
 	switch {
+	case st.State != replicator.StateComplete && dk.rep.RemoteOnly():
+		return fmt.Errorf("it is read remotely from its source ([replicator] method = remote), %d of %d bytes not here; `shareless copy-now %s`, then wait until `shareless status` shows it complete",
+			st.BytesRemaining, st.Size, dk.ref.Instance)
 	case st.State != replicator.StateComplete:
 		return fmt.Errorf("it is still being copied to this host, %d of %d bytes left (ETA %v); wait until `shareless status` shows it complete",
 			st.BytesRemaining, st.Size, st.ETA.Round(time.Second))

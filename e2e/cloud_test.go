@@ -85,7 +85,8 @@ type node struct {
 	agent *lab.Proc
 	// What a deployment sets beyond the agents' common configuration:
 	// [store] instances_path (Nova's, for hard links), the copy's
-	// bandwidth limit (0: bandwidth) and whole sections appended as is.
+	// bandwidth limit (0: bandwidth) and whole sections, written before
+	// [peers] ([replicator] stays last, for setMethod).
 	instancesPath string
 	bandwidth     int64
 	extraConf     string
@@ -248,6 +249,7 @@ psk_file = /etc/libvirt/shareless/psk
 socket = %s
 metrics_listen = %s
 
+%s
 [peers]
 %s
 [replicator]
@@ -256,8 +258,8 @@ chunk = %d
 bandwidth_limit = %d
 source_timeout = 60s
 hook_wait = %s
-%s`, n.name, statePath, transport, n.host.Addr, iscsiPort, chapUser, storePath, n.instancesPath, n.host.Addr, apiPort, socketPath, metricsAddr,
-		peerLines.String(), grain, chunk, cmp.Or(n.bandwidth, bandwidth), hookWait, n.extraConf)
+`, n.name, statePath, transport, n.host.Addr, iscsiPort, chapUser, storePath, n.instancesPath, n.host.Addr, apiPort, socketPath, metricsAddr,
+		n.extraConf, peerLines.String(), grain, chunk, cmp.Or(n.bandwidth, bandwidth), hookWait)
 	if err := os.WriteFile(n.outside(confPath), []byte(conf), 0o600); err != nil {
 		return err
 	}

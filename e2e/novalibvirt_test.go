@@ -386,17 +386,21 @@ func (c *novaCloud) shelve(t *testing.T, inst *instance) {
 	c.adoptAgain(t, inst)
 }
 
-// rebootWhileCopying: right after a live migration to compute2, while
-// compute2 still copies the disk, `openstack server reboot --hard`: Nova
-// destroys the domain and starts it on its file on compute2, which does
-// not hold the disk yet: the prepare hook refuses, with what is left, and
-// Nova puts the server in ERROR; the copy goes on. Once it is complete, a
-// hard reboot starts: compute2's agent linked the disk as Nova's file there
-// and hands it back, and the guest boots with every byte.
+// rebootWhileCopying: after a live migration to compute2, while compute2
+// does not hold the whole disk yet (its agent under [replicator] method =
+// remote, so that the copy waits for the operator), `openstack server
+// reboot --hard`: Nova destroys the domain and, to start it again from its
+// files, looks for the disk file, which compute2's agent links into Nova's
+// directory only once the disk is whole: Nova fails the reboot before it
+// starts anything, the server goes to ERROR, and the data stays whole.
+// `shareless copy-now` copies the rest; then a hard reboot starts: the
+// agent linked the disk as Nova's file there and hands it back, and the
+// guest boots with every byte.
 func (c *novaCloud) rebootWhileCopying(t *testing.T, inst *instance) {
+	setMethod(t, c.b, "remote")
 	c.novaMigrate(t, inst, c.b)
-	if d, ok := c.b.disk(inst); !ok || d.BytesRemaining == 0 {
-		t.Fatalf("compute2 is not copying: %+v", d)
+	if d, ok := c.b.disk(inst); !ok || d.BytesRemaining == 0 || d.Mode != "remote" {
+		t.Fatalf("compute2 holds the whole disk already: %+v", d)
 	}
 	out, err := c.tryOpenstack("server", "reboot", "--hard", "--wait", inst.uuid)
 	t.Logf("openstack server reboot --hard while compute2 copies: %v\n%s", err, out)
@@ -408,9 +412,15 @@ func (c *novaCloud) rebootWhileCopying(t *testing.T, inst *instance) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const refusal = "cannot be handed back to Nova now: it is still being copied to this host"
-	if !bytes.Contains(log, []byte(refusal)) {
-		t.Errorf("nova-compute on compute2 does not show the hook's refusal %q", refusal)
+	refusal := []byte("Cannot reboot instance: [Errno 2] No such file or directory: '" + novaInstances + "/" + inst.uuid + "/disk'")
+	if !bytes.Contains(log, refusal) {
+		t.Errorf("nova-compute on compute2 did not fail the reboot with %q", refusal)
+	}
+	if d, ok := c.b.disk(inst); !ok || d.State == "complete" {
+		t.Fatalf("compute2's disk after the refused reboot: %+v", d)
+	}
+	if out, err := exec.Command(c.bin, "copy-now", "--socket", c.b.outside(socketPath), inst.uuid).CombinedOutput(); err != nil {
+		t.Fatalf("shareless copy-now: %v\n%s", err, out)
 	}
 	waitCopied(t, inst, c.a, c.b, 3*time.Minute)
 	sameInode(t, c.novaFile(c.b, inst), c.b.image(inst))
