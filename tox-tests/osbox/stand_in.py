@@ -8,7 +8,7 @@ token.
 With OSBOX_IMAGES naming a JSON list of real images
 ([{"id", "name", "file", "disk_format", "properties": {...}}]), it also
 serves those, with their data (a real nova-compute boots from them), and
-keeps the images Nova uploads (snapshots, shelve) in memory.
+lets Nova create and delete the image of a snapshot (no upload).
 
 usage: stand_in.py ADDRESS PORT
 """
@@ -40,8 +40,8 @@ SCHEMA = {
               {"rel": "describedby", "href": "{schema}"}],
 }
 
-# Real images: id -> (metadata, data file or None, bytes uploaded).
-IMAGES = {IMAGE_ID: (IMAGE, None, None)}
+# Images: id -> (metadata, data file or None).
+IMAGES = {IMAGE_ID: (IMAGE, None)}
 
 
 def load_images(path):
@@ -56,12 +56,12 @@ def load_images(path):
                    size=size, virtual_size=size, disk_format=d.get("disk_format", "raw"),
                    self="/v2/images/" + d["id"], file="/v2/images/%s/file" % d["id"])
         img.update(d.get("properties", {}))
-        IMAGES[d["id"]] = (img, d["file"], None)
+        IMAGES[d["id"]] = (img, d["file"])
 
 
 def image_api(environ, method, p, reply, start):
-    """Glance's v2 image calls Nova makes: show, download, and for a
-    snapshot create, upload, update and delete."""
+    """Glance's v2 image calls Nova makes: show, download; create and
+    delete for a snapshot (which Nova deletes when the snapshot fails)."""
     m = re.match(r"^/v2/images(?:/([0-9a-f-]+))?(/file)?$", p)
     if not m:
         return None
@@ -72,58 +72,23 @@ def image_api(environ, method, p, reply, start):
         img = dict(IMAGE, id=iid, status="queued", size=None, virtual_size=None, checksum=None,
                    os_hash_value=None, self="/v2/images/" + iid, file="/v2/images/%s/file" % iid)
         img.update(body)
-        IMAGES[iid] = (img, None, None)
+        IMAGES[iid] = (img, None)
         return reply("201 Created", img)
     if iid not in IMAGES:
         return None
-    img, path, blob = IMAGES[iid]
-    if data and method == "PUT":
-        blob = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)) if environ.get("CONTENT_LENGTH") \
-            else read_chunked(environ["wsgi.input"])
-        img = dict(img, status="active", size=len(blob), virtual_size=len(blob),
-                   checksum=hashlib.md5(blob).hexdigest(), os_hash_value=hashlib.sha512(blob).hexdigest())
-        IMAGES[iid] = (img, None, blob)
-        start("204 No Content", [])
-        return [b""]
-    if data and method == "GET":
-        if blob is not None:
-            start("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(blob)))])
-            return [blob]
-        if path is None:
-            return None
+    img, path = IMAGES[iid]
+    if data and method == "GET" and path is not None:
         start("200 OK", [("Content-Type", "application/octet-stream"),
                          ("Content-Length", str(img["size"])), ("Content-MD5", img["checksum"])])
         f = open(path, "rb")
         return iter(lambda: f.read(1 << 20), b"")
-    if method == "PATCH":
-        ops = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)) or b"[]")
-        img = dict(img)
-        for op in ops:
-            key = op["path"].lstrip("/")
-            if op["op"] == "remove":
-                img.pop(key, None)
-            else:
-                img[key] = op["value"]
-        IMAGES[iid] = (img, path, blob)
-        return reply("200 OK", img)
-    if method == "DELETE":
+    if method == "DELETE" and not data:
         del IMAGES[iid]
         start("204 No Content", [])
         return [b""]
     if method == "GET" and not data:
         return reply("200 OK", img)
     return None
-
-
-def read_chunked(f):
-    out = bytearray()
-    while True:
-        n = int(f.readline().split(b";")[0], 16)
-        if n == 0:
-            f.readline()
-            return bytes(out)
-        out += f.read(n)
-        f.readline()
 
 
 def app(environ, start):
