@@ -48,3 +48,28 @@ func ParseByPath(p string) (t ISCSITarget, ok bool) {
 	}
 	return t, true
 }
+
+// DetachedDisk is a block disk of a domain whose source is an iSCSI
+// by-path name that no initiator attached on the host.
+type DetachedDisk struct {
+	DiskRef
+	Target ISCSITarget
+}
+
+// DetachedDisks returns the domain's block disks named by an iSCSI by-path
+// name (ByPath) for which attached reports false: on a host where a
+// kernel initiator attached the LUN, the path exists and the disk stays a
+// block disk as Nova meant it.
+func DetachedDisks(domain []byte, attached func(path string) bool) ([]DetachedDisk, error) {
+	refs, err := ListDisks(domain)
+	if err != nil {
+		return nil, err
+	}
+	var out []DetachedDisk
+	for _, d := range refs {
+		if t, ok := ParseByPath(d.SourceDev); ok && d.Type == "block" && !attached(d.SourceDev) {
+			out = append(out, DetachedDisk{DiskRef: d, Target: t})
+		}
+	}
+	return out, nil
+}

@@ -293,3 +293,24 @@ func TestDecideBadRequests(t *testing.T) {
 		}
 	}
 }
+
+func TestDetachedDisks(t *testing.T) {
+	const here = "/dev/disk/by-path/ip-192.0.2.10:3260-iscsi-iqn.2000-01.x:attached-lun-1"
+	dom := `<domain><devices>
+  <disk type='block' device='disk'><source dev='/dev/disk/by-path/ip-192.0.2.10:3260-iscsi-iqn.2000-01.x:y-lun-4'/><target dev='vdb'/><serial>v1</serial></disk>
+  <disk type='block' device='disk'><source dev='` + here + `'/><target dev='vdc'/><serial>v2</serial></disk>
+  <disk type='block' device='disk'><source dev='/dev/disk/by-path/pci-0000:05:00.0-fc-0x500a098280feeba5-lun-1'/><target dev='vdd'/></disk>
+  <disk type='file' device='disk'><source file='/dev/disk/by-path/ip-192.0.2.10:3260-iscsi-iqn.2000-01.x:f-lun-0'/><target dev='vda'/></disk>
+</devices></domain>`
+	got, err := DetachedDisks([]byte(dom), func(p string) bool { return p == here })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ISCSITarget{Portal: Portal{"192.0.2.10", 3260}, IQN: "iqn.2000-01.x:y", LUN: 4}
+	if len(got) != 1 || got[0].Serial != "v1" || got[0].TargetDev != "vdb" || got[0].Target != want {
+		t.Errorf("detached disks %+v; want vdb only, %+v", got, want)
+	}
+	if _, err := DetachedDisks([]byte("<domain>"), nil); err == nil {
+		t.Error("broken XML: no error")
+	}
+}
