@@ -152,6 +152,9 @@ func (a *Agent) managedDisk(ref DiskRef) virt.ISCSIDisk {
 
 // runningDomain resolves server to a running domain.
 func (a *Agent) runningDomain(ctx context.Context, server string) (*virt.Conn, virt.Domain, error) {
+	if a.cfg.Libvirt.URI == "" {
+		return nil, virt.Domain{}, errors.New("this host runs no libvirtd ([libvirt] uri is empty): adopt disk files with shareless adopt --file")
+	}
 	c, err := a.libvirt.get()
 	if err != nil {
 		return nil, virt.Domain{}, err

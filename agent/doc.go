@@ -35,7 +35,11 @@
 // API; adopt.go says what happens to Nova's files. The adoption guard
 // <state_path>/guard/<domain name> records which file each managed disk
 // came from; while it exists the prepare/start hook refuses domain XML
-// that names one of those files.
+// that names one of those files. On a host without libvirtd ([libvirt] uri
+// empty, e.g. Nova's fake virt driver) or for an instance without a domain
+// here, `shareless adopt --file` copies raw disk files into managed disks
+// instead (adoptfile.go); the agent then acts on Nova's notifications
+// alone, as it always does for migrations.
 //
 // # Method B
 //

@@ -47,8 +47,12 @@ func (l *libvirtLink) get() (*virt.Conn, error) {
 
 // runLibvirt connects to [libvirt] uri and defines the CHAP secret,
 // retrying with backoff until both are done, then holds the connection
-// until ctx ends.
+// until ctx ends. An empty uri means this host runs no libvirtd.
 func (a *Agent) runLibvirt(ctx context.Context) error {
+	if a.cfg.Libvirt.URI == "" {
+		a.log.Info("no libvirtd on this host ([libvirt] uri is empty): disk files are adopted with shareless adopt --file")
+		return nil
+	}
 	wait := libvirtRetryMin
 	for {
 		c, err := a.connectLibvirt(ctx)

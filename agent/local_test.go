@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,13 @@ import (
 // libvirtd (a socket nobody serves), as on a host where libvirt is not
 // up yet. It returns the agent and its local API client.
 func startLocal(t *testing.T) (*Agent, *localapi.Client) {
+	t.Helper()
+	return startLocalLibvirt(t, true)
+}
+
+// startLocalLibvirt is startLocal; without libvirt, [libvirt] uri is
+// empty: a host that runs no libvirtd at all.
+func startLocalLibvirt(t *testing.T, libvirt bool) (*Agent, *localapi.Client) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "shl-local-") // short: a unix socket path
 	if err != nil {
@@ -38,14 +46,14 @@ port = %[2]d
 [store]
 path = %[1]s/store
 [libvirt]
-uri = %[1]s/no-libvirt-sock
+uri = %[4]s
 [api]
 listen = 127.0.0.1:%[3]d
 socket = %[1]s/agent.sock
 metrics_listen =
 [replicator]
 hook_wait = 2s
-`, dir, ports[0], ports[1]))
+`, dir, ports[0], ports[1], map[bool]string{true: dir + "/no-libvirt-sock"}[libvirt]))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,6 +84,14 @@ func TestWithoutLibvirtd(t *testing.T) {
 	}
 	if _, err := c.Adopt(ctx, "instance-1", nil); err == nil || !strings.Contains(err.Error(), "libvirtd") {
 		t.Fatalf("adopt without libvirtd: %v", err)
+	}
+	// A file adoption must first know that no domain of the instance runs here.
+	file := filepath.Join(t.TempDir(), "disk")
+	if err := os.WriteFile(file, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AdoptFiles(ctx, "0d1c8e5e-7b1a-4f57-9f5d-1a2b3c4d5e6f", []string{file}, nil); err == nil || !strings.Contains(err.Error(), "libvirtd") {
+		t.Fatalf("file adoption while libvirtd is configured but down: %v", err)
 	}
 }
 

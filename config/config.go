@@ -73,7 +73,7 @@ type Store struct {
 
 // Libvirt is the [libvirt] section.
 type Libvirt struct {
-	URI string `ini:"uri" default:"qemu:///system" help:"libvirt connection URI of the local libvirtd."`
+	URI string `ini:"uri" default:"qemu:///system" help:"libvirt connection URI of the local libvirtd. Empty: this host runs no libvirtd\n(Nova's compute_driver is not libvirt, such as the fake driver of a test\ncloud); the agent then replicates on Nova's notifications alone, and adopts\ndisk files (shareless adopt --file) instead of running domains."`
 }
 
 // OpenStack is the [openstack] section.

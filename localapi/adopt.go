@@ -47,13 +47,16 @@ type adoptLine struct {
 }
 
 // ServerRequest names the instance of an adopt or release request: a
-// libvirt domain name, an instance UUID or a Nova server name.
+// libvirt domain name, an instance UUID or a Nova server name. Files are
+// the disk files of a file adoption (Backend.AdoptFiles), whose Server is
+// an instance UUID.
 type ServerRequest struct {
-	Server string `json:"server"`
+	Server string   `json:"server"`
+	Files  []string `json:"files,omitempty"`
 }
 
 // serveAdoption streams run's progress and its result as adoptLines.
-func serveAdoption(w http.ResponseWriter, r *http.Request, run func(context.Context, string, func(Progress)) (Adoption, error)) {
+func serveAdoption(w http.ResponseWriter, r *http.Request, run func(context.Context, ServerRequest, func(Progress)) (Adoption, error)) {
 	var req ServerRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, maxBody)).Decode(&req); err != nil {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("decoding request: %w", err))
@@ -69,7 +72,7 @@ func serveAdoption(w http.ResponseWriter, r *http.Request, run func(context.Cont
 			flusher.Flush()
 		}
 	}
-	res, err := run(r.Context(), req.Server, func(p Progress) { send(adoptLine{Progress: &p}) })
+	res, err := run(r.Context(), req, func(p Progress) { send(adoptLine{Progress: &p}) })
 	if err != nil {
 		send(adoptLine{Error: err.Error()})
 		return
@@ -80,17 +83,23 @@ func serveAdoption(w http.ResponseWriter, r *http.Request, run func(context.Cont
 // Adopt asks the agent to adopt server's file disks; progress, if not
 // nil, is called as the copies advance.
 func (c *Client) Adopt(ctx context.Context, server string, progress func(Progress)) (Adoption, error) {
-	return c.adoption(ctx, "/v1/adopt", server, progress)
+	return c.adoption(ctx, "/v1/adopt", ServerRequest{Server: server}, progress)
+}
+
+// AdoptFiles asks the agent to adopt the disk files of instance, which
+// has no libvirt domain on this host (Backend.AdoptFiles).
+func (c *Client) AdoptFiles(ctx context.Context, instance string, files []string, progress func(Progress)) (Adoption, error) {
+	return c.adoption(ctx, "/v1/adopt-files", ServerRequest{Server: instance, Files: files}, progress)
 }
 
 // Release asks the agent to give server's disks back to their files.
 func (c *Client) Release(ctx context.Context, server string, progress func(Progress)) (Adoption, error) {
-	return c.adoption(ctx, "/v1/release", server, progress)
+	return c.adoption(ctx, "/v1/release", ServerRequest{Server: server}, progress)
 }
 
-func (c *Client) adoption(ctx context.Context, path, server string, progress func(Progress)) (Adoption, error) {
+func (c *Client) adoption(ctx context.Context, path string, req ServerRequest, progress func(Progress)) (Adoption, error) {
 	var res Adoption
-	err := c.roundTrip(ctx, http.MethodPost, path, ServerRequest{Server: server}, func(r io.Reader) error {
+	err := c.roundTrip(ctx, http.MethodPost, path, req, func(r io.Reader) error {
 		sc := bufio.NewScanner(r)
 		sc.Buffer(nil, maxBody)
 		for sc.Scan() {

@@ -79,6 +79,10 @@ type Backend interface {
 	// progress as block copies advance.
 	Adopt(ctx context.Context, server string, progress func(Progress)) (Adoption, error)
 	Release(ctx context.Context, server string, progress func(Progress)) (Adoption, error)
+	// AdoptFiles turns disk files of instance (a UUID) that has no libvirt
+	// domain on this host into managed disks, copying them; progress as
+	// for Adopt, with the file's name as the target.
+	AdoptFiles(ctx context.Context, instance string, files []string, progress func(Progress)) (Adoption, error)
 	// CopyNow switches the instance's remote-only replicas (Method B) to
 	// copying (Method C) and reports the disks it switched.
 	CopyNow(ctx context.Context, instance string) (CopyNowResult, error)
@@ -122,8 +126,20 @@ func Handler(b Backend) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, st)
 	})
-	mux.HandleFunc("POST /v1/adopt", func(w http.ResponseWriter, r *http.Request) { serveAdoption(w, r, b.Adopt) })
-	mux.HandleFunc("POST /v1/release", func(w http.ResponseWriter, r *http.Request) { serveAdoption(w, r, b.Release) })
+	byServer := func(run func(context.Context, string, func(Progress)) (Adoption, error)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			serveAdoption(w, r, func(ctx context.Context, req ServerRequest, p func(Progress)) (Adoption, error) {
+				return run(ctx, req.Server, p)
+			})
+		}
+	}
+	mux.HandleFunc("POST /v1/adopt", byServer(b.Adopt))
+	mux.HandleFunc("POST /v1/release", byServer(b.Release))
+	mux.HandleFunc("POST /v1/adopt-files", func(w http.ResponseWriter, r *http.Request) {
+		serveAdoption(w, r, func(ctx context.Context, req ServerRequest, p func(Progress)) (Adoption, error) {
+			return b.AdoptFiles(ctx, req.Server, req.Files, p)
+		})
+	})
 	mux.HandleFunc("POST /v1/copy-now", func(w http.ResponseWriter, r *http.Request) {
 		var req ServerRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, maxBody)).Decode(&req); err != nil {

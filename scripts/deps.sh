@@ -25,20 +25,46 @@ packages=(
 	tox                   # tox-tests/ (Debian's tox 3, offline, site packages)
 	python3-pytest        # the functional tests tox runs
 )
+# The OpenStack-in-a-box of the functional tests (tox-tests/osbox): Zed
+# from Debian's library packages, without recommends (python3-cinder's
+# would bring Ceph); the daemons' own packages are not needed (service.py).
+osbox_packages=(
+	mariadb-server        # the osbox's databases
+	python3-pymysql       # their driver in every service
+	python3-keystone      # Keystone
+	python3-keystoneclient # keystone_setup.py
+	python3-placement     # Placement
+	python3-nova          # Nova API, conductor, scheduler, compute (fake driver)
+	python3-cinder        # Cinder API, scheduler, volume
+	python3-openstackclient # the openstack CLI the tests drive
+	python3-novaclient    # nova live-migration-abort
+	python3-cinderclient
+	python3-libvirt       # nova-compute's libvirt driver (real computes in lab hosts)
+	bc                    # up.sh's phase timings
+)
 
-missing=()
-for p in "${packages[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
+# missing PACKAGE...: those not installed.
+missing() {
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+	done
+}
+export DEBIAN_FRONTEND=noninteractive
+updated=
+install() {
+	local missing
+	mapfile -t missing < <(missing "${@:2}")
+	((${#missing[@]})) || return 0
 	echo "deps: installing ${missing[*]}"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	# With recommends: the suite was developed and measured with them.
-	apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+	[[ -n $updated ]] || apt-get update -qq
+	updated=1
+	apt-get install -y -qq "$1" "${missing[@]}" >/dev/null
+}
+# With recommends: the suite was developed and measured with them.
+install --install-recommends "${packages[@]}"
+install --no-install-recommends "${osbox_packages[@]}"
 # Debian starts services on install; tests run their own instances.
-for svc in tgt rabbitmq-server; do
+for svc in tgt rabbitmq-server mariadb; do
 	systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
 

@@ -111,7 +111,10 @@ prints.
     the agent it asks`,
 		},
 		"adopt": {
-			options: `--json
+			options: `--file PATH
+    adopt this raw disk file of INSTANCE, which has no libvirt domain on
+    this host (repeatable); the agent copies it into its store
+--json
     print the adoption record (JSON) for scripts; progress goes to stderr
 --socket PATH
     the local agent's socket (default /run/shareless/agent.sock)`,

@@ -37,6 +37,9 @@ func (agentFunc) Adopt(context.Context, string, func(localapi.Progress)) (locala
 func (agentFunc) Release(context.Context, string, func(localapi.Progress)) (localapi.Adoption, error) {
 	return localapi.Adoption{}, errNotInTest
 }
+func (agentFunc) AdoptFiles(context.Context, string, []string, func(localapi.Progress)) (localapi.Adoption, error) {
+	return localapi.Adoption{}, errNotInTest
+}
 func (agentFunc) CopyNow(context.Context, string) (localapi.CopyNowResult, error) {
 	return localapi.CopyNowResult{}, errNotInTest
 }

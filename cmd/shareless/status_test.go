@@ -26,6 +26,9 @@ func (statusAgent) Adopt(context.Context, string, func(localapi.Progress)) (loca
 func (statusAgent) Release(context.Context, string, func(localapi.Progress)) (localapi.Adoption, error) {
 	return localapi.Adoption{}, errNotInTest
 }
+func (statusAgent) AdoptFiles(context.Context, string, []string, func(localapi.Progress)) (localapi.Adoption, error) {
+	return localapi.Adoption{}, errNotInTest
+}
 
 // CopyNow switches the remote disks of the document's instance.
 func (s statusAgent) CopyNow(_ context.Context, inst string) (localapi.CopyNowResult, error) {
