@@ -84,6 +84,10 @@ class Installed:
         self.sample = destdir / "etc/shareless/shareless.conf.sample"
         self.unit = destdir / "usr/local/lib/systemd/system/shareless-agent.service"
         self.hook = destdir / "etc/libvirt/hooks/qemu.d/shareless"
+        # the Cinder driver wrapper's package, where Debian's python3 finds it
+        site = subprocess.run(["/usr/bin/python3", "-c", "import sysconfig; print(sysconfig.get_path('purelib', 'posix_local'))"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        self.pysite = destdir / site.lstrip("/")
 
     def run(self, *args, **kw):
         kw.setdefault("capture_output", True)

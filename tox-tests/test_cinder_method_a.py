@@ -5,8 +5,9 @@ iSCSI initiator; then retyped between its FC and iSCSI types while in use.
 
 The array is tox-tests/cinder_array/shareless_test_array.py (FC driver,
 data in image files, the iSCSI presentation served by tgtd), wrapped by
-the product's cinderdriver/shareless_cinder TransportBridgeDriver, which
-asks the installed `shareless cinder-driver`. The fake virt driver's
+the product's TransportBridgeDriver as make install puts it
+(cinderdriver/shareless_cinder), which asks the installed
+`shareless cinder-driver`. The fake virt driver's
 connectors are os-brick's (tox-tests/cinder_array/sitecustomize.py):
 compute1 has an HBA port, compute2 has nothing.
 """
@@ -34,7 +35,8 @@ DATA_OFFSET, DATA_SIZE = 4 << 20, 1 << 20
 class Box:
     """The osbox with the array backend, the array's tgtd and files."""
 
-    def __init__(self, work, shareless):
+    def __init__(self, work, installed):
+        shareless = installed.bin
         self.work = work
         self.array = work / "array"
         self.array.mkdir()
@@ -77,7 +79,7 @@ array_tgt_tid = 1
 """)
         self.env = dict(os.environ, OSBOX_DIR=str(self.osbox_dir), OSBOX_CINDER_BACKENDS="array",
                         OSBOX_CINDER_CONF=str(cinder_conf), SHARELESS_TEST_FC_HOSTS="compute1",
-                        OSBOX_PYTHONPATH=f"{ROOT / 'tox-tests' / 'cinder_array'}:{ROOT / 'cinderdriver'}")
+                        OSBOX_PYTHONPATH=f"{ROOT / 'tox-tests' / 'cinder_array'}:{installed.pysite}")
         up = subprocess.run([str(OSBOX / "up.sh")], env=self.env, capture_output=True, text=True, timeout=900)
         if up.returncode != 0:
             self.close()
@@ -127,7 +129,7 @@ def box(tmp_path_factory, installed):
     for tool in ("tgtd", "tgtadm", "qemu-img", "losetup", "openstack", "mariadbd", "rabbitmq-server"):
         need(tool, shutil.which(tool) or Path("/usr/sbin", tool).exists() or Path("/usr/lib/rabbitmq/bin", tool).exists())
     need("python3-nova/-cinder", subprocess.run(["/usr/bin/python3", "-c", "import nova, cinder"]).returncode == 0)
-    b = Box(tmp_path_factory.mktemp("method-a"), installed.bin)
+    b = Box(tmp_path_factory.mktemp("method-a"), installed)
     yield b
     b.close()
 
