@@ -1,5 +1,6 @@
 """Fixtures of the functional tests: the packaged shareless, a private
-RabbitMQ broker, free ports, and the rules of make test.
+RabbitMQ broker, the OpenStack-in-a-box on a lab network (cloud.py),
+free ports, and the rules of make test.
 
 Under make test (SHARELESS_STRICT=1) a missing component fails the test
 instead of skipping it, and a run that skipped anything fails. A run that
@@ -28,6 +29,26 @@ def need(what, ok, hint="scripts/deps.sh installs it"):
     if STRICT:
         pytest.fail(msg)
     pytest.skip(msg)
+
+
+# What the tests measured and saw: printed at the end of the run and
+# appended to SHARELESS_REPORT (make test prints that file at its end).
+REPORT = []
+
+
+def report(line):
+    REPORT.append(line)
+    path = os.environ.get("SHARELESS_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REPORT:
+        terminalreporter.section("what the functional tests measured and saw")
+        for line in REPORT:
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_finish(session):
@@ -163,3 +184,40 @@ def broker(tmp_path_factory):
     b = Broker(tmp_path_factory.mktemp("rabbit"))
     yield b
     b.close()
+
+
+class OpenStackCloud:
+    """The osbox on a lab network with two compute hosts (cloud.py)."""
+
+    def __init__(self, net, osbox, hosts):
+        self.net, self.osbox, self.hosts = net, osbox, hosts
+
+
+@pytest.fixture(scope="session")
+def openstack_cloud():
+    """Real OpenStack (tox-tests/osbox: Keystone, Nova with the fake
+    computes compute1 and compute2, Cinder, RabbitMQ) on a bridge that two
+    host namespaces join, brought up once per test session."""
+    import cloud  # it imports this module
+
+    need("root", os.geteuid() == 0, "the osbox and the lab network need root")
+    need("ip, curl, qemu-io", cloud.have("ip", "curl", "qemu-io"))
+    need("Debian's OpenStack Zed packages",
+         cloud.debian_openstack() and cloud.have("mariadb-install-db", "openstack", "bc"))
+    net = cloud.Network(f"shl{os.getpid()}")
+    try:
+        hosts = {}
+        for n in (1, 2):
+            addr = f"{cloud.SUBNET}.{n}"
+            hosts[f"compute{n}"] = (net.add_host(f"h{n}", addr), addr)
+        box = cloud.Osbox(net, ROOT / ".work/tox/osbox", [addr for _, addr in hosts.values()])
+    except Exception:
+        net.close()
+        raise
+    report(f"osbox up in {box.up_seconds:.1f} s (netns {box.netns}, logs in {box.dir}/logs):")
+    for line in box.up_output.splitlines():
+        if line.startswith("osbox: ["):
+            report("  " + line)
+    yield OpenStackCloud(net, box, hosts)
+    box.close()
+    net.close()
