@@ -24,7 +24,7 @@ const mapJSON = `{"backends": [{
   "carrier": {"host": "iscsi-hosts", "wwpns": ["c0:50:76:ff:fe:00:00:01"], "wwnns": ["c0:50:76:ff:fe:00:00:00"]}
 }]}`
 
-func loadTestMap(t *testing.T) *TransportMap {
+func loadTestMap(t testing.TB) *TransportMap {
 	t.Helper()
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "chap")

@@ -128,6 +128,7 @@ def test_fc_volume_live_migrates_to_a_host_without_fc(box, tmp_path):
 def test_retype_fc_iscsi_and_back_in_use_moves_no_data(box):
     (vol,) = [v for v in box.os("volume", "list", "--long") if v["Name"] == VOL]
     vol = vol["ID"]
+    srv = box.os("server", "list", "--name", SRV)[0]["ID"]
     before = box.os("volume", "show", vol)
     assert before["status"] == "in-use" and before["type"] == FC_TYPE, before
     volumes, image = len(box.os("volume", "list", "--all-projects")), box.array.dir / f"volume-{vol}.img"
@@ -155,13 +156,13 @@ def test_retype_fc_iscsi_and_back_in_use_moves_no_data(box):
         assert "Connection" not in box.array.tgtadm("--op", "show", "--mode", "conn", "--tid", "1").stdout
         assert (image.stat().st_mtime_ns, image.stat().st_blocks) == (stat.st_mtime_ns, stat.st_blocks)
         assert box.array.maps() == maps
+        assert box.os("server", "show", srv)["status"] == "ACTIVE"
 
     retype(ISCSI_TYPE)
     # The type now pins the iSCSI presentation: back on compute1, which has
     # an FC port, the new attachment still comes through the carrier (the
     # same LUN, still mapped: compute2's release left it to compute1's
     # attachment), and nothing is mapped to compute1's own port.
-    srv = box.os("server", "list", "--name", SRV)[0]["ID"]
     box.os("server", "migrate", "--live-migration", "--host", "compute1", "--wait", srv, parse=False)
     assert box.os("server", "show", srv)["OS-EXT-SRV-ATTR:host"] == "compute1"
     (att,) = attachments(box, vol)
