@@ -16,7 +16,8 @@ const defaultTransportMap = "/etc/shareless/transport.json"
 
 const cinderDriverHelp = `usage: shareless cinder-driver [--transport-map PATH]
 
-The Go half of the Cinder volume driver wrapper (cinder/shareless_cinder):
+The Go half of the Cinder volume driver wrapper (shareless_cinder, in
+cinderdriver/ of the source; make install puts it in Python's local site):
 the wrapper runs it once per decision, with one JSON request on stdin, and
 reads one JSON answer on stdout. Operations: route (which connector the
 wrapped FC driver's initialize_connection gets), present (the

@@ -160,7 +160,9 @@ prints.
 2   bad invocation or a request that is not JSON`,
 			files: `/etc/shareless/transport.json
     the transport map: each backend's FC ports, iSCSI targets, CHAP, LUN
-    mapping and carrier`,
+    mapping and carrier
+/usr/share/doc/shareless/cinder-driver.md
+    what the wrapper, Cinder and Nova do, and the configuration`,
 		},
 		"export": {
 			description: `Serves each FILE as a LUN of one iSCSI target (LUN 0, 1, ... in the order
