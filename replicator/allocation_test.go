@@ -3,6 +3,8 @@ package replicator
 import (
 	"bytes"
 	"context"
+	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/shareless/shareless/replicator/vfs"
@@ -61,11 +63,51 @@ func TestAllocation(t *testing.T) {
 	if _, err := r.copyStep(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// The copier writes what it fetched, zeroes included.
-	if mapped, n, err := r.Allocation(ctx, 0); err != nil || !mapped || n != 16<<10 {
-		t.Errorf("replica, copied chunk: mapped %v for %d bytes (%v), want mapped for the chunk", mapped, n, err)
+	// The copier stores blocks of zeroes as holes.
+	if mapped, n, err := r.Allocation(ctx, 0); err != nil || mapped || n != 16<<10 {
+		t.Errorf("replica, copied chunk of zeroes: mapped %v for %d bytes (%v), want a hole for the chunk", mapped, n, err)
 	}
 	if mapped, n, err := r.Allocation(ctx, 16<<10); err != nil || !mapped || n != size-16<<10 {
 		t.Errorf("replica, not copied: mapped %v for %d bytes (%v), want mapped to the end", mapped, n, err)
+	}
+
+	// Once complete, the replica's image is as sparse as the source: the
+	// file system holds the 32 KiB of data and nothing else.
+	for {
+		copied, err := r.copyStep(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !copied {
+			break
+		}
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.Stats(); st.State != StateComplete || st.BytesCopied != size {
+		t.Fatalf("replica %v after copying %d bytes, want complete after %d", st.State, st.BytesCopied, size)
+	}
+	for _, c := range []struct {
+		off, len int64
+		mapped   bool
+	}{
+		{0, 64 << 10, false},
+		{64 << 10, 32 << 10, true},
+		{96 << 10, 160 << 10, false},
+	} {
+		if mapped, n, err := r.Allocation(ctx, c.off); err != nil || mapped != c.mapped || n != c.len {
+			t.Errorf("complete replica, offset %d: mapped %v for %d bytes (%v), want %v for %d", c.off, mapped, n, err, c.mapped, c.len)
+		}
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(root, "b", "d", imageName), &st); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.Blocks * 512; got != 32<<10 {
+		t.Errorf("complete replica's image: %d bytes allocated, want 32768 (the source's data)", got)
+	}
+	if got, want := mustRead(t, r), mustRead(t, a); !bytes.Equal(got, want) {
+		t.Error("complete replica differs from its source")
 	}
 }

@@ -269,9 +269,9 @@ func (r *Replica) fetch(ctx context.Context, runs []run) ([][]byte, error) {
 	for i, x := range runs {
 		bs, _ := r.span(x.start)
 		_, be := r.span(x.start + x.count - 1)
-		bufs[i] = make([]byte, be-bs)
+		bufs[i] = r.bufs.get(be - bs)
 		if err := r.src.readOwned(ctx, bufs[i], bs); err != nil {
-			return nil, err
+			return nil, err // the buffers are dropped: an abandoned read may still fill one
 		}
 	}
 	return bufs, nil
@@ -291,10 +291,13 @@ func (r *Replica) storeChunk(ctx context.Context, f *chunkFetch) (commit, comple
 		bs, _ := r.span(x.start)
 		if err := r.keep(x, f.bufs[i], bs); err != nil {
 			r.locks.unlock(c)
-			return false, false, err
+			return false, false, err // the buffers are dropped with the failed replica
 		}
 	}
 	r.locks.unlock(c)
+	for _, b := range f.bufs {
+		r.bufs.put(b)
+	}
 	r.mu.Lock()
 	if r.meta.Progress < c+1 {
 		r.meta.Progress, r.scalarsDirty = c+1, true

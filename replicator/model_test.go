@@ -133,6 +133,11 @@ func (c *modelCase) setup() {
 	ctx := context.Background()
 	size := (8+c.rng.Int64N(56))*modelGrain - c.rng.Int64N(2)*modelSector
 	data := randomBytes(c.rng, size)
+	for range c.rng.IntN(3) {
+		// Zeroes, which a replica stores as holes.
+		off, n := c.extent(size)
+		clear(data[off : off+n])
+	}
 	c.src = &memSource{data: bytes.Clone(data)}
 	c.fs = vfs.NewMem()
 	if c.arm != nil {
@@ -178,7 +183,13 @@ func (c *modelCase) setup() {
 // incremental case, records the blocks as modified there.
 func (c *modelCase) sourceWrite() {
 	off, n := c.extent(c.src.Size())
-	c.src.write(randomBytes(c.rng, n), off)
+	p := randomBytes(c.rng, n)
+	if c.rng.IntN(3) == 0 {
+		// Zeroes: over the local base of a way back, a replica must
+		// punch its stale copy, not skip it.
+		clear(p)
+	}
+	c.src.write(p, off)
 	if c.m != nil {
 		copy(c.m.view, c.src.data)
 		c.m.settle()

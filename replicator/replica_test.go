@@ -223,6 +223,54 @@ func TestCopierKeepsGuestWrite(t *testing.T) {
 	mustEqual(t, "chunk 0 after the copier stored it", got, data[:16<<10])
 }
 
+// TestReadKeepsGuestWrite checks rule 3 for copy-on-read: a read fetches
+// the blocks it keeps without its chunk's lock, so a write to the block
+// being fetched and a read of another block of the chunk proceed meanwhile,
+// and the slow read's keep does not overwrite the write.
+func TestReadKeepsGuestWrite(t *testing.T) {
+	ctx := context.Background()
+	r, fault, data := sealedReplica(t, 64<<10, StoreOptions{}, ReplicaOptions{Paused: true})
+	hang := make(chan struct{})
+	fault.started = make(chan struct{}, 1)
+	fault.set(hang, nil)
+	slow := make([]byte, 4096)
+	slowDone := make(chan error, 1)
+	go func() { slowDone <- r.ReadAt(ctx, slow, 4096) }()
+	<-fault.started // the read is fetching block 1 of chunk 0
+	fault.started = nil
+	fault.set(nil, nil)
+	within := func(what string, fn func() error) {
+		t.Helper()
+		done := make(chan error, 1)
+		go func() { done <- fn() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+		case <-time.After(5 * time.Second):
+			close(hang)
+			t.Fatalf("%s waited for a read's fetch from the source", what)
+		}
+	}
+	mine := bytes.Repeat([]byte("guest"), 4096/5+1)[:4096]
+	within("a write to the block being fetched", func() error { return r.WriteAt(ctx, mine, 4096, false) })
+	other := make([]byte, 4096)
+	within("a read of another block of the chunk", func() error { return r.ReadAt(ctx, other, 8192) })
+	mustEqual(t, "block 2", other, data[8192:12288])
+	close(hang)
+	if err := <-slowDone; err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, "the read that began before the write", slow, data[4096:8192])
+	copy(data[4096:], mine)
+	got := make([]byte, 16<<10)
+	if err := r.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, "chunk 0 after the slow read kept block 1", got, data[:16<<10])
+}
+
 // TestSourceTimeout checks rule 8: a source that hangs (ignoring its
 // context) or keeps failing fails the reads and partial writes that need it
 // with ErrUnavailable after the configured bound, not later, and within a

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -34,11 +35,17 @@ iSCSI on 127.0.0.1, and prints one line per case:
                   against qemu-img convert -m 16 -W -O raw from that export
   randread-qd32-copiedN
                   4 KiB reads at queue depth 32 (qemu-img bench, strided over
-                  the disk) through a replica while it copies, starting when
-                  N percent of it is copied, against the same through a plain
-                  export of a local file
+                  the disk: every read in another copy chunk and tracking
+                  block, none read twice) through a replica while it copies,
+                  starting when N percent of it is copied, against the same
+                  through a plain export of a local file
   randread-qd32-complete
                   the same once the replica holds every block
+                  (each randread case runs three turns, each against the
+                  peer measured just before it; the median turn is printed,
+                  and every turn with its CPU time per read: this process,
+                  both hosts' targets, the replica and its copier, plus
+                  qemu-img)
   wayback-Npct-time, wayback-Npct-bytes
                   the way back after N percent of the blocks were modified,
                   against the full copy of the copy case; bytes are Data-In
@@ -54,7 +61,7 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	fs.Usage = func() { fmt.Fprint(e.stderr, benchHelp); fs.PrintDefaults() }
 	dir := fs.String("dir", "", "working directory (default: a temporary one, removed afterwards)")
 	size := fs.Int64("size", 1<<30, "disk size in bytes")
-	reads := fs.Int("reads", 0, "4 KiB reads per randread run (default: one per 8 tracking blocks)")
+	reads := fs.Int("reads", 0, "4 KiB reads per randread run (default: one per 4 tracking blocks)")
 	if len(args) == 0 || args[0] != "replica" {
 		fs.Usage()
 		return usagef("bench takes a suite: replica")
@@ -81,7 +88,10 @@ func runBench(ctx context.Context, e *env, args []string) error {
 	d := &demo{out: io.Discard, log: slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		dir: *dir, size: *size}
 	if *reads == 0 {
-		*reads = int(*size / replicator.DefaultGrain / 8)
+		// Enough for the peer's run to last a fifth of a second on
+		// this kind of machine, few enough that the copied50 case ends
+		// before the copy does.
+		*reads = int(*size / replicator.DefaultGrain / 4)
 	}
 	b := &replicaBench{demo: d, out: e.stdout, reads: *reads}
 	return b.run(ctx)
@@ -183,42 +193,45 @@ func (b *replicaBench) run(ctx context.Context) error {
 		return err
 	}
 	defer func() { pt.Close(); <-pstopped }()
-	peerReads := func() (float64, error) {
+	peerReads := func() (benchRun, error) {
 		syscall.Sync()
 		return b.qemuBench(ctx, paddr)
 	}
 	for _, at := range []int64{0, 50} {
-		peer, err := peerReads()
-		if err != nil {
-			return err
-		}
-		h.stop()
-		if err := errors.Join(h.disk.Close(), h.store.Remove(demoDisk)); err != nil {
-			return err
-		}
-		// The copy runs at a tenth of the disk per second, so that it is
-		// still running when the reads end.
-		if _, err := b.copyOnce(ctx, a, h, src, b.size/10); err != nil {
-			return err
-		}
-		for h.disk.Stats().BytesLocal < b.size*at/100 {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(5 * time.Millisecond):
+		var turns []readTurn
+		for range readTurns {
+			peer, err := peerReads()
+			if err != nil {
+				return err
 			}
+			h.stop()
+			if err := errors.Join(h.disk.Close(), h.store.Remove(demoDisk)); err != nil {
+				return err
+			}
+			// The copy runs at a tenth of the disk per second, so that it
+			// is still running when the reads end.
+			if _, err := b.copyOnce(ctx, a, h, src, b.size/10); err != nil {
+				return err
+			}
+			for h.disk.Stats().BytesLocal < b.size*at/100 {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+			before := h.disk.Stats().BytesLocal
+			ours, err := b.qemuBench(ctx, h.addr)
+			if err != nil {
+				return err
+			}
+			st := h.disk.Stats()
+			if st.State != replicator.StateCopying {
+				return fmt.Errorf("the replica finished copying during the read run: lower --reads")
+			}
+			turns = append(turns, readTurn{ours, peer, before, st.BytesLocal})
 		}
-		before := h.disk.Stats().BytesLocal
-		ours, err := b.qemuBench(ctx, h.addr)
-		if err != nil {
-			return err
-		}
-		st := h.disk.Stats()
-		if st.State != replicator.StateCopying {
-			return fmt.Errorf("the replica finished copying during the read run: lower --reads")
-		}
-		b.result(fmt.Sprintf("randread-qd32-copied%d", at), "IOPS", ours, peer)
-		b.note("the replica held %s of %s before the reads, %s after", human(before), human(b.size), human(st.BytesLocal))
+		b.readResult(fmt.Sprintf("randread-qd32-copied%d", at), turns)
 	}
 
 	// The same reads once the replica is complete: the cost of the
@@ -227,16 +240,20 @@ func (b *replicaBench) run(ctx context.Context) error {
 	if err := errors.Join(b.waitComplete(ctx, h.name, h.disk), src.Close()); err != nil {
 		return err
 	}
-	peer, err := peerReads()
-	if err != nil {
-		return err
+	var turns []readTurn
+	for range readTurns {
+		peer, err := peerReads()
+		if err != nil {
+			return err
+		}
+		syscall.Sync()
+		ours, err := b.qemuBench(ctx, h.addr)
+		if err != nil {
+			return err
+		}
+		turns = append(turns, readTurn{ours, peer, b.size, b.size})
 	}
-	syscall.Sync()
-	ours, err := b.qemuBench(ctx, h.addr)
-	if err != nil {
-		return err
-	}
-	b.result("randread-qd32-complete", "IOPS", ours, peer)
+	b.readResult("randread-qd32-complete", turns)
 
 	// (c) The way back, against the full copy of (a).
 	home, away := a, h
@@ -317,34 +334,84 @@ func (b *replicaBench) qemuConvert(ctx context.Context, addr string) (time.Durat
 // every read in another copy chunk and another tracking block.
 const benchStep = 1<<20 + 20<<10
 
-var benchRun = regexp.MustCompile(`Run completed in ([0-9.]+) seconds`)
+var benchRunTime = regexp.MustCompile(`Run completed in ([0-9.]+) seconds`)
+
+// benchRun is what one qemu-img bench run measured: reads per second, and
+// CPU time per read of this process (targets, replica, copier, source) and
+// qemu-img together, which the machine's other load disturbs less than the
+// rate.
+type benchRun struct {
+	iops float64
+	cpu  time.Duration
+}
+
+// cpuTime is the user and system time of this process and of its waited-for
+// children.
+func cpuTime() time.Duration {
+	var t time.Duration
+	for _, who := range []int{syscall.RUSAGE_SELF, syscall.RUSAGE_CHILDREN} {
+		var ru syscall.Rusage
+		if syscall.Getrusage(who, &ru) == nil {
+			t += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		}
+	}
+	return t
+}
 
 // qemuBench runs qemu-img bench's 4 KiB reads at queue depth 32 on the
-// demo disk's LUN at addr and returns the reads per second.
-func (b *replicaBench) qemuBench(ctx context.Context, addr string) (float64, error) {
+// demo disk's LUN at addr.
+func (b *replicaBench) qemuBench(ctx context.Context, addr string) (benchRun, error) {
 	// qemu-img bench takes no --object, so the CHAP secret goes in the URL
 	// (libiscsi's user%password form): tolerable for a throwaway secret on
 	// loopback, never for a real one.
 	url := fmt.Sprintf("iscsi://%s%%%s@%s/%s/0", b.user, b.secret, addr, demoIQN)
 	cmd := exec.CommandContext(ctx, "qemu-img", "bench", "-f", "raw",
 		"-c", strconv.Itoa(b.reads), "-d", "32", "-s", "4096", "-S", strconv.Itoa(benchStep), "-t", "none", url)
+	cpu := cpuTime()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return 0, fmt.Errorf("qemu-img bench: %w: %s", err, bytes.TrimSpace(out))
+		return benchRun{}, fmt.Errorf("qemu-img bench: %w: %s", err, bytes.TrimSpace(out))
 	}
-	m := benchRun.FindSubmatch(out)
+	cpu = cpuTime() - cpu
+	m := benchRunTime.FindSubmatch(out)
 	if m == nil {
-		return 0, fmt.Errorf("qemu-img bench: no run time in %q", out)
+		return benchRun{}, fmt.Errorf("qemu-img bench: no run time in %q", out)
 	}
 	secs, err := strconv.ParseFloat(string(m[1]), 64)
 	if err != nil || secs <= 0 {
-		return 0, fmt.Errorf("qemu-img bench: run time %q", m[1])
+		return benchRun{}, fmt.Errorf("qemu-img bench: run time %q", m[1])
 	}
-	return float64(b.reads) / secs, nil
+	return benchRun{iops: float64(b.reads) / secs, cpu: cpu / time.Duration(b.reads)}, nil
 }
 
 // copyTurns is how many times each side of the copy case runs.
 const copyTurns = 5
+
+// readTurns is how many times each randread case runs, each turn against
+// the peer measured just before it.
+const readTurns = 3
+
+// readTurn is one run of a randread case: ours and the peer's, and what
+// the replica held before and after the reads.
+type readTurn struct {
+	ours, peer    benchRun
+	before, after int64
+}
+
+func (t readTurn) ratio() float64 { return t.ours.iops / t.peer.iops }
+
+// readResult prints the turn with the median ratio, and every turn.
+func (b *replicaBench) readResult(name string, turns []readTurn) {
+	s := slices.Clone(turns)
+	slices.SortFunc(s, func(x, y readTurn) int { return cmp.Compare(x.ratio(), y.ratio()) })
+	m := s[len(s)/2]
+	b.result(name, "IOPS", m.ours.iops, m.peer.iops)
+	for _, t := range turns {
+		b.note("turn: ours %.4g peer %.4g ratio %.3f; CPU per read ours %v peer %v; the replica held %s of %s before the reads, %s after",
+			t.ours.iops, t.peer.iops, t.ratio(), t.ours.cpu.Round(100*time.Nanosecond), t.peer.cpu.Round(100*time.Nanosecond),
+			human(t.before), human(b.size), human(t.after))
+	}
+}
 
 func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)

@@ -127,10 +127,10 @@ func (s *Session) send(ctx context.Context, t *task) (*conn, error) {
 		return nil, err
 	}
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
 	s.mu.Lock()
 	if s.conn != c || int32(s.maxCmd-s.cmdSN) < 0 {
 		s.mu.Unlock()
+		c.wmu.Unlock()
 		return nil, nil // state changed while we took the write lock: retry
 	}
 	itt := s.newITT()
@@ -164,13 +164,16 @@ func (s *Session) send(ctx context.Context, t *task) (*conn, error) {
 		ExpStatSN: c.expStatSN.Load(), CDB: t.cdb, Data: t.write[:immediate],
 		ExpectedDataLength: uint32(len(t.read)) + n,
 	}
-	if err := c.write(cmd); err != nil {
-		return nil, nil
+	err = c.write(cmd)
+	if err == nil && unsolicited > immediate {
+		err = c.sendData(t.write, immediate, unsolicited-immediate, itt, pdu.ReservedTag)
 	}
-	if unsolicited > immediate {
-		if err := c.sendData(t.write, immediate, unsolicited-immediate, itt, pdu.ReservedTag); err != nil {
-			return nil, nil
-		}
+	// A command with data waits until the data is on the wire, since its
+	// owner may reuse t.write as soon as exec returns (on an early CHECK
+	// CONDITION, a timeout); one without data need not wait.
+	c.release(n > 0)
+	if err != nil {
+		return nil, nil
 	}
 	return c, nil
 }
@@ -204,7 +207,7 @@ func (s *Session) waitWindow(ctx context.Context) (*conn, error) {
 // the keepalive.
 func (c *conn) abort(itt, refCmdSN uint32) {
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	defer c.release(false)
 	s := c.s
 	s.mu.Lock()
 	tmfITT := s.newITT()

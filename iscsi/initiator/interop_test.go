@@ -97,7 +97,7 @@ func TestOwnTargetInterop(t *testing.T) {
 
 // startOwnTarget serves one sparse file as LUN 0 of testIQN with mutual
 // CHAP, on a free port; tune may adjust the configuration.
-func startOwnTarget(t *testing.T, size int64, tune func(*target.Config)) (addr, img string) {
+func startOwnTarget(t testing.TB, size int64, tune func(*target.Config)) (addr, img string) {
 	img = sparseFile(t, size)
 	dev, err := blockdev.OpenFile(img, false)
 	if err != nil {

@@ -340,7 +340,14 @@ type conn struct {
 	fr *pdu.Framer
 	op params.Operational
 
-	wmu       sync.Mutex // serializes writes; taken before s.mu
+	// wmu guards the output queue; taken before s.mu. PDUs are queued in
+	// wire order under it and written by whichever sender finds no write
+	// in progress (see release).
+	wmu       sync.Mutex
+	out       net.Buffers   // queued PDUs, not yet written
+	spare     net.Buffers   // the other queue, reused while out is written
+	writing   bool          // a sender is writing; it also writes what is queued meanwhile
+	written   chan struct{} // closed once what is queued now is written; nil if no one waits
 	expStatSN atomic.Uint32
 	lastRecv  atomic.Int64 // unix nanoseconds of the last PDU read
 
@@ -372,15 +379,60 @@ func (c *conn) isDead() bool {
 	}
 }
 
-// write sends one PDU with a deadline, so that a target that stops reading
-// cannot hold the write lock for ever. c.wmu is held.
+// write queues one PDU; release writes it. m's data segment must stay
+// unchanged until then (release with wait). c.wmu is held.
 func (c *conn) write(m pdu.Message) error {
-	c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.CommandTimeout))
-	if err := c.fr.WriteMessage(m); err != nil {
+	out, err := c.fr.AppendMessage(c.out, m)
+	if err != nil {
 		c.failConn(err)
 		return err
 	}
+	c.out = out
 	return nil
+}
+
+// release unlocks c.wmu after writing the queued PDUs. If another sender is
+// writing, that one writes them too, once its own write returns, in one
+// writev: a syscall per command was half the initiator's CPU per 4 KiB read,
+// and at queue depth 32 this saves a fifth of them (BenchmarkRead4KQD32). With
+// wait, release returns only once the queued PDUs are written or the
+// connection is dead, so that their data buffers may be reused. Writes
+// have a deadline, so that a target that stops reading cannot keep a
+// sender writing for ever.
+func (c *conn) release(wait bool) {
+	if c.writing {
+		var done chan struct{}
+		if wait {
+			if c.written == nil {
+				c.written = make(chan struct{})
+			}
+			done = c.written
+		}
+		c.wmu.Unlock()
+		if done != nil {
+			<-done
+		}
+		return
+	}
+	c.writing = true
+	for len(c.out) > 0 {
+		bufs, done := c.out, c.written
+		c.out, c.written = c.spare[:0], nil
+		c.wmu.Unlock()
+		c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.CommandTimeout))
+		w := bufs // WriteTo consumes its receiver; bufs keeps the capacity
+		if _, err := w.WriteTo(c.nc); err != nil {
+			c.failConn(&pdu.ConnError{Err: fmt.Errorf("writing: %w", err)})
+		}
+		clear(bufs)
+		if done != nil {
+			close(done)
+		}
+		c.wmu.Lock()
+		c.spare = bufs[:0]
+	}
+	c.writing = false
+	c.wmu.Unlock()
 }
 
 func (c *conn) logoutAndClose() {
@@ -392,8 +444,8 @@ func (c *conn) logoutAndClose() {
 	s.mu.Unlock()
 	err := c.write(&pdu.LogoutRequest{Immediate: true, Reason: pdu.LogoutSession, ITT: itt,
 		CmdSN: cmdSN, ExpStatSN: c.expStatSN.Load()})
-	c.wmu.Unlock()
-	if err == nil {
+	c.release(true)
+	if err == nil && !c.isDead() {
 		select {
 		case <-c.logout:
 		case <-c.dead:
@@ -441,7 +493,7 @@ func (c *conn) keepAlive() {
 // ping sends an immediate NOP-Out that asks for a NOP-In (§11.18.1).
 func (c *conn) ping() {
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	defer c.release(false)
 	s := c.s
 	s.mu.Lock()
 	itt := s.newITT()
@@ -568,7 +620,7 @@ func (c *conn) handle(m pdu.Message) error {
 // pong answers a target NOP-In that asks for a response.
 func (c *conn) pong(ttt uint32, lun pdu.LUN, data []byte) {
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	defer c.release(false) // data is the NOP-In's own
 	s := c.s
 	s.mu.Lock()
 	cmdSN := s.cmdSN
@@ -673,14 +725,14 @@ func (c *conn) r2t(m *pdu.R2T) error {
 	go func() {
 		defer t.pending.Done()
 		c.wmu.Lock()
-		defer c.wmu.Unlock()
+		defer c.release(true)
 		c.sendData(t.write, m.BufferOffset, m.DesiredLength, m.ITT, m.TTT)
 	}()
 	return nil
 }
 
-// sendData sends buf[off:off+n] as one sequence of Data-Out PDUs of at most
-// MaxXmitDataSegmentLength bytes each (§11.7). c.wmu is held.
+// sendData queues buf[off:off+n] as one sequence of Data-Out PDUs of at
+// most MaxXmitDataSegmentLength bytes each (§11.7). c.wmu is held.
 func (c *conn) sendData(buf []byte, off, n, itt, ttt uint32) error {
 	seg := c.op.MaxXmitDataSegmentLength
 	lun := pdu.LUNFromNumber(c.s.cfg.LUN)
