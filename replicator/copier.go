@@ -411,21 +411,29 @@ func (r *Replica) Resume() {
 // rules; before the seal nothing changes (rule 5). It reports whether the
 // replica was remote-only; on a copying replica it does nothing.
 //
-// The mode is not recorded in the disk's metadata: a disk opened again is
-// remote-only only if its ReplicaOptions say so.
-func (r *Replica) StartCopying() bool {
+// The switch is durable when it returns: it is recorded in the disk's
+// metadata, so that the disk opened again (an agent restart) copies even
+// if its ReplicaOptions say RemoteOnly. An operator who asked for the copy
+// would not expect a restart to undo it.
+func (r *Replica) StartCopying() (bool, error) {
+	if err := r.enter(false, 0, 0); err != nil {
+		return false, err
+	}
+	defer r.gate.RUnlock()
 	r.mu.Lock()
 	was := r.remoteOnly
 	if was {
 		r.remoteOnly = false
+		r.meta.CopyRequested, r.scalarsDirty = true, true
 		r.rateSince, r.rateBase = r.clock.Now(), r.copied
 	}
 	r.mu.Unlock()
-	if was {
-		r.log.Info("remote-only disk switched to copying")
-		r.nudge()
+	if !was {
+		return false, nil
 	}
-	return was
+	r.log.Info("remote-only disk switched to copying")
+	r.nudge()
+	return true, r.commit(commitData)
 }
 
 // RemoteOnly reports whether the replica reads remotely without copying

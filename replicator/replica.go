@@ -162,7 +162,7 @@ func newReplica(ctx context.Context, s *Store, name string, image vfs.File, mlog
 	r := &Replica{
 		name: name, store: s, clock: s.opts.Clock, image: image, mlog: mlog,
 		log:        s.opts.Log.With("disk", name),
-		remoteOnly: ro.RemoteOnly, rate: ro.Rate, paused: ro.Paused,
+		remoteOnly: ro.RemoteOnly && !m.CopyRequested, rate: ro.Rate, paused: ro.Paused,
 		size: m.Size, grain: m.Grain, chunk: m.Chunk, blocks: m.blocks(), chunks: m.chunks(),
 		journalLimit: s.opts.JournalLimit,
 		locks:        chunkLocks{held: map[int64]chan struct{}{}},

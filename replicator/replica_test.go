@@ -414,8 +414,13 @@ func TestRemoteOnlyStartCopying(t *testing.T) {
 		if st := r.Stats(); st.State != StateRemote || st.BytesCopied != 0 || st.BytesLocal != 4096 || st.ReadRemoteBytes != int64(len(data))-4096 {
 			t.Fatalf("Method B stats %+v", st)
 		}
-		if !r.RemoteOnly() || !r.StartCopying() || r.RemoteOnly() || r.StartCopying() {
-			t.Fatal("StartCopying did not switch exactly once")
+		if !r.RemoteOnly() {
+			t.Fatal("opened RemoteOnly, the replica copies")
+		}
+		for i, want := range []bool{true, false} {
+			if switched, err := r.StartCopying(); err != nil || switched != want || r.RemoteOnly() {
+				t.Fatalf("StartCopying #%d: switched %v (%v), remote-only after it %v; want %v", i+1, switched, err, r.RemoteOnly(), want)
+			}
 		}
 		waitState(t, r, StateComplete)
 		if st := r.Stats(); st.BytesLocal != int64(len(data)) || st.BytesCopied != int64(len(data))-4096 {
@@ -430,6 +435,58 @@ func TestRemoteOnlyStartCopying(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestStartCopyingPersists: the switch from remote-only to copying is in
+// the disk's metadata once StartCopying returns. A crash right after it
+// (losing everything not synced) and an open with RemoteOnly, as the agent
+// does after a restart under method = remote, find a replica that copies;
+// one that was never switched stays remote-only.
+func TestStartCopyingPersists(t *testing.T) {
+	const size = 256 << 10
+	ctx := context.Background()
+	fsys := vfs.NewMem() // host B's; the crash does not touch host A
+	a, data := randomBase(t, testStore(t, vfs.NewMem(), "/a", StoreOptions{}), "d", size, 5)
+	defer a.Close()
+	if err := a.Seal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	remote := ReplicaOptions{RemoteOnly: true}
+	r, _, err := testStore(t, fsys, "/b", StoreOptions{}).Replicate(ctx, "d", Origin{Image: a.ID()}, a, remote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.SourceSealed(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	// crashReopen cuts the power under r and opens the disk again as the
+	// agent does after a restart.
+	crashReopen := func() *Replica {
+		t.Helper()
+		r.cancel()
+		<-r.done
+		fsys.Crash(nil)
+		r, err := testStore(t, fsys, "/b", StoreOptions{}).Open(ctx, "d", a, remote)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r = crashReopen()
+	if st := r.State(); st != StateRemote || !r.RemoteOnly() {
+		t.Fatalf("a replica never switched reopens %v, remote-only %v; want remote", st, r.RemoteOnly())
+	}
+	r.Pause() // nothing is copied before the crash: the switch alone must survive
+	if switched, err := r.StartCopying(); err != nil || !switched {
+		t.Fatalf("StartCopying: %v, %v", switched, err)
+	}
+	r = crashReopen()
+	defer r.Close()
+	if r.RemoteOnly() {
+		t.Fatal("the switch to copying did not survive a crash and reopen under RemoteOnly")
+	}
+	waitState(t, r, StateComplete)
+	mustEqual(t, "copied after the reopen", mustRead(t, r), data)
 }
 
 // TestWayBackDeltaMismatch: if the source's final delta does not describe
