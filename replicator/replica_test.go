@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -221,6 +222,58 @@ func TestCopierKeepsGuestWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustEqual(t, "chunk 0 after the copier stored it", got, data[:16<<10])
+}
+
+// TestCopierKeepsGuestWriteOnHole checks rule 3 for the holes the source
+// reports: the copier planned chunk 0 as two holes around a block of data,
+// the guest then wrote into both holes, and storing the chunk punches
+// neither write away. Only the block of data crossed from the source.
+func TestCopierKeepsGuestWriteOnHole(t *testing.T) {
+	ctx := context.Background()
+	const size = 64 << 10
+	src := &memSource{data: make([]byte, size), dealloc: make([]bool, size/modelSector)}
+	for i := range src.dealloc {
+		src.dealloc[i] = true
+	}
+	data := randomBytes(rand.New(rand.NewPCG(7, 7)), 4096)
+	src.write(data, 8192, false) // chunk 0: holes, block 2 data, holes
+	r, _, err := testStore(t, vfs.NewMem(), "/b", StoreOptions{}).Replicate(ctx, "d", Origin{Image: ID{Lineage: [16]byte{1}, Generation: 1}},
+		&allocSource{memSource: src, how: allocExact, rng: rand.New(rand.NewPCG(1, 1))}, ReplicaOptions{Paused: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.SourceSealed(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	f := r.planChunk(ctx, 0)
+	if want := []run{{0, 2}, {2, 1}, {3, 1}}; !slices.Equal(f.runs, want) || !slices.Equal(f.holes, []bool{true, false, true}) {
+		t.Fatalf("chunk 0 planned as runs %v holes %v, want %v with blocks 0-1 and 3 holes", f.runs, f.holes, want)
+	}
+	want := make([]byte, 16<<10)
+	copy(want[8192:], data)
+	for _, off := range []int64{4096 + 512, 12288} {
+		mine := bytes.Repeat([]byte{0x5a}, 1024)
+		copy(want[off:], mine)
+		if err := r.WriteAt(ctx, mine, off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := r.Stats().SourceBytes // the writes completed their blocks from the source (rule 2)
+	if f.bufs, err = r.fetch(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.storeChunk(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 16<<10)
+	if err := r.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, "chunk 0 after the copier stored it", got, want)
+	if st := r.Stats(); st.BytesLocal != 16<<10 || st.SourceBytes-before != 4096 {
+		t.Fatalf("after storing chunk 0: %d bytes local, the copier read %d from the source; want 16 KiB local, 4 KiB read", st.BytesLocal, st.SourceBytes-before)
+	}
 }
 
 // TestReadKeepsGuestWrite checks rule 3 for copy-on-read: a read fetches
