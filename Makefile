@@ -9,6 +9,9 @@ PKGS     := ./...
 export SHARELESS_STRICT := 1
 # Tests append their measurements here; make test prints it at the end.
 export SHARELESS_REPORT := $(CURDIR)/.work/test-report.txt
+# Where the Cinder driver wrapper goes: the local site directory of the
+# python3 that runs Cinder (Debian's: /usr/local/lib/python3.X/dist-packages).
+PYSITE   ?= $(shell /usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_path("purelib", "posix_local"))' 2>/dev/null)
 
 .PHONY: all deps build test e2e e2e-nova unit fuzz lint bench demo install clean
 
@@ -57,8 +60,9 @@ bench: deps build
 demo: deps build
 	$(BIN) demo
 
-# install puts the binary, the sample configuration, the systemd unit and
-# the libvirt hook in place (DESTDIR=dir stages them under dir). It never
+# install puts the binary, the sample configuration, the systemd unit, the
+# libvirt hook and the Cinder driver wrapper (for Cinder volume nodes) in
+# place (DESTDIR=dir stages them under dir). It never
 # overwrites /etc/shareless/shareless.conf, and starts or restarts nothing.
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)/usr/local/bin/shareless
@@ -66,6 +70,8 @@ install: build
 	install -D -m 0644 etc/shareless-agent.service $(DESTDIR)/usr/local/lib/systemd/system/shareless-agent.service
 	install -D -m 0755 etc/libvirt-hook-qemu $(DESTDIR)/etc/libvirt/hooks/qemu.d/shareless
 	install -D -m 0644 README.md $(DESTDIR)/usr/share/doc/shareless/README.md
+	install -D -m 0644 -t $(DESTDIR)$(PYSITE)/shareless_cinder cinderdriver/shareless_cinder/__init__.py cinderdriver/shareless_cinder/driver.py
+	install -D -m 0644 cinderdriver/README.md $(DESTDIR)/usr/share/doc/shareless/cinder-driver.md
 	@echo "installed. Next: cp /etc/shareless/shareless.conf.sample /etc/shareless/shareless.conf and"
 	@echo "edit it ([amqp] transport_url, [iscsi], [api], [openstack]); systemctl daemon-reload;"
 	@echo "systemctl enable --now shareless-agent; systemctl restart libvirtd (it reads hooks at start)."

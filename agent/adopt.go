@@ -214,7 +214,11 @@ func (b localBackend) CopyNow(ctx context.Context, instance string) (localapi.Co
 		return res, fmt.Errorf("instance %s has no managed disk on this host", instance)
 	}
 	for _, dk := range local {
-		if dk.rep.StartCopying() {
+		switched, err := dk.rep.StartCopying()
+		if err != nil {
+			return res, fmt.Errorf("disk %s: %w", dk.ref, err)
+		}
+		if switched {
 			res.Switched = append(res.Switched, dk.ref.Disk)
 			b.a.log.Info("remote-only disk switched to copying", "disk", dk.ref)
 		} else {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shareless/shareless/iscsi/initiator"
 	"github.com/shareless/shareless/localapi"
 )
 
@@ -80,6 +81,23 @@ func TestAdoptFilesWithoutLibvirt(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatal("the managed disk does not hold the file's bytes")
+	}
+	// The export tells where the holes are (GET LBA STATUS), so that a
+	// peer's copier does not read them.
+	sess, err := initiator.Dial(ctx, initiator.Config{Addr: a.disks.portal.addr().String(), Target: ad.Disks[0].IQN,
+		InitiatorName: initiatorName("peer"), Credentials: a.initiatorCredentials(), ReconnectTimeout: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	for _, c := range []struct {
+		off       int64
+		allocated bool
+	}{{0, true}, {2 << 20, false}, {3 << 20, true}} {
+		allocated, n, err := sess.Allocation(ctx, c.off)
+		if err != nil || allocated != c.allocated || n <= 0 {
+			t.Errorf("over iSCSI, allocation at %d: %v for %d bytes (%v), want %v", c.off, allocated, n, err, c.allocated)
+		}
 	}
 	if _, err := c.AdoptFiles(ctx, inst, []string{file}, nil); err == nil || !strings.Contains(err.Error(), "exists already") {
 		t.Fatalf("adopting the file again: %v", err)

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shareless/shareless/cinderbridge"
 	"github.com/shareless/shareless/config"
 	"github.com/shareless/shareless/iscsi/chap"
 	"github.com/shareless/shareless/localapi"
@@ -47,7 +48,8 @@ type Agent struct {
 	peerHTTP *http.Client
 	nova     *novaHosts // nil without [openstack] credentials
 	libvirt  libvirtLink
-	adoptMu  sync.Mutex // one adoption or release at a time (adopt.go)
+	volumes  *cinderbridge.TransportMap // [cinder] transport_map; nil: Method A off
+	adoptMu  sync.Mutex                 // one adoption or release at a time (adopt.go)
 
 	apiLn, metricsLn, localLn net.Listener
 	unlock                    func() error // releases the state directory
@@ -94,6 +96,12 @@ func New(cfg config.Config, opts Options) (_ *Agent, err error) {
 		a.chap = &chap.Credentials{User: cfg.ISCSI.CHAPUser, Secret: s}
 	} else {
 		a.log.Warn("iSCSI exports without CHAP: acceptable on a lab network only")
+	}
+
+	if cfg.Cinder.TransportMap != "" {
+		if a.volumes, err = cinderbridge.LoadTransportMap(cfg.Cinder.TransportMap); err != nil {
+			return nil, fmt.Errorf("[cinder] transport_map: %w", err)
+		}
 	}
 
 	unlock, err := lockState(cfg.Default.StatePath)

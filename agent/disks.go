@@ -10,7 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/shareless/shareless/blockdev"
 	"github.com/shareless/shareless/iscsi/chap"
 	"github.com/shareless/shareless/iscsi/initiator"
 	"github.com/shareless/shareless/iscsi/scsi"
@@ -42,7 +41,7 @@ type disks struct {
 
 // export serves rep under ref's IQN through the portal.
 func (d *disks) export(ref DiskRef, rep *replicator.Replica, src *initiator.Session) error {
-	dev := &countingDevice{Device: rep}
+	dev := &countingDevice{Replica: rep}
 	t, err := target.New(target.Config{
 		IQN:    ref.IQN(),
 		LUNs:   []target.LUN{{Device: dev, Unit: scsi.UnitConfig{ID: ref.IQN(), Logger: d.log}}},
@@ -176,14 +175,16 @@ func (d *disks) closeAll() error {
 }
 
 // countingDevice counts the bytes initiators read through the export, for
-// /metrics.
+// /metrics. It embeds the replica itself, not a blockdev.Device, so that
+// the optional interfaces the target looks for (AllocationReporter: GET
+// LBA STATUS, which lets a peer's copier skip holes) stay visible.
 type countingDevice struct {
-	blockdev.Device
+	*replicator.Replica
 	read atomic.Int64
 }
 
 func (c *countingDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
-	err := c.Device.ReadAt(ctx, p, off)
+	err := c.Replica.ReadAt(ctx, p, off)
 	if err == nil {
 		c.read.Add(int64(len(p)))
 	}

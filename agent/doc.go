@@ -47,8 +47,8 @@
 // remote-only (replicator.ReplicaOptions.RemoteOnly): after the seal they
 // read what the guest did not write from the source and copy nothing.
 // `shareless copy-now INSTANCE` (localBackend.CopyNow) switches them to
-// copying with Replica.StartCopying. The mode lives only in memory: a disk
-// reopened after an agent restart copies.
+// copying with Replica.StartCopying, which records the switch in the disk's
+// metadata: a disk reopened after an agent restart keeps copying.
 //
 // # Who does what
 //

@@ -627,6 +627,36 @@ func TestMethodB(t *testing.T) {
 	sameBytes(t, "B's disk after copy-now", readLUN(t, b, ref), want)
 }
 
+// TestCopyNowSurvivesRestart: under method = remote, `shareless copy-now`
+// switched B's replica to copying; B's agent is SIGKILLed mid-copy and
+// started again under the same configuration. The replica reopens copying
+// (the switch is in its metadata), not remote-only, and the copy completes.
+func TestCopyNowSurvivesRestart(t *testing.T) {
+	const size = 8 << 20
+	a, b, ref, want := switchedOver(t, clusterOpts{method: "remote", bandwidth: "2MiB"}, size)
+	emit(t, lm("post_dest-start", ref.Instance, b.name, a.name), lm("post_dest-end", ref.Instance, b.name, b.name),
+		lm("post-end", ref.Instance, a.name, a.name))
+	if d, _ := diskOf(b.status(), ref); d.Mode != "remote" {
+		t.Fatalf("B's disk under method = remote: %+v", d)
+	}
+	code, out, stderr, _ := shareless(t, "", "copy-now", "--socket", b.sock, ref.Instance)
+	if code != 0 || out != "instance "+ref.Instance+": copying now: disk\n" {
+		t.Fatalf("copy-now: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	testenv.Eventually(t, 20*time.Second, "B copies", func() (bool, string) {
+		d, _ := diskOf(b.status(), ref)
+		return d.BytesCopied > 0 && d.BytesLocal < size, fmt.Sprintf("%+v", d)
+	})
+	b.kill()
+	b.start()
+	waitPhase(t, b, ref.Instance, "dest", "copying", 20*time.Second)
+	if d, _ := diskOf(b.status(), ref); d.Mode != "copy" || d.State == "remote" {
+		t.Fatalf("B's disk after the restart: %+v, want it copying as copy-now asked", d)
+	}
+	waitPhase(t, b, ref.Instance, "dest", "copied", time.Minute)
+	sameBytes(t, "B's disk copied across the restart", readLUN(t, b, ref), want)
+}
+
 // metric reads one sample of h's /metrics.
 func metric(t *testing.T, h *host, series string) int64 {
 	t.Helper()

@@ -77,7 +77,8 @@ func (a *Agent) runLibvirt(ctx context.Context) error {
 }
 
 // connectLibvirt connects and, when CHAP is configured, defines the
-// secret QEMU logs in to managed disks with and sets its value.
+// secret QEMU logs in to managed disks with and sets its value, and the
+// secrets of the arrays' iSCSI targets (Method A).
 func (a *Agent) connectLibvirt(ctx context.Context) (*virt.Conn, error) {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -87,6 +88,9 @@ func (a *Agent) connectLibvirt(ctx context.Context) (*virt.Conn, error) {
 	}
 	if a.chap != nil {
 		err = a.defineSecret(cctx, c)
+	}
+	if err == nil {
+		err = a.defineVolumeSecrets(cctx, c)
 	}
 	if err != nil {
 		c.Close()

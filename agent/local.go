@@ -75,16 +75,27 @@ func (b localBackend) Hook(ctx context.Context, req localapi.HookRequest) (local
 	}
 	log := a.log.With("domain", req.Domain, "instance", dom.UUID, "op", req.Op, "sub_op", req.SubOp)
 	served, _ := localapi.ServedLocally(req.XML) // the XML parsed above
+	var resp localapi.HookResponse
+	if req.Op == "migrate" && req.SubOp == "begin" {
+		// Volume disks presented as an iSCSI LUN no initiator attached
+		// here become QEMU-native iSCSI disks (Method A, volumes.go).
+		// Managed disks need no rewrite (their IQN is the same on every
+		// host); libvirt keeps its own XML when we print nothing.
+		var err error
+		if resp.XML, err = a.rewriteVolumes(req.XML); err != nil {
+			log.Warn("refusing the migration: a volume disk cannot be reached here", "err", err)
+			return localapi.HookResponse{}, err
+		}
+	}
 	switch {
 	case (req.Op == "migrate" && req.SubOp == "begin" || req.Op == "release") && !served:
 		// No managed disk: nothing to prepare or seal, and a VM that owes
 		// nothing to shareless must not wait for notifications about it
 		// (after an agent restart or a broker outage there may be none).
 		log.Debug("no managed disk: nothing to do")
+		return resp, nil
 	case req.Op == "migrate" && req.SubOp == "begin":
-		// The XML needs no rewrite for managed disks (their IQN is the same
-		// on every host); libvirt keeps its own when we print nothing.
-		return localapi.HookResponse{}, a.hookCall(ctx, log, novahook.HookMigrateBegin, dom.UUID, a.cfg.Replicator.HookWait)
+		return resp, a.hookCall(ctx, log, novahook.HookMigrateBegin, dom.UUID, a.cfg.Replicator.HookWait)
 	case req.Op == "release":
 		return localapi.HookResponse{}, a.hookCall(ctx, log, novahook.HookReleased, dom.UUID, a.cfg.Replicator.HookWait)
 	case req.Op == "prepare" || req.Op == "start":

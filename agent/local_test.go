@@ -179,3 +179,19 @@ func TestMigrateBeginWithoutManagedDisks(t *testing.T) {
 		t.Fatal("migrate begin of a managed disk with no replica prepared was allowed")
 	}
 }
+
+// TestMigrateBeginVolumeWithoutTransportMap: a volume disk that Cinder
+// presented to this host as an iSCSI LUN by its by-path name, attached by
+// no initiator here, cannot run without [cinder] transport_map: the hook
+// refuses the migration and says so, rather than let libvirt fail on a
+// missing device.
+func TestMigrateBeginVolumeWithoutTransportMap(t *testing.T) {
+	_, c := startLocal(t)
+	xml := "<domain><name>instance-4</name><uuid>2d1c8e5e-7b1a-4f57-9f5d-1a2b3c4d5e6f</uuid><devices>" +
+		"<disk type='block' device='disk'><source dev='/dev/disk/by-path/ip-192.0.2.7:3260-iscsi-iqn.2026-11.test:array-lun-3'/>" +
+		"<target dev='vdb' bus='virtio'/><serial>v1</serial></disk></devices></domain>"
+	_, err := c.Hook(t.Context(), localapi.HookRequest{Domain: "instance-4", Op: "migrate", SubOp: "begin", Extra: "-", XML: xml})
+	if err == nil || !strings.Contains(err.Error(), "transport_map") {
+		t.Fatalf("migrate begin: %v; want a refusal naming [cinder] transport_map", err)
+	}
+}

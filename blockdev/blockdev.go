@@ -34,7 +34,9 @@ type Device interface {
 }
 
 // AllocationReporter is implemented by devices that know which ranges are
-// backed by storage (GET LBA STATUS, sparse copies).
+// backed by storage (GET LBA STATUS, sparse copies). A range reported
+// unmapped reads as zeroes, so that a copy may skip it; a device that
+// cannot promise that reports the range mapped.
 type AllocationReporter interface {
 	// Allocation reports whether the byte at off is mapped and how many
 	// bytes from off share that state (at least 1, at most Size()-off).

@@ -5,11 +5,14 @@
 // (libiscsi inside QEMU, so the destination needs neither an FC HBA nor a
 // kernel initiator).
 //
-// The package is pure: it parses and writes Cinder connection_info and
-// os-brick connector dicts, translates between the FC and the iSCSI
-// presentation of a LUN from an operator-written transport map, and rewrites
-// libvirt domain XML. It does no I/O; the agent, the libvirt hook and the
-// Cinder driver wrapper are its callers.
+// The package parses and writes Cinder connection_info and os-brick
+// connector dicts, translates between the FC and the iSCSI presentation of
+// a LUN from an operator-written transport map (LoadTransportMap, its only
+// I/O), takes the decisions of the Cinder driver wrapper (Decide: which
+// connector the wrapped FC driver sees, what to answer, when to unmap,
+// whether a retype moves data), and rewrites libvirt domain XML. The
+// agent's migrate hook, `shareless cinder-driver` and the wrapper in
+// cinderdriver/ are its callers.
 //
 // The shapes mirror what OpenStack actually produces:
 //
@@ -39,6 +42,11 @@
 //     "iscsi" means LibvirtISCSIVolumeDriver, i.e. os-brick and iscsiadm, a
 //     kernel initiator on the destination. Nova has no QEMU-native iSCSI
 //     volume driver any more (volume/net.py handles rbd only).
+//     The wrapper (cinderdriver/) maps the volume to the array's carrier
+//     host object through the FC driver and answers the iSCSI presentation
+//     of that LUN instead: "iscsi" to a host with an initiator, else
+//     "local" with os-brick's by-path name of the LUN (ByPath), which
+//     Nova's local volume driver takes without touching the host.
 //  3. Nova rewrites the volume disks from the destination's
 //     connection_info on the source side, but only their children, never
 //     the disk's type attribute; the destination's "migrate begin" hook

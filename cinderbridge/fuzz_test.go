@@ -2,6 +2,7 @@ package cinderbridge
 
 import (
 	"bytes"
+	"encoding/json"
 	"github.com/shareless/shareless/internal/secret"
 	"os"
 	"path/filepath"
@@ -88,6 +89,41 @@ func FuzzRewriteDomainXML(f *testing.F) {
 		}
 		if !bytes.Equal(again, out) {
 			t.Fatalf("second rewrite changed\n%q\nto\n%q", out, again)
+		}
+	})
+}
+
+// FuzzDecide feeds the Cinder driver wrapper's requests, as JSON, to
+// Decide: it never panics, a present answer parses as connection_info,
+// and a local answer's device_path names an iSCSI LUN of the map.
+func FuzzDecide(f *testing.F) {
+	for _, s := range []string{
+		`{"op": "route", "volume": {"id": "v", "host": "c@fc-a#p"}, "connector": {"host": "h"}}`,
+		`{"op": "present", "volume": {"id": "v", "host": "c@fc-a#p"}, "connector": {"host": "h"}, "connection_info": ` + fcAnswer + `}`,
+		`{"op": "present", "volume": {"id": "v", "host": "c@fc-a#p", "transport": "iscsi"}, "connector": {"host": "h", "initiator": "iqn.2000-01.x:y", "wwpns": ["10000090fa0d0001"]}, "connection_info": ` + fcAnswer + `}`,
+		`{"op": "release", "volume": {"id": "v", "host": "c@fc-a#p"}, "connector": {"host": "h"}, "attachments": [{"connector": {"host": "h"}, "driver_volume_type": "local"}, {"connector": null}]}`,
+		`{"op": "retype", "diff": {"extra_specs": {"shareless:transport": [null, "iscsi"]}}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	m := loadTestMap(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var req DriverRequest
+		if json.Unmarshal(b, &req) != nil {
+			return
+		}
+		ans, err := m.Decide(req)
+		if err != nil || req.Op != OpPresent {
+			return
+		}
+		c, err := Parse(ans.Connection)
+		if err != nil {
+			t.Fatalf("present answered %s, which does not parse: %v", ans.Connection, err)
+		}
+		if loc, ok := c.(*Local); ok && viaCarrier(req.Volume, req.Connector) {
+			if tgt, ok := ParseByPath(loc.DevicePath); !ok || m.BackendOf(tgt.IQN) == nil {
+				t.Fatalf("local answer %s names no iSCSI LUN of the map", ans.Connection)
+			}
 		}
 	})
 }

@@ -38,7 +38,29 @@ type Backend struct {
 	CHAP *CHAP
 	// LUN says which iSCSI LUN number carries an FC LUN.
 	LUN LUNMapping
+	// Carrier, when set, is how the backend's FC driver presents a LUN to
+	// the hosts that reach it over iSCSI; nil means such hosts cannot
+	// attach through the Cinder driver wrapper.
+	Carrier *Carrier
 }
+
+// Carrier is a host object on the array that holds FC port names no
+// fabric needs to see (the FC driver maps LUNs to it by them) and the
+// iSCSI initiator names of the hosts without FC (so the array's iSCSI
+// targets show those hosts the same LUN map). The operator creates it
+// once; the Cinder driver wrapper then asks the array's own FC driver to
+// map a volume to the carrier, and the transport map turns the FC answer
+// into the iSCSI presentation of the same LUN.
+type Carrier struct {
+	// Host is the connector "host" the FC driver sees: drivers name or
+	// look up the array's host object by it. Empty: DefaultCarrierHost.
+	Host  string
+	WWPNs []WWN
+	WWNNs []WWN
+}
+
+// DefaultCarrierHost is the connector host name of a carrier that names none.
+const DefaultCarrierHost = "shareless-carrier"
 
 // ISCSIPath is one iSCSI target of the array.
 type ISCSIPath struct {
@@ -147,6 +169,16 @@ func (m *TransportMap) Validate() error {
 		}
 		if b.CHAP != nil && (b.CHAP.Username == "" || b.CHAP.Password.IsZero()) {
 			return bad(b.Name, "CHAP needs a user name and a password")
+		}
+		if c := b.Carrier; c != nil {
+			if len(c.WWPNs) == 0 || len(c.WWNNs) == 0 {
+				return bad(b.Name, "the carrier needs WWPNs and WWNNs")
+			}
+			for _, w := range slices.Concat(c.WWPNs, c.WWNNs) {
+				if canon, err := ParseWWN(string(w)); err != nil || canon != w {
+					return bad(b.Name, "carrier port %q is not a canonical WWN", w)
+				}
+			}
 		}
 		if b.LUN.Offset < -MaxLUN || b.LUN.Offset > MaxLUN {
 			return bad(b.Name, "LUN offset %d out of range", b.LUN.Offset)
@@ -395,6 +427,17 @@ func (m *TransportMap) ISCSIToFC(c *ISCSI, volumeHost string, host *Connector) (
 		}
 	}
 	return out, nil
+}
+
+// BackendOf returns the backend that lists an iSCSI target (compared
+// without regard to case), or nil.
+func (m *TransportMap) BackendOf(iqn string) *Backend {
+	for i := range m.Backends {
+		if m.Backends[i].pathsFor(iqn) != nil {
+			return &m.Backends[i]
+		}
+	}
+	return nil
 }
 
 // pathsFor returns the iSCSI paths with the given target name (iSCSI

@@ -33,6 +33,7 @@ type Config struct {
 	Peers      map[string]string `ini:"peers" help:"Static map of Nova compute host name to the address of its agent's control API:\nhost:port, or host alone for the port of [api] listen. Hosts not listed are\nlooked up in Nova (hypervisor host_ip)."`
 	API        API               `ini:"api" help:"The control API (agent to agent, storage network) and the local unix socket\n(hook and CLI)."`
 	Replicator Replicator        `ini:"replicator" help:"Post-copy replication (design.md section 2)."`
+	Cinder     Cinder            `ini:"cinder" help:"Method A: Cinder volumes that an FC-only array also presents over iSCSI, for\nhosts without FC (cinderdriver/README.md)."`
 }
 
 // Default is the [DEFAULT] section.
@@ -111,6 +112,12 @@ type Replicator struct {
 	BandwidthLimit Size          `ini:"bandwidth_limit" default:"0" help:"Bytes per second the copier may read from a source; 0 means unlimited."`
 	SourceTimeout  time.Duration `ini:"source_timeout" default:"2m" help:"How long reads wait for an unreachable source before failing with an error."`
 	HookWait       time.Duration `ini:"hook_wait" default:"50s" help:"How long the libvirt migrate hook waits for replicas to be ready before it\nrefuses the migration. Keep it below the hook's own bound (shareless hook\n--timeout, 60s), so that libvirt logs the agent's reason, not a timeout."`
+}
+
+// Cinder is the [cinder] section.
+type Cinder struct {
+	TransportMap string `ini:"transport_map" default:"" help:"The transport map (JSON; the same file as on the Cinder volume nodes): each\narray's iSCSI targets and their CHAP. When set, the migrate hook turns a volume\ndisk that Cinder presented to this host as os-brick's iSCSI by-path name, and\nthat no kernel initiator attached here, into a QEMU-native iSCSI disk. Empty:\nMethod A is off."`
+	InitiatorIQN string `ini:"initiator_iqn" default:"" help:"The initiator name QEMU logs in to the arrays with (the array's carrier host\nobject must list it). Required with transport_map."`
 }
 
 // Error is a configuration error. It names the file and, when the error is
@@ -250,6 +257,9 @@ func (c *Config) Validate(file string) error {
 		if _, _, err := net.SplitHostPort(c.API.MetricsListen); err != nil {
 			return bad("api", "metrics_listen", "not host:port: %v", err)
 		}
+	}
+	if c.Cinder.TransportMap != "" && c.Cinder.InitiatorIQN == "" {
+		return bad("cinder", "initiator_iqn", "required with transport_map")
 	}
 	if !isLoopback(c.API.Listen) && c.API.PSKFile.Path == "" {
 		return bad("api", "psk_file", "required when listen (%s) is not a loopback address", c.API.Listen)

@@ -158,6 +158,13 @@ function configure_shareless {
     iniset -sudo "$conf" api socket "$SHARELESS_SOCKET"
     iniset -sudo "$conf" api metrics_listen "$SHARELESS_METRICS_LISTEN"
 
+    if [[ -n $SHARELESS_CINDER_TRANSPORT_MAP ]]; then
+        [[ -n $SHARELESS_CINDER_INITIATOR_IQN ]] ||
+            die $LINENO "shareless: SHARELESS_CINDER_TRANSPORT_MAP needs SHARELESS_CINDER_INITIATOR_IQN"
+        iniset -sudo "$conf" cinder transport_map "$SHARELESS_CINDER_TRANSPORT_MAP"
+        iniset -sudo "$conf" cinder initiator_iqn "$SHARELESS_CINDER_INITIATOR_IQN"
+    fi
+
     configure_nova_for_shareless
 }
 

@@ -466,3 +466,24 @@ func TestPluginSecretsAndAddressesGiven(t *testing.T) {
 		}
 	}
 }
+
+// TestPluginMethodA: local.conf's transport map and initiator name reach
+// [cinder]; a map without the initiator name stops stack.sh with the
+// setting to add instead of an agent that refuses to start.
+func TestPluginMethodA(t *testing.T) {
+	s := newStack(t)
+	s.env["SHARELESS_CINDER_TRANSPORT_MAP"] = "/etc/shareless/transport.json"
+	out, err := s.run("stack post-config")
+	if err == nil || !strings.Contains(out, "SHARELESS_CINDER_TRANSPORT_MAP needs SHARELESS_CINDER_INITIATOR_IQN") {
+		t.Fatalf("post-config with a map and no initiator name: %v\n%s", err, out)
+	}
+	s.env["SHARELESS_CINDER_INITIATOR_IQN"] = "iqn.2026-11.org.example:compute2"
+	s.mustRun("stack post-config")
+	cfg, err := config.Load(s.path("etc/shareless/shareless.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Cinder.TransportMap != "/etc/shareless/transport.json" || cfg.Cinder.InitiatorIQN != "iqn.2026-11.org.example:compute2" {
+		t.Errorf("[cinder] = %+v", cfg.Cinder)
+	}
+}

@@ -30,6 +30,7 @@ func TestLiveMigration(t *testing.T) {
 	t.Run("aborted before switch-over", func(t *testing.T) { aborted(t, c, insts["abort"]) })
 	t.Run("destination hook refuses", func(t *testing.T) { refused(t, c, insts["refuse"]) })
 	t.Run("adopted file disk there and back", func(t *testing.T) { adopted(t, c, insts["adopt"]) })
+	t.Run("method A: FC volume lands as an iSCSI disk", func(t *testing.T) { methodA(t, c) })
 	// Last: it restarts B's agent under another method and back.
 	t.Run("method B then copy-now", func(t *testing.T) { methodB(t, c, insts["methodb"]) })
 }

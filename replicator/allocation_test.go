@@ -63,7 +63,7 @@ func TestAllocation(t *testing.T) {
 	if _, err := r.copyStep(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// The copier stores blocks of zeroes as holes.
+	// The copier stores the source's holes as holes.
 	if mapped, n, err := r.Allocation(ctx, 0); err != nil || mapped || n != 16<<10 {
 		t.Errorf("replica, copied chunk of zeroes: mapped %v for %d bytes (%v), want a hole for the chunk", mapped, n, err)
 	}
@@ -87,6 +87,10 @@ func TestAllocation(t *testing.T) {
 	}
 	if st := r.Stats(); st.State != StateComplete || st.BytesCopied != size {
 		t.Fatalf("replica %v after copying %d bytes, want complete after %d", st.State, st.BytesCopied, size)
+	}
+	// The source reported its holes: the copier read only its data.
+	if st := r.Stats(); st.SourceBytes != 32<<10 {
+		t.Errorf("the copy read %d bytes from the source, want its 32768 bytes of data", st.SourceBytes)
 	}
 	for _, c := range []struct {
 		off, len int64

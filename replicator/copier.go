@@ -73,13 +73,80 @@ func (r *Replica) shouldCopy() bool {
 const copyDepth = 8
 
 // chunkFetch is one chunk's source data on its way to the image: the runs
-// of blocks that were invalid when its fetch started, and their data.
+// of blocks that were invalid when its fetch started, and their data. A
+// run the source reported deallocated (holes) is not read: its buffer
+// stays nil and it is stored as a hole.
 type chunkFetch struct {
-	c    int64
-	runs []run
-	bufs [][]byte
-	err  error
-	done chan struct{} // closed when the fetch ended; then bufs or err are set
+	c     int64
+	runs  []run
+	holes []bool
+	bufs  [][]byte
+	err   error
+	done  chan struct{} // closed when the fetch ended; then bufs or err are set
+}
+
+// planChunk lists the invalid blocks of chunk c and which of them the
+// source says are holes.
+func (r *Replica) planChunk(ctx context.Context, c int64) *chunkFetch {
+	f := &chunkFetch{c: c}
+	f.runs, f.holes = r.splitHoles(ctx, r.invalidRuns(c))
+	return f
+}
+
+// splitHoles splits runs of blocks at what the source reports deallocated
+// (read as zeroes, blockdev.AllocationReporter) in whole blocks, and says
+// which of the runs returned are such holes; the copier does not read
+// them. A block only partly deallocated is read. A source that cannot
+// tell (no allocation, an error, no answer in time) has its blocks read:
+// asking is an optimisation, reading is always right.
+func (r *Replica) splitHoles(ctx context.Context, runs []run) ([]run, []bool) {
+	var out []run
+	var holes []bool
+	add := func(x run, hole bool) {
+		if x.count == 0 {
+			return
+		}
+		if n := len(out); n > 0 && holes[n-1] == hole && out[n-1].start+out[n-1].count == x.start {
+			out[n-1].count += x.count
+			return
+		}
+		out, holes = append(out, x), append(holes, hole)
+	}
+	for _, x := range runs {
+		b, last := x.start, x.start+x.count // b: first block not yet added
+		pos, _ := r.span(b)
+		_, end := r.span(last - 1)
+		hole := int64(-1) // start of the deallocated extents that end at pos
+		for pos < end {
+			mapped, n, ok := r.src.allocation(ctx, pos)
+			if !ok {
+				break
+			}
+			ext := min(pos+n, end)
+			if mapped {
+				hole = -1
+			} else {
+				if hole < 0 {
+					hole = pos
+				}
+				// The blocks that lie wholly in [hole, ext), which
+				// may span several extents; the short last block of
+				// the disk ends at its size.
+				hs, he := max((hole+r.grain-1)/r.grain, b), ext/r.grain
+				if ext == r.size {
+					he = r.blocks
+				}
+				if he = min(he, last); hs < he {
+					add(run{b, hs - b}, false)
+					add(run{hs, he - hs}, true)
+					b = he
+				}
+			}
+			pos = ext
+		}
+		add(run{b, last - b}, false)
+	}
+	return out, holes
 }
 
 // copyRun copies chunks from the progress counter on, copyDepth fetches in
@@ -111,7 +178,8 @@ func (r *Replica) copyRun(ctx context.Context, honourPause bool) error {
 					return
 				}
 			}
-			f := &chunkFetch{c: c, runs: r.invalidRuns(c), done: make(chan struct{})}
+			f := r.planChunk(ctx, c)
+			f.done = make(chan struct{})
 			prev = f
 			if perr = r.throttle(ctx, f.size(r)); perr != nil {
 				return
@@ -123,7 +191,7 @@ func (r *Replica) copyRun(ctx context.Context, honourPause bool) error {
 			}
 			go func() {
 				defer close(f.done)
-				f.bufs, f.err = r.fetch(ctx, f.runs)
+				f.bufs, f.err = r.fetch(ctx, f)
 			}()
 			if honourPause && !r.shouldCopy() {
 				return // paused after the chunks in flight
@@ -202,11 +270,11 @@ func (r *Replica) copyStep(ctx context.Context) (bool, error) {
 	if !ok {
 		return false, err
 	}
-	f := &chunkFetch{c: c, runs: r.invalidRuns(c)}
+	f := r.planChunk(ctx, c)
 	if err := r.throttle(ctx, f.size(r)); err != nil {
 		return false, err
 	}
-	if f.bufs, err = r.fetch(ctx, f.runs); err != nil {
+	if f.bufs, err = r.fetch(ctx, f); err != nil {
 		return false, err
 	}
 	commit, complete, err := r.storeChunk(ctx, f)
@@ -251,10 +319,13 @@ func (r *Replica) invalidRuns(c int64) []run {
 	return out
 }
 
-// size is the number of bytes f fetches.
+// size is the number of bytes f reads from the source.
 func (f *chunkFetch) size(r *Replica) int64 {
 	var n int64
-	for _, x := range f.runs {
+	for i, x := range f.runs {
+		if f.holes[i] {
+			continue
+		}
 		bs, _ := r.span(x.start)
 		_, be := r.span(x.start + x.count - 1)
 		n += be - bs
@@ -262,11 +333,15 @@ func (f *chunkFetch) size(r *Replica) int64 {
 	return n
 }
 
-// fetch reads runs from the source, without any lock: a guest write to
-// the chunk meanwhile proceeds, and storeChunk keeps it (rule 3).
-func (r *Replica) fetch(ctx context.Context, runs []run) ([][]byte, error) {
-	bufs := make([][]byte, len(runs))
-	for i, x := range runs {
+// fetch reads f's runs but its holes from the source, without any lock: a
+// guest write to the chunk meanwhile proceeds, and storeChunk keeps it
+// (rule 3).
+func (r *Replica) fetch(ctx context.Context, f *chunkFetch) ([][]byte, error) {
+	bufs := make([][]byte, len(f.runs))
+	for i, x := range f.runs {
+		if f.holes[i] {
+			continue
+		}
 		bs, _ := r.span(x.start)
 		_, be := r.span(x.start + x.count - 1)
 		bufs[i] = r.bufs.get(be - bs)
@@ -411,21 +486,29 @@ func (r *Replica) Resume() {
 // rules; before the seal nothing changes (rule 5). It reports whether the
 // replica was remote-only; on a copying replica it does nothing.
 //
-// The mode is not recorded in the disk's metadata: a disk opened again is
-// remote-only only if its ReplicaOptions say so.
-func (r *Replica) StartCopying() bool {
+// The switch is durable when it returns: it is recorded in the disk's
+// metadata, so that the disk opened again (an agent restart) copies even
+// if its ReplicaOptions say RemoteOnly. An operator who asked for the copy
+// would not expect a restart to undo it.
+func (r *Replica) StartCopying() (bool, error) {
+	if err := r.enter(false, 0, 0); err != nil {
+		return false, err
+	}
+	defer r.gate.RUnlock()
 	r.mu.Lock()
 	was := r.remoteOnly
 	if was {
 		r.remoteOnly = false
+		r.meta.CopyRequested, r.scalarsDirty = true, true
 		r.rateSince, r.rateBase = r.clock.Now(), r.copied
 	}
 	r.mu.Unlock()
-	if was {
-		r.log.Info("remote-only disk switched to copying")
-		r.nudge()
+	if !was {
+		return false, nil
 	}
-	return was
+	r.log.Info("remote-only disk switched to copying")
+	r.nudge()
+	return true, r.commit(commitData)
 }
 
 // RemoteOnly reports whether the replica reads remotely without copying
@@ -446,8 +529,9 @@ type Stats struct {
 	// BytesLocal are held here, BytesRemaining still only at the source.
 	BytesLocal, BytesRemaining int64
 	// BytesCopied were stored from the source (by the copier or by reads)
-	// since the disk was opened; SourceBytes were read from it for any
-	// reason, pass-through reads and partial writes included.
+	// since the disk was opened, holes it reported included; SourceBytes
+	// were read from it for any reason, pass-through reads and partial
+	// writes included.
 	BytesCopied, SourceBytes int64
 	// ReadLocalBytes and ReadRemoteBytes are what reads through the disk
 	// were served from since it was opened: the local image (valid

@@ -76,7 +76,11 @@ type diskMeta struct {
 	Replica bool
 	// SourceSealed: Source has released the disk; copying may run.
 	SourceSealed bool
-	Source       ID
+	// CopyRequested: an operator switched the replica from remote-only
+	// (Method B) to copying (Replica.StartCopying); it copies whatever
+	// ReplicaOptions.RemoteOnly says when it is opened again.
+	CopyRequested bool
+	Source        ID
 	// Base is set while an incremental return waits for its source's seal:
 	// the image held Base, and blocks outside both the source's final
 	// modified set and Modified will become valid without a copy.
@@ -94,6 +98,7 @@ const (
 	flagSealed = 1 << iota
 	flagReplica
 	flagSourceSealed
+	flagCopyRequested
 )
 
 func (m *diskMeta) flags() uint32 {
@@ -107,11 +112,15 @@ func (m *diskMeta) flags() uint32 {
 	if m.SourceSealed {
 		f |= flagSourceSealed
 	}
+	if m.CopyRequested {
+		f |= flagCopyRequested
+	}
 	return f
 }
 
 func (m *diskMeta) setFlags(f uint32) {
 	m.Sealed, m.Replica, m.SourceSealed = f&flagSealed != 0, f&flagReplica != 0, f&flagSourceSealed != 0
+	m.CopyRequested = f&flagCopyRequested != 0
 }
 
 var (

@@ -3,6 +3,7 @@ package replicator
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -23,9 +24,12 @@ var (
 )
 
 // memSource is the other host's image, kept outside the crashing filesystem.
+// dealloc lists its deallocated sectors (holes, reading as zeroes), which
+// allocSource reports.
 type memSource struct {
-	mu   sync.Mutex
-	data []byte
+	mu      sync.Mutex
+	data    []byte
+	dealloc []bool
 }
 
 func (m *memSource) Size() int64 { return int64(len(m.data)) }
@@ -40,10 +44,60 @@ func (m *memSource) ReadAt(_ context.Context, p []byte, off int64) error {
 	return nil
 }
 
-func (m *memSource) write(p []byte, off int64) {
+// write stores p at off; hole: p is zeroes that deallocate the sectors
+// it covers in whole (a discard).
+func (m *memSource) write(p []byte, off int64, hole bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	copy(m.data[off:], p)
+	for s := off / modelSector; s*modelSector < off+int64(len(p)); s++ {
+		whole := s*modelSector >= off && (s+1)*modelSector <= off+int64(len(p))
+		m.dealloc[s] = hole && (whole || m.dealloc[s])
+	}
+}
+
+// allocSource is a memSource that reports its allocation, as our initiator
+// does from GET LBA STATUS, in one of the ways a source may.
+type allocSource struct {
+	*memSource
+	how allocHow
+	rng *rand.Rand // guarded by memSource.mu
+}
+
+type allocHow int
+
+const (
+	// allocExact reports the deallocated sectors, in extents cut short at
+	// random (as a target's descriptors may be).
+	allocExact allocHow = iota
+	// allocMapped reports everything mapped: a source that cannot tell
+	// and says so conservatively.
+	allocMapped
+	// allocFailing answers like allocExact, or fails (a check condition).
+	allocFailing
+	allocHows
+)
+
+func (a *allocSource) Allocation(_ context.Context, off int64) (bool, int64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	size := int64(len(a.data))
+	if off < 0 || off >= size {
+		return false, 0, blockdev.ErrOutOfRange
+	}
+	switch {
+	case a.how == allocMapped:
+		return true, size - off, nil
+	case a.how == allocFailing && a.rng.IntN(2) == 0:
+		return false, 0, errors.New("CHECK CONDITION: ILLEGAL REQUEST")
+	}
+	s := off / modelSector
+	end := s + 1
+	for end < int64(len(a.dealloc)) && a.dealloc[end] == a.dealloc[s] {
+		end++
+	}
+	end = s + 1 + a.rng.Int64N(end-s) // a shorter extent, at random
+	return !a.dealloc[s], min(end*modelSector, size) - off, nil
 }
 
 // Model geometry: small blocks so that a small disk has many of them.
@@ -100,6 +154,9 @@ type modelCase struct {
 	r     *Replica
 	src   *memSource
 	m     *model
+	// source is what the replica reads: src, or src reporting its
+	// allocation (allocSource).
+	source Source
 	// srcModified: blocks where the source differs from the local base of
 	// an incremental return (the source's Delta); nil for a full copy.
 	srcModified *Bitmap
@@ -132,13 +189,17 @@ func (c *modelCase) storeOpts() StoreOptions {
 func (c *modelCase) setup() {
 	ctx := context.Background()
 	size := (8+c.rng.Int64N(56))*modelGrain - c.rng.Int64N(2)*modelSector
-	data := randomBytes(c.rng, size)
+	c.src = &memSource{data: randomBytes(c.rng, size), dealloc: make([]bool, (size+modelSector-1)/modelSector)}
 	for range c.rng.IntN(3) {
-		// Zeroes, which a replica stores as holes.
+		// Zeroes, written or deallocated, which a replica stores as holes.
 		off, n := c.extent(size)
-		clear(data[off : off+n])
+		c.src.write(make([]byte, n), off, c.rng.IntN(2) == 0)
 	}
-	c.src = &memSource{data: bytes.Clone(data)}
+	data := bytes.Clone(c.src.data)
+	c.source = c.src
+	if how := c.rng.IntN(int(allocHows) + 1); how < int(allocHows) {
+		c.source = &allocSource{memSource: c.src, how: allocHow(how), rng: rand.New(rand.NewPCG(c.rng.Uint64(), 0))}
+	}
 	c.fs = vfs.NewMem()
 	if c.arm != nil {
 		c.arm(c.fs)
@@ -167,7 +228,7 @@ func (c *modelCase) setup() {
 		}
 	}
 	c.m = newModel(c.src.data)
-	r, plan, err := c.store.Replicate(ctx, "d", c.origin, c.src, ReplicaOptions{Paused: true})
+	r, plan, err := c.store.Replicate(ctx, "d", c.origin, c.source, ReplicaOptions{Paused: true})
 	if err != nil {
 		c.fatalf("Replicate: %v", err)
 	}
@@ -184,12 +245,14 @@ func (c *modelCase) setup() {
 func (c *modelCase) sourceWrite() {
 	off, n := c.extent(c.src.Size())
 	p := randomBytes(c.rng, n)
+	hole := false
 	if c.rng.IntN(3) == 0 {
-		// Zeroes: over the local base of a way back, a replica must
-		// punch its stale copy, not skip it.
+		// Zeroes, written or deallocated: over the local base of a way
+		// back, a replica must punch its stale copy, not skip it.
 		clear(p)
+		hole = c.rng.IntN(2) == 0
 	}
-	c.src.write(p, off)
+	c.src.write(p, off, hole)
 	if c.m != nil {
 		copy(c.m.view, c.src.data)
 		c.m.settle()
@@ -197,7 +260,7 @@ func (c *modelCase) sourceWrite() {
 	if c.srcModified != nil {
 		c.srcModified.SetRange(off/modelGrain, (off+n-1)/modelGrain+1)
 	}
-	c.logf("source write %d+%d", off, n)
+	c.logf("source write %d+%d hole=%v", off, n, hole)
 }
 
 // extent draws an I/O range: sector-aligned or not, mostly within two
@@ -314,7 +377,7 @@ func (c *modelCase) crash() {
 	if c.store, err = NewStore(c.fs, "/store", c.storeOpts()); err != nil {
 		c.fatalf("%v", err)
 	}
-	if c.r, err = c.store.Open(context.Background(), "d", c.src, ReplicaOptions{Paused: true}); err != nil {
+	if c.r, err = c.store.Open(context.Background(), "d", c.source, ReplicaOptions{Paused: true}); err != nil {
 		c.fatalf("reopen after crash: %v", err)
 	}
 	if c.r.meta.SourceSealed != c.sealed {

@@ -79,7 +79,8 @@ var (
 //     without the chunk's lock, then under it (which every write holds for
 //     its chunk) writes only the blocks still invalid: a block a guest
 //     wrote meanwhile is never overwritten. Blocks of zeroes are stored as
-//     holes.
+//     holes, and so are blocks the source reports deallocated
+//     (blockdev.AllocationReporter), which the copier does not read.
 //   - Rule 4: valid bits and progress are committed only after an fsync of
 //     the image that covers their data. Modified bits are the exception,
 //     made durable before the guest's data can reach the image (a
@@ -162,7 +163,7 @@ func newReplica(ctx context.Context, s *Store, name string, image vfs.File, mlog
 	r := &Replica{
 		name: name, store: s, clock: s.opts.Clock, image: image, mlog: mlog,
 		log:        s.opts.Log.With("disk", name),
-		remoteOnly: ro.RemoteOnly, rate: ro.Rate, paused: ro.Paused,
+		remoteOnly: ro.RemoteOnly && !m.CopyRequested, rate: ro.Rate, paused: ro.Paused,
 		size: m.Size, grain: m.Grain, chunk: m.Chunk, blocks: m.blocks(), chunks: m.chunks(),
 		journalLimit: s.opts.JournalLimit,
 		locks:        chunkLocks{held: map[int64]chan struct{}{}},
@@ -389,7 +390,8 @@ func (r *Replica) sourceRead(ctx context.Context, p []byte, off int64, owned boo
 }
 
 // keep writes source data for the blocks of x that are still invalid and
-// marks them valid (not modified). The caller holds the chunk lock.
+// marks them valid (not modified); a nil buf is a hole at the source. The
+// caller holds the chunk lock.
 func (r *Replica) keep(x run, buf []byte, off int64) error {
 	runs, valid := r.runs(x.start, x.start+x.count-1)
 	for i, y := range runs {
@@ -398,7 +400,13 @@ func (r *Replica) keep(x run, buf []byte, off int64) error {
 		}
 		ys, _ := r.span(y.start)
 		_, ye := r.span(y.start + y.count - 1)
-		if err := r.keepData(buf[ys-off:ye-off], ys); err != nil {
+		var err error
+		if buf == nil {
+			err = r.punch(ys, ye)
+		} else {
+			err = r.keepData(buf[ys-off:ye-off], ys)
+		}
+		if err != nil {
 			return err
 		}
 		r.mu.Lock()
@@ -410,10 +418,8 @@ func (r *Replica) keep(x run, buf []byte, off int64) error {
 }
 
 // keepData writes source data p at off, a block boundary, for keep. Runs of
-// blocks that are all zeroes become holes, so that a sparse source stays
-// sparse here. The hole is punched rather than skipped: an invalid block
-// may hold stale data (the local base of a way back, where the source
-// changed it).
+// blocks that are all zeroes become holes (punch), so that a sparse source
+// stays sparse here.
 func (r *Replica) keepData(p []byte, off int64) error {
 	n := int64(len(p))
 	zero := func(pos int64) bool {
@@ -426,16 +432,24 @@ func (r *Replica) keepData(p []byte, off int64) error {
 		for end < n && zero(end) == z {
 			end = min(end+r.grain, n)
 		}
-		var err error
 		if z {
-			err = r.image.PunchHole(off+pos, end-pos)
-		} else {
-			_, err = r.image.WriteAt(p[pos:end], off+pos)
-		}
-		if err != nil {
+			if err := r.punch(off+pos, off+end); err != nil {
+				return err
+			}
+		} else if _, err := r.image.WriteAt(p[pos:end], off+pos); err != nil {
 			return &blockdev.MediumError{Write: true, Off: off + pos, Err: err}
 		}
 		pos = end
+	}
+	return nil
+}
+
+// punch makes [from, to) of the image a hole, for source data that is all
+// zeroes: punched rather than skipped, since an invalid block may hold
+// stale data (the local base of a way back, where the source changed it).
+func (r *Replica) punch(from, to int64) error {
+	if err := r.image.PunchHole(from, to-from); err != nil {
+		return &blockdev.MediumError{Write: true, Off: from, Err: err}
 	}
 	return nil
 }

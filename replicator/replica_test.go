@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -223,6 +224,58 @@ func TestCopierKeepsGuestWrite(t *testing.T) {
 	mustEqual(t, "chunk 0 after the copier stored it", got, data[:16<<10])
 }
 
+// TestCopierKeepsGuestWriteOnHole checks rule 3 for the holes the source
+// reports: the copier planned chunk 0 as two holes around a block of data,
+// the guest then wrote into both holes, and storing the chunk punches
+// neither write away. Only the block of data crossed from the source.
+func TestCopierKeepsGuestWriteOnHole(t *testing.T) {
+	ctx := context.Background()
+	const size = 64 << 10
+	src := &memSource{data: make([]byte, size), dealloc: make([]bool, size/modelSector)}
+	for i := range src.dealloc {
+		src.dealloc[i] = true
+	}
+	data := randomBytes(rand.New(rand.NewPCG(7, 7)), 4096)
+	src.write(data, 8192, false) // chunk 0: holes, block 2 data, holes
+	r, _, err := testStore(t, vfs.NewMem(), "/b", StoreOptions{}).Replicate(ctx, "d", Origin{Image: ID{Lineage: [16]byte{1}, Generation: 1}},
+		&allocSource{memSource: src, how: allocExact, rng: rand.New(rand.NewPCG(1, 1))}, ReplicaOptions{Paused: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.SourceSealed(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	f := r.planChunk(ctx, 0)
+	if want := []run{{0, 2}, {2, 1}, {3, 1}}; !slices.Equal(f.runs, want) || !slices.Equal(f.holes, []bool{true, false, true}) {
+		t.Fatalf("chunk 0 planned as runs %v holes %v, want %v with blocks 0-1 and 3 holes", f.runs, f.holes, want)
+	}
+	want := make([]byte, 16<<10)
+	copy(want[8192:], data)
+	for _, off := range []int64{4096 + 512, 12288} {
+		mine := bytes.Repeat([]byte{0x5a}, 1024)
+		copy(want[off:], mine)
+		if err := r.WriteAt(ctx, mine, off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := r.Stats().SourceBytes // the writes completed their blocks from the source (rule 2)
+	if f.bufs, err = r.fetch(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.storeChunk(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 16<<10)
+	if err := r.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, "chunk 0 after the copier stored it", got, want)
+	if st := r.Stats(); st.BytesLocal != 16<<10 || st.SourceBytes-before != 4096 {
+		t.Fatalf("after storing chunk 0: %d bytes local, the copier read %d from the source; want 16 KiB local, 4 KiB read", st.BytesLocal, st.SourceBytes-before)
+	}
+}
+
 // TestReadKeepsGuestWrite checks rule 3 for copy-on-read: a read fetches
 // the blocks it keeps without its chunk's lock, so a write to the block
 // being fetched and a read of another block of the chunk proceed meanwhile,
@@ -414,8 +467,13 @@ func TestRemoteOnlyStartCopying(t *testing.T) {
 		if st := r.Stats(); st.State != StateRemote || st.BytesCopied != 0 || st.BytesLocal != 4096 || st.ReadRemoteBytes != int64(len(data))-4096 {
 			t.Fatalf("Method B stats %+v", st)
 		}
-		if !r.RemoteOnly() || !r.StartCopying() || r.RemoteOnly() || r.StartCopying() {
-			t.Fatal("StartCopying did not switch exactly once")
+		if !r.RemoteOnly() {
+			t.Fatal("opened RemoteOnly, the replica copies")
+		}
+		for i, want := range []bool{true, false} {
+			if switched, err := r.StartCopying(); err != nil || switched != want || r.RemoteOnly() {
+				t.Fatalf("StartCopying #%d: switched %v (%v), remote-only after it %v; want %v", i+1, switched, err, r.RemoteOnly(), want)
+			}
 		}
 		waitState(t, r, StateComplete)
 		if st := r.Stats(); st.BytesLocal != int64(len(data)) || st.BytesCopied != int64(len(data))-4096 {
@@ -430,6 +488,58 @@ func TestRemoteOnlyStartCopying(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestStartCopyingPersists: the switch from remote-only to copying is in
+// the disk's metadata once StartCopying returns. A crash right after it
+// (losing everything not synced) and an open with RemoteOnly, as the agent
+// does after a restart under method = remote, find a replica that copies;
+// one that was never switched stays remote-only.
+func TestStartCopyingPersists(t *testing.T) {
+	const size = 256 << 10
+	ctx := context.Background()
+	fsys := vfs.NewMem() // host B's; the crash does not touch host A
+	a, data := randomBase(t, testStore(t, vfs.NewMem(), "/a", StoreOptions{}), "d", size, 5)
+	defer a.Close()
+	if err := a.Seal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	remote := ReplicaOptions{RemoteOnly: true}
+	r, _, err := testStore(t, fsys, "/b", StoreOptions{}).Replicate(ctx, "d", Origin{Image: a.ID()}, a, remote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.SourceSealed(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	// crashReopen cuts the power under r and opens the disk again as the
+	// agent does after a restart.
+	crashReopen := func() *Replica {
+		t.Helper()
+		r.cancel()
+		<-r.done
+		fsys.Crash(nil)
+		r, err := testStore(t, fsys, "/b", StoreOptions{}).Open(ctx, "d", a, remote)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r = crashReopen()
+	if st := r.State(); st != StateRemote || !r.RemoteOnly() {
+		t.Fatalf("a replica never switched reopens %v, remote-only %v; want remote", st, r.RemoteOnly())
+	}
+	r.Pause() // nothing is copied before the crash: the switch alone must survive
+	if switched, err := r.StartCopying(); err != nil || !switched {
+		t.Fatalf("StartCopying: %v, %v", switched, err)
+	}
+	r = crashReopen()
+	defer r.Close()
+	if r.RemoteOnly() {
+		t.Fatal("the switch to copying did not survive a crash and reopen under RemoteOnly")
+	}
+	waitState(t, r, StateComplete)
+	mustEqual(t, "copied after the reopen", mustRead(t, r), data)
 }
 
 // TestWayBackDeltaMismatch: if the source's final delta does not describe

@@ -110,6 +110,47 @@ func (b *boundedSource) read(ctx context.Context, p []byte, off int64, owned boo
 
 var errAttemptTimeout = errors.New("no answer within the source timeout")
 
+// allocation asks the source whether the byte at off is mapped and how many
+// bytes from off share that state (blockdev.AllocationReporter: unmapped
+// reads as zeroes), within the bound of one read attempt and without retry.
+// ok is false when the source cannot tell: it does not report allocation,
+// fails, or does not answer in time. The caller then reads, under the
+// bounds of reads.
+func (b *boundedSource) allocation(ctx context.Context, off int64) (mapped bool, n int64, ok bool) {
+	al, can := b.src.(blockdev.AllocationReporter)
+	if !can {
+		return true, 0, false
+	}
+	bound := b.timeout
+	if down := b.since(); !down.IsZero() {
+		bound = min(bound, maxBackoff)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type answer struct {
+		mapped bool
+		n      int64
+		err    error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		mapped, n, err := al.Allocation(ctx, off)
+		done <- answer{mapped, n, err}
+	}()
+	select {
+	case a := <-done:
+		if a.err != nil || a.n <= 0 {
+			b.log.Debug("source allocation unknown, reading", "off", off, "err", a.err)
+			return true, 0, false
+		}
+		return a.mapped, a.n, true
+	case <-b.clock.After(bound):
+		b.log.Debug("source allocation unanswered, reading", "off", off, "within", bound)
+	case <-ctx.Done():
+	}
+	return true, 0, false
+}
+
 func (b *boundedSource) attempt(ctx context.Context, p []byte, off int64, deadline time.Time, owned bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -115,6 +115,8 @@ func NewStore(fsys vfs.FS, root string, opts StoreOptions) (*Store, error) {
 type ReplicaOptions struct {
 	// RemoteOnly selects Method B: blocks not held locally are always read
 	// from the source; nothing is copied, in the background or on read.
+	// A replica that Replica.StartCopying switched to copying copies
+	// regardless.
 	RemoteOnly bool
 	// Rate limits the background copy, in bytes per second (0: unlimited).
 	Rate int64
@@ -493,7 +495,7 @@ func (s *Store) reuse(ctx context.Context, name, dir string, mlog *metaLog, m *d
 	}
 	m.Base = m.ID
 	m.ID.Generation++
-	m.Sealed, m.Replica, m.SourceSealed = false, true, false
+	m.Sealed, m.Replica, m.SourceSealed, m.CopyRequested = false, true, false, false
 	m.Source, m.Progress = from.Image, 0
 	m.Valid, m.Modified = NewBitmap(m.blocks()), NewBitmap(m.blocks())
 	if err := mlog.checkpoint(m); err != nil {

@@ -70,6 +70,18 @@ own_port=$(freeport)
 export_pid=$!
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$own_port") 2>/dev/null && break; sleep 0.05; done
 
+# sparseness IMG URL: how sparse the bench's source is, on disk and as
+# both tools see it over iSCSI. shareless copy and qemu-img convert both ask
+# GET LBA STATUS and skip what the target reports deallocated (qemu-img
+# only where unmapped blocks read as zeroes, LBPRZ, as ours): `qemu-img map`
+# shows what qemu-img will read. Equal data on both lines: a fair race.
+sparseness() {
+	local alloc data
+	alloc=$(du -B1 "$1" | cut -f1)
+	data=$(qemu-img map -f raw --output=json "$2" | awk '/"data": true/ { if (match($0, /"length": [0-9]+/)) n += substr($0, RSTART + 10, RLENGTH - 10) } END { print n + 0 }')
+	echo "$((alloc >> 20)) MiB of $SIZE_MIB MiB allocated in the file; over iSCSI qemu-img map sees $((data >> 20)) MiB of data, the rest deallocated"
+}
+
 now() { date +%s.%N; }
 # run CMD...: seconds taken by one run from a clean start (no destination
 # file, no dirty pages of an earlier run still being written back).
@@ -104,6 +116,7 @@ for c in "${cases[@]}"; do
 	[[ $name =~ ${ONLY:-.} ]] || continue # ONLY=regex picks cases
 	qemu_cache=()
 	[ "$cache" = writeback ] && qemu_cache=(-t writeback)
+	echo "bench-copy: $name source $img: $(sparseness "$work/$img.img" "$url")"
 	cat "$work/$img.img" >/dev/null # both tools read from a warm page cache
 	ours='' qemu=''
 	# Alternate the tools, so that both see the same machine load; keep

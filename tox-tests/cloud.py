@@ -73,13 +73,14 @@ class Network:
 
 
 class Osbox:
-    """tox-tests/osbox brought up on the network's bridge."""
+    """tox-tests/osbox brought up on the network's bridge; extra_env adds
+    to up.sh's parameters (OSBOX_CINDER_BACKENDS, ...)."""
 
-    def __init__(self, net, state_dir, compute_ips):
+    def __init__(self, net, state_dir, compute_ips, extra_env):
         self.dir = state_dir
         self.env = dict(os.environ, OSBOX_DIR=str(state_dir), OSBOX_IP=OSBOX_IP, OSBOX_BRIDGE="br0",
                         OSBOX_BRIDGE_NETNS=net.switch, OSBOX_COMPUTES=str(len(compute_ips)),
-                        OSBOX_COMPUTE_IPS=" ".join(compute_ips))
+                        OSBOX_COMPUTE_IPS=" ".join(compute_ips), **extra_env)
         t0 = time.monotonic()
         r = subprocess.run([str(OSBOX / "up.sh")], env=self.env, capture_output=True, text=True, timeout=900)
         self.up_seconds = time.monotonic() - t0

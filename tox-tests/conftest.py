@@ -105,6 +105,10 @@ class Installed:
         self.sample = destdir / "etc/shareless/shareless.conf.sample"
         self.unit = destdir / "usr/local/lib/systemd/system/shareless-agent.service"
         self.hook = destdir / "etc/libvirt/hooks/qemu.d/shareless"
+        # the Cinder driver wrapper's package, where Debian's python3 finds it
+        site = subprocess.run(["/usr/bin/python3", "-c", "import sysconfig; print(sysconfig.get_path('purelib', 'posix_local'))"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        self.pysite = destdir / site.lstrip("/")
 
     def run(self, *args, **kw):
         kw.setdefault("capture_output", True)
@@ -183,37 +187,43 @@ def broker(tmp_path_factory):
 
 
 class OpenStackCloud:
-    """The osbox on a lab network with two compute hosts (cloud.py)."""
+    """The osbox on a lab network with two compute hosts (cloud.py), and
+    Method A's array as its Cinder backend "array" (fcarray.py)."""
 
-    def __init__(self, net, osbox, hosts):
-        self.net, self.osbox, self.hosts = net, osbox, hosts
+    def __init__(self, net, osbox, hosts, array):
+        self.net, self.osbox, self.hosts, self.array = net, osbox, hosts, array
 
 
 @pytest.fixture(scope="session")
-def openstack_cloud():
+def openstack_cloud(installed, tmp_path_factory):
     """Real OpenStack (tox-tests/osbox: Keystone, Nova with the fake
-    computes compute1 and compute2, Cinder, RabbitMQ) on a bridge that two
-    host namespaces join, brought up once per test session."""
+    computes compute1 and compute2, Cinder with the fake backend and
+    Method A's array, RabbitMQ) on a bridge that two host namespaces join,
+    brought up once per test session."""
     import cloud  # it imports this module
+    import fcarray
 
     need("root", os.geteuid() == 0, "the osbox and the lab network need root")
-    need("ip, curl, qemu-io", cloud.have("ip", "curl", "qemu-io"))
+    need("ip, curl, qemu-io, tgtd", cloud.have("ip", "curl", "qemu-io", "tgtd", "tgtadm"))
     need("Debian's OpenStack Zed packages",
          cloud.debian_openstack() and cloud.have("mariadb-install-db", "openstack", "bc"))
+    array = fcarray.Array(tmp_path_factory.mktemp("array"), installed)
     net = cloud.Network(f"shl{os.getpid()}")
     try:
         hosts = {}
         for n in (1, 2):
             addr = f"{cloud.SUBNET}.{n}"
             hosts[f"compute{n}"] = (net.add_host(f"h{n}", addr), addr)
-        box = cloud.Osbox(net, ROOT / ".work/tox/osbox", [addr for _, addr in hosts.values()])
+        box = cloud.Osbox(net, ROOT / ".work/tox/osbox", [addr for _, addr in hosts.values()], array.osbox_env())
     except Exception:
         net.close()
+        array.close()
         raise
     report(f"osbox up in {box.up_seconds:.1f} s (netns {box.netns}, logs in {box.dir}/logs):")
     for line in box.up_output.splitlines():
         if line.startswith("osbox: ["):
             report("  " + line)
-    yield OpenStackCloud(net, box, hosts)
+    yield OpenStackCloud(net, box, hosts, array)
     box.close()
     net.close()
+    array.close()

@@ -13,6 +13,9 @@ def test_make_install_layout(installed):
         installed.unit: 0o644,
         installed.hook: 0o755,
         installed.destdir / "usr/share/doc/shareless/README.md": 0o644,
+        installed.destdir / "usr/share/doc/shareless/cinder-driver.md": 0o644,
+        installed.pysite / "shareless_cinder/__init__.py": 0o644,
+        installed.pysite / "shareless_cinder/driver.py": 0o644,
     }
     for path, mode in want.items():
         assert path.is_file(), path

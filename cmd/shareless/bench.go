@@ -48,8 +48,8 @@ iSCSI on 127.0.0.1, and prints one line per case:
                   qemu-img)
   wayback-Npct-time, wayback-Npct-bytes
                   the way back after N percent of the blocks were modified,
-                  against the full copy of the copy case; bytes are Data-In
-                  payload counted on the wire
+                  against the full copy of the copy case; bytes are the
+                  Data-In payload of READs counted on the wire
 
 A ratio above 1 favours us for copy and randread; for the way back, one
 below 1 does (the goal for bytes: the modified set, N percent).
@@ -281,12 +281,12 @@ func (b *replicaBench) run(ctx context.Context) error {
 		if err := errors.Join(err, back.Close(), wire.wait()); err != nil {
 			return err
 		}
-		moved := wire.dataIn.Load() - login
+		moved := wire.readIn
 		name := fmt.Sprintf("wayback-%dpct", int(share*100))
 		b.result(name+"-time", "s", t.elapsed.Seconds(), full.Seconds())
 		b.result(name+"-bytes", "MiB", float64(moved)/(1<<20), float64(b.size)/(1<<20))
-		b.note("%d scattered 4 KiB writes in distinct %s blocks; modified set %s, on the wire %s (plan %s)",
-			n, human(replicator.DefaultGrain), human(t.delta.Modified.Count()*t.delta.Grain), human(moved), t.plan)
+		b.note("%d scattered 4 KiB writes in distinct %s blocks; modified set %s, READ data on the wire %s, GET LBA STATUS answers %d bytes (plan %s)",
+			n, human(replicator.DefaultGrain), human(t.delta.Modified.Count()*t.delta.Grain), human(moved), wire.dataIn.Load()-login-moved, t.plan)
 		home, away = away, home
 	}
 	return errors.Join(a.disk.Close(), h.disk.Close())

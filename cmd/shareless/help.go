@@ -152,6 +152,18 @@ prints.
 /var/lib/shareless/guard/NAME
     the adoption guard, removed on success`,
 		},
+		"cinder-driver": {
+			options: `--transport-map PATH
+    the transport map (default /etc/shareless/transport.json)`,
+			exit: `0   the answer is on stdout
+1   the map does not cover the request, or cannot be read (on stderr)
+2   bad invocation or a request that is not JSON`,
+			files: `/etc/shareless/transport.json
+    the transport map: each backend's FC ports, iSCSI targets, CHAP, LUN
+    mapping and carrier
+/usr/share/doc/shareless/cinder-driver.md
+    what the wrapper, Cinder and Nova do, and the configuration`,
+		},
 		"export": {
 			description: `Serves each FILE as a LUN of one iSCSI target (LUN 0, 1, ... in the order
 given) on the given address only, until SIGINT or SIGTERM. CHAP is required

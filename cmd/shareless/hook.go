@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/shareless/shareless/cinderbridge"
 	"github.com/shareless/shareless/localapi"
 )
 
@@ -77,12 +78,22 @@ func runHook(ctx context.Context, e *env, args []string) error {
 }
 
 // needsAgent reports whether a domain depends on the local agent: the
-// agent serves one of its disks, or left an adoption guard for it. XML
-// that does not parse counts as needing it: refuse rather than guess.
+// agent serves one of its disks, left an adoption guard for it, or must
+// rewrite one of its volume disks. XML that does not parse counts as
+// needing it: refuse rather than guess.
 func needsAgent(req localapi.HookRequest, stateDir string) bool {
 	if _, err := os.Stat(filepath.Join(stateDir, "guard", filepath.Base(req.Domain))); err == nil {
 		return true
 	}
 	served, err := localapi.ServedLocally(req.XML)
-	return served || err != nil
+	if served || err != nil {
+		return true
+	}
+	// A volume disk that only the agent can rewrite into an iSCSI disk
+	// (Method A) would not start here without it.
+	detached, err := cinderbridge.DetachedDisks([]byte(req.XML), func(p string) bool {
+		_, err := os.Stat(p)
+		return err == nil
+	})
+	return len(detached) > 0 || err != nil
 }

@@ -118,6 +118,13 @@ func TestHookAgentDown(t *testing.T) {
 	if code == 0 || !strings.Contains(errs, "agent unreachable") || took > 2*time.Second {
 		t.Fatalf("managed disk, agent down: exit %d, stderr %q, took %v", code, errs, took)
 	}
+	// Nor one whose volume only the agent can turn into an iSCSI disk.
+	volumeXML := `<domain><name>instance-3</name><devices><disk type='block' device='disk'>
+<source dev='/dev/disk/by-path/ip-192.0.2.7:3260-iscsi-iqn.2026-11.test:array-lun-3'/><target dev='vdb'/><serial>v1</serial>
+</disk></devices></domain>`
+	if code, _, errs, _ := runHookCmd(t, volumeXML, "--socket", sock, "--state-dir", state, "qemu", "instance-3", "migrate", "begin", "-"); code == 0 || !strings.Contains(errs, "agent unreachable") {
+		t.Fatalf("Method A volume, agent down: exit %d, stderr %q", code, errs)
+	}
 	// A domain that owes nothing to the agent is left alone.
 	if code, _, errs, _ := runHookCmd(t, fileXML, "--socket", sock, "--state-dir", state, "qemu", "instance-2", "prepare", "begin", "-"); code != 0 {
 		t.Fatalf("unrelated domain, agent down: exit %d, stderr %q", code, errs)

@@ -30,17 +30,18 @@ type command struct {
 // commands lists the subcommands; each lives in its own file.
 func commands() map[string]command {
 	return map[string]command{
-		"help":     {"describe the subcommands", nil},
-		"agent":    {"run this host's agent (the daemon)", runAgent},
-		"status":   {"migrations, replicas and whether this host is safe to power off", runStatus},
-		"hook":     {"libvirt qemu hook: asks the local agent, never libvirt", runHook},
-		"adopt":    {"move a running instance's file disks onto managed disks", runAdopt},
-		"release":  {"give an adopted instance's disks back to its files", runRelease},
-		"copy-now": {"switch an instance's remote-only disks (Method B) to copying", runCopyNow},
-		"export":   exportCommand(),
-		"copy":     {copySummary, runCopy},
-		"demo":     {"Method C on one machine: a disk to a second store over iSCSI and back", runDemo},
-		"bench":    {"measure a suite (replica) against its peer tools", runBench},
+		"help":          {"describe the subcommands", nil},
+		"agent":         {"run this host's agent (the daemon)", runAgent},
+		"status":        {"migrations, replicas and whether this host is safe to power off", runStatus},
+		"hook":          {"libvirt qemu hook: asks the local agent, never libvirt", runHook},
+		"adopt":         {"move a running instance's file disks onto managed disks", runAdopt},
+		"release":       {"give an adopted instance's disks back to its files", runRelease},
+		"copy-now":      {"switch an instance's remote-only disks (Method B) to copying", runCopyNow},
+		"export":        exportCommand(),
+		"cinder-driver": {"the Cinder driver wrapper's decisions (Method A), JSON on stdin and stdout", runCinderDriver},
+		"copy":          {copySummary, runCopy},
+		"demo":          {"Method C on one machine: a disk to a second store over iSCSI and back", runDemo},
+		"bench":         {"measure a suite (replica) against its peer tools", runBench},
 	}
 }
 

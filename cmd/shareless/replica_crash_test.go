@@ -128,7 +128,8 @@ func TestReplicaCrash(t *testing.T) {
 	if a.disk, err = a.store.Create(ctx, demoDisk, size); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fillDisk(ctx, a.disk); err != nil {
+	written, err := fillDisk(ctx, a.disk)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := a.disk.Seal(ctx); err != nil {
@@ -164,8 +165,9 @@ func TestReplicaCrash(t *testing.T) {
 	}
 
 	// The copy is slow enough to span the rounds (a round lives ~0.4 s), so
-	// that kills hit it.
-	rate := int64(size / (rounds + 1) * 2)
+	// that kills hit it. The rate limits what it reads, the data A wrote:
+	// A's holes are not read.
+	rate := written / int64(rounds+1) * 2
 	var (
 		next      int // the batch to issue next; all before it are acknowledged
 		acked     []crashBatch

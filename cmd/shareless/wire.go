@@ -13,19 +13,27 @@ import (
 
 	"github.com/shareless/shareless/blockdev"
 	"github.com/shareless/shareless/iscsi/pdu"
+	"github.com/shareless/shareless/iscsi/scsi"
 )
 
 // wireCount counts what our initiator receives from a target, on the wire
 // rather than as the replica accounts it: every byte read from the TCP
-// connections it dials, and the payload of the SCSI Data-In PDUs among them
-// (the data of READs), decoded by the project's PDU codec from a copy of
-// the stream. Use its dial as initiator.Config.Dial; call wait after the
-// session is closed.
+// connections it dials, and the payload of the SCSI Data-In PDUs among them,
+// decoded by the project's PDU codec from a copy of the stream. The
+// commands sent are decoded too, so that wait can tell the data of READs
+// from the rest (GET LBA STATUS answers, INQUIRY, ...). Use its dial as
+// initiator.Config.Dial; call wait after the session is closed.
 type wireCount struct {
 	bytes, dataIn atomic.Int64
-	wg            sync.WaitGroup
-	mu            sync.Mutex
-	err           error // the first stream the codec could not follow
+	// readIn is the Data-In payload of READ commands, set by wait.
+	readIn int64
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	err    error // the first stream the codec could not follow
+	// Data-In payload by task tag, and the tags of READ commands: the
+	// two streams are decoded apart, so they are matched in wait.
+	byTag map[uint32]int64
+	reads map[uint32]bool
 }
 
 func (w *wireCount) dial(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -34,15 +42,17 @@ func (w *wireCount) dial(ctx context.Context, network, addr string) (net.Conn, e
 	if err != nil {
 		return nil, err
 	}
-	pr, pw := io.Pipe()
-	w.wg.Add(1)
-	go w.decode(pr)
-	return &countingConn{Conn: c, w: w, copy: pw}, nil
+	in, inw := io.Pipe()
+	out, outw := io.Pipe()
+	w.wg.Add(2)
+	go w.decode(in, w.received)
+	go w.decode(out, w.sent)
+	return &countingConn{Conn: c, w: w, copy: inw, sent: outw}, nil
 }
 
-// decode sums the Data-In payloads of one connection's stream. It reads to
-// the end even past an error, so that the connection never blocks on it.
-func (w *wireCount) decode(r *io.PipeReader) {
+// decode passes the PDUs of one direction of a connection to fn. It reads
+// to the end even past an error, so that the connection never blocks on it.
+func (w *wireCount) decode(r *io.PipeReader, fn func(pdu.Message)) {
 	defer w.wg.Done()
 	defer io.Copy(io.Discard, r)
 	f := pdu.NewFramer(r, io.Discard)
@@ -61,20 +71,53 @@ func (w *wireCount) decode(r *io.PipeReader) {
 			w.mu.Unlock()
 			return
 		}
-		if d, ok := m.(*pdu.DataIn); ok {
-			w.dataIn.Add(int64(len(d.Data)))
-		}
+		fn(m)
 	}
 }
 
-// wait waits for every connection's stream to be decoded and reports a
-// stream the codec could not follow (the counts would be short).
+// received counts a PDU from the target.
+func (w *wireCount) received(m pdu.Message) {
+	d, ok := m.(*pdu.DataIn)
+	if !ok {
+		return
+	}
+	w.dataIn.Add(int64(len(d.Data)))
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.byTag == nil {
+		w.byTag = map[uint32]int64{}
+	}
+	w.byTag[d.ITT] += int64(len(d.Data))
+}
+
+// sent notes the READ commands among the PDUs to the target.
+func (w *wireCount) sent(m pdu.Message) {
+	c, ok := m.(*pdu.SCSICommand)
+	if !ok || len(c.CDB) == 0 || c.CDB[0] != scsi.OpRead16 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.reads == nil {
+		w.reads = map[uint32]bool{}
+	}
+	w.reads[c.ITT] = true
+}
+
+// wait waits for every connection's streams to be decoded, sets readIn and
+// reports a stream the codec could not follow (the counts would be short).
 func (w *wireCount) wait() error {
 	w.wg.Wait()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.readIn = 0
+	for tag, n := range w.byTag {
+		if w.reads[tag] {
+			w.readIn += n
+		}
+	}
 	if w.err != nil {
-		return fmt.Errorf("decoding the received PDUs: %w", w.err)
+		return fmt.Errorf("decoding the PDUs: %w", w.err)
 	}
 	return nil
 }
@@ -82,8 +125,17 @@ func (w *wireCount) wait() error {
 type countingConn struct {
 	net.Conn
 	w    *wireCount
-	copy *io.PipeWriter
+	copy *io.PipeWriter // what the target sends
+	sent *io.PipeWriter // what the initiator sends
 	once sync.Once
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		c.sent.Write(p[:n])
+	}
+	return n, err
 }
 
 func (c *countingConn) Read(p []byte) (int, error) {
@@ -93,13 +145,18 @@ func (c *countingConn) Read(p []byte) (int, error) {
 		c.copy.Write(p[:n])
 	}
 	if err != nil {
-		c.once.Do(func() { c.copy.Close() })
+		c.once.Do(c.closeCopies)
 	}
 	return n, err
 }
 
+func (c *countingConn) closeCopies() {
+	c.copy.Close()
+	c.sent.Close()
+}
+
 func (c *countingConn) Close() error {
-	c.once.Do(func() { c.copy.Close() })
+	c.once.Do(c.closeCopies)
 	return c.Conn.Close()
 }
 

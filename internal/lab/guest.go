@@ -316,6 +316,12 @@ type Disk struct {
 	Target string // guest device, e.g. "vda"
 	File   string
 	ISCSI  *LUN
+	// Block is a block device path: a Cinder volume as Nova's FC and
+	// local volume drivers attach it.
+	Block string
+	// Serial, when set, is the disk's <serial>: Nova writes the Cinder
+	// volume id there.
+	Serial string
 }
 
 // DomainXML returns a persistent domain definition of the tiny guest named
@@ -344,6 +350,17 @@ func (g Guest) InstanceXML(uuid, name, consoleLog string, disks ...Disk) string 
       <target dev='%s' bus='virtio'/>
     </disk>
 `, xmlEscape(disk.ISCSI.IQN), disk.ISCSI.LUN, disk.ISCSI.Host, disk.ISCSI.Port, auth, xmlEscape(disk.Target))
+		case disk.Block != "":
+			var serial string
+			if disk.Serial != "" {
+				serial = "\n      <serial>" + xmlEscape(disk.Serial) + "</serial>"
+			}
+			fmt.Fprintf(&d, `    <disk type='block' device='disk'>
+      <driver name='qemu' type='raw' cache='none' io='native'/>
+      <source dev='%s'/>
+      <target dev='%s' bus='virtio'/>%s
+    </disk>
+`, xmlEscape(disk.Block), xmlEscape(disk.Target), serial)
 		default:
 			fmt.Fprintf(&d, `    <disk type='file' device='disk'>
       <driver name='qemu' type='raw' cache='none'/>

@@ -274,25 +274,39 @@ func (s *Session) setNoWriteSame() {
 
 // Allocation implements blockdev.AllocationReporter with GET LBA STATUS
 // (SBC-3 §5.5). One command asks for many descriptors; later calls are
-// answered from them as long as this session wrote nothing meanwhile. A
-// logical unit that is not thin provisioned is mapped everywhere.
+// answered from them as long as this session wrote nothing meanwhile.
+// Only deallocated blocks that read as zeroes (LBPRZ) are reported
+// unmapped, since a copy skips them: a logical unit that is not thin
+// provisioned, does not promise zeroes, or refuses GET LBA STATUS as
+// unsupported (remembered for the session) is mapped everywhere.
 func (s *Session) Allocation(ctx context.Context, off int64) (bool, int64, error) {
 	size := s.Size()
 	if off < 0 || off >= size {
 		return false, 0, fmt.Errorf("offset %d on a %d-byte device: %w", off, size, blockdev.ErrOutOfRange)
 	}
 	bs := s.geom.blockSize
-	if !s.geom.thin {
+	if !s.geom.thin || !s.geom.lbprz {
 		return true, size - off, nil
 	}
 	lba := uint64(off / bs)
 	s.lbaMu.Lock()
 	defer s.lbaMu.Unlock()
+	if s.noLBAStatus {
+		return true, size - off, nil
+	}
 	d, ok := s.cachedLBA(lba)
 	if !ok || s.lbaGen != s.writes.Load() {
 		gen := s.writes.Load()
 		buf := make([]byte, 8+16*lbaStatusDescriptors)
 		n, err := s.command(ctx, scsi.GetLBAStatus(lba, uint32(len(buf))), buf, nil)
+		if errors.Is(err, scsi.ASCInvalidCommandOperationCode) || errors.Is(err, scsi.ASCInvalidFieldInCDB) {
+			// GET LBA STATUS is a service action of SERVICE ACTION IN
+			// (16), which READ CAPACITY 16 shares: a unit without it
+			// refuses the field, or the whole opcode.
+			s.log.Info("the logical unit does not support GET LBA STATUS; reporting it mapped", "err", err)
+			s.noLBAStatus = true
+			return true, size - off, nil
+		}
 		if err != nil {
 			return false, 0, deviceError("get lba status", off, err)
 		}

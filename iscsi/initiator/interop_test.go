@@ -88,6 +88,29 @@ func TestTgtdInterop(t *testing.T) {
 	interop(t, srv.Addr(), 1, img, size)
 }
 
+// TestTgtdThickAllocation: a tgtd LUN without thin provisioning (LBPME
+// clear) cannot say where its holes are, though its file has them: the
+// session reports it mapped everywhere and sends no GET LBA STATUS, so a
+// copy reads it all (the replicator's fallback).
+func TestTgtdThickAllocation(t *testing.T) {
+	const size = 16 << 20
+	srv := tgtd.Start(t)
+	srv.AddTarget(tgtd.Target{IQN: testIQN, LUNs: []string{sparseFile(t, size)}, User: testUser, Secret: testSecret})
+	s, err := Dial(t.Context(), Config{Addr: srv.Addr(), Target: testIQN, LUN: 1, Credentials: creds(t, false), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Thin() {
+		t.Fatal("tgtd reports a LUN without thin_provisioning thin")
+	}
+	for _, off := range []int64{0, 8 << 20} {
+		if mapped, n, err := s.Allocation(t.Context(), off); err != nil || !mapped || n != size-off {
+			t.Errorf("Allocation(%d) = %v, %d, %v; want mapped to the end", off, mapped, n, err)
+		}
+	}
+}
+
 // TestOwnTargetInterop runs the same checks against iscsi/target.
 func TestOwnTargetInterop(t *testing.T) {
 	const size = 64 << 20

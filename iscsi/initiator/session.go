@@ -152,6 +152,8 @@ type Session struct {
 	lbaMu  sync.Mutex
 	lba    []scsi.LBAStatus
 	lbaGen uint64
+	// noLBAStatus: the unit refused GET LBA STATUS as unsupported.
+	noLBAStatus bool
 }
 
 // Dial logs in to cfg.Target, checks that cfg.LUN exists and reads its

@@ -1,0 +1,1 @@
+"""Cinder volume driver wrapper of shareless (Method A); see driver.py."""
