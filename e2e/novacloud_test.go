@@ -36,7 +36,7 @@ const (
 	novaState     = "/var/lib/libvirt/nova"
 	novaInstances = novaState + "/instances"
 	// novaBandwidth slows the post-copy so that a drain can be watched.
-	novaBandwidth = 64 << 20
+	novaBandwidth = 16 << 20
 	// The root image: rootData random bytes from rootDataAt, in a raw
 	// image Nova extends to the flavor's 1 GiB disk.
 	rootDataAt = 1 << 20
