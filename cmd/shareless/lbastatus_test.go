@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"errors"
-	"io"
-	"log/slog"
 	"testing"
 )
 
@@ -14,14 +12,9 @@ import (
 func TestManagedDiskLBAStatus(t *testing.T) {
 	ctx := t.Context()
 	const size = 16 << 20
-	d := &demo{out: io.Discard, log: slog.New(slog.DiscardHandler), dir: t.TempDir(), size: size}
-	if err := d.makeSecret(); err != nil {
-		t.Fatal(err)
-	}
-	a, err := d.newHost("A")
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, hosts := newTestDemo(t, t.TempDir(), size, "A")
+	a := hosts[0]
+	var err error
 	if a.disk, err = a.store.Create(ctx, demoDisk, size); err != nil {
 		t.Fatal(err)
 	}

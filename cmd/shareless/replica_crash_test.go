@@ -7,7 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -114,17 +113,12 @@ func TestReplicaCrash(t *testing.T) {
 	ctx := t.Context()
 
 	const size = 64 << 20
-	d := &demo{out: io.Discard, log: slog.New(slog.DiscardHandler), dir: dir, size: size}
-	if err := d.makeSecret(); err != nil {
-		t.Fatal(err)
-	}
+	d, hosts := newTestDemo(t, dir, size, "A")
 
 	// Host A: a sealed base disk with data, served by our target in this
 	// process; the expected image starts as its copy.
-	a, err := d.newHost("A")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := hosts[0]
+	var err error
 	if a.disk, err = a.store.Create(ctx, demoDisk, size); err != nil {
 		t.Fatal(err)
 	}

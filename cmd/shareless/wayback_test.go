@@ -2,8 +2,6 @@ package main
 
 import (
 	"errors"
-	"io"
-	"log/slog"
 	"math/rand/v2"
 	"testing"
 
@@ -25,18 +23,9 @@ func TestWayBackWire(t *testing.T) {
 	testenv.SkipIfShort(t)
 	ctx := t.Context()
 	const size = 128 << 20
-	d := &demo{out: io.Discard, log: slog.New(slog.DiscardHandler), dir: t.TempDir(), size: size}
-	if err := d.makeSecret(); err != nil {
-		t.Fatal(err)
-	}
-	a, err := d.newHost("A")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := d.newHost("B")
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, hosts := newTestDemo(t, t.TempDir(), size, "A", "B")
+	a, b := hosts[0], hosts[1]
+	var err error
 	if a.disk, err = a.store.Create(ctx, demoDisk, size); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,27 @@
+package main
+
+import (
+	"io"
+	"log/slog"
+	"testing"
+)
+
+// newTestDemo is the demo's set-up without its output: a demo of size
+// bytes under dir, its shared CHAP secret, and one host per name, each
+// with a store and no disk yet.
+func newTestDemo(t *testing.T, dir string, size int64, names ...string) (*demo, []*host) {
+	t.Helper()
+	d := &demo{out: io.Discard, log: slog.New(slog.DiscardHandler), dir: dir, size: size}
+	if err := d.makeSecret(); err != nil {
+		t.Fatal(err)
+	}
+	hosts := make([]*host, len(names))
+	for i, name := range names {
+		h, err := d.newHost(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts[i] = h
+	}
+	return d, hosts
+}
