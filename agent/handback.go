@@ -224,7 +224,7 @@ func (a *Agent) instanceDeleted(inst string) error {
 // <instance>/<disk name>, exists and is raw, it becomes the managed disk
 // again, by hard link as in adoption, and the instance is adopted again;
 // otherwise QEMU finds no such target and libvirt says so.
-func (a *Agent) startOnManaged(log *slog.Logger, domain, inst string, disks map[string]string) error {
+func (a *Agent) startOnManaged(ctx context.Context, log *slog.Logger, domain, inst string, disks map[string]string) error {
 	if a.cfg.Store.InstancesPath == "" || checkInstance(inst) != nil {
 		return nil
 	}
@@ -251,7 +251,7 @@ func (a *Agent) startOnManaged(log *slog.Logger, domain, inst string, disks map[
 		if _, err := os.Stat(file); err != nil {
 			continue
 		}
-		rep, err := a.store.Import(context.Background(), ref.storeName(), file)
+		rep, err := a.store.Import(ctx, ref.storeName(), file)
 		if err != nil {
 			return fmt.Errorf("%s: taking Nova's file %s back as managed disk %s: %w", domain, file, ref, err)
 		}

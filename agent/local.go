@@ -115,7 +115,7 @@ func (b localBackend) Hook(ctx context.Context, req localapi.HookRequest) (local
 			}
 		}
 		if len(managed) > 0 {
-			return localapi.HookResponse{}, a.startOnManaged(log, req.Domain, dom.UUID, managed)
+			return localapi.HookResponse{}, a.startOnManaged(ctx, log, req.Domain, dom.UUID, managed)
 		}
 	}
 	return localapi.HookResponse{}, nil
