@@ -21,10 +21,7 @@ func TestManagedDiskLBAStatus(t *testing.T) {
 	if err := errors.Join(a.disk.WriteAt(ctx, bytes.Repeat([]byte{1}, 1<<20), 4<<20, false), a.disk.Flush(ctx)); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.serve(ctx, d); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(a.stop)
+	serveForTest(t, d, a)
 	s, err := d.dial(ctx, a.addr)
 	if err != nil {
 		t.Fatal(err)

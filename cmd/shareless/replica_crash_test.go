@@ -129,10 +129,7 @@ func TestReplicaCrash(t *testing.T) {
 	if err := a.disk.Seal(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.serve(ctx, d); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(a.stop)
+	serveForTest(t, d, a)
 	expected := filepath.Join(dir, "expected.raw")
 	if err := saveImage(ctx, a.disk, expected); err != nil {
 		t.Fatal(err)

@@ -45,16 +45,8 @@ func TestSparseCopyWire(t *testing.T) {
 	if err := a.disk.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.serve(ctx, d); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(a.stop)
-	if b.disk, err = b.store.Create(ctx, demoDisk, size); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.disk.Seal(ctx); err != nil {
-		t.Fatal(err)
-	}
+	serveForTest(t, d, a)
+	emptyBase(t, b, size)
 
 	// trip moves the disk to home from away (goBack) through a session
 	// whose received bytes are counted, and returns the READ data and the

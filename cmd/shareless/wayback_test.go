@@ -33,18 +33,10 @@ func TestWayBackWire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.serve(ctx, d); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(a.stop)
+	serveForTest(t, d, a)
 	// The first trip, A → B, is a full copy: B holds nothing yet. It reads
 	// what A wrote; the rest of A's disk is holes, which it skips.
-	if b.disk, err = b.store.Create(ctx, demoDisk, size); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.disk.Seal(ctx); err != nil {
-		t.Fatal(err)
-	}
+	emptyBase(t, b, size)
 	srcA, err := d.dial(ctx, a.addr)
 	if err != nil {
 		t.Fatal(err)
