@@ -280,6 +280,14 @@ func (c *novaCloud) hardReboot(t *testing.T, inst *instance) {
 func (c *novaCloud) stopStart(t *testing.T, inst *instance) {
 	c.openstack(t, "server", "stop", inst.uuid)
 	c.waitStatus(t, inst, "SHUTOFF")
+	c.startHandsBack(t, inst)
+}
+
+// startHandsBack: the instance is off on compute1 with its managed disk
+// whole; `openstack server start` writes the domain's XML again from
+// Nova's files, so the disk is handed back with the data, and it is
+// adopted again.
+func (c *novaCloud) startHandsBack(t *testing.T, inst *instance) {
 	c.sameDisk(t, c.a.image(inst), c.wrote, 0)
 	c.openstack(t, "server", "start", inst.uuid)
 	c.waitStatus(t, inst, "ACTIVE")
@@ -379,11 +387,7 @@ func (c *novaCloud) shelve(t *testing.T, inst *instance) {
 	if d, ok := c.a.disk(inst); !ok || d.State != "complete" || d.Sealed {
 		t.Fatalf("the managed disk after the shelve: %+v", d)
 	}
-	c.sameDisk(t, c.a.image(inst), c.wrote, 0)
-	c.openstack(t, "server", "start", inst.uuid)
-	c.waitStatus(t, inst, "ACTIVE")
-	c.handedBack(t, c.a, inst)
-	c.adoptAgain(t, inst)
+	c.startHandsBack(t, inst)
 }
 
 // rebootWhileCopying: after a live migration to compute2, while compute2
