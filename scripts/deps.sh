@@ -24,6 +24,8 @@ packages=(
 	shellcheck            # lint of the devstack plugin and the scripts
 	tox                   # tox-tests/ (Debian's tox 3, offline, site packages)
 	python3-pytest        # the functional tests tox runs
+	openssh-client        # ssh/scp: Nova's cold migration and resize copy disks between computes
+	openssh-server        # sshd: the lab's own, one per host (internal/lab Options.SSH)
 )
 # The OpenStack-in-a-box of the functional tests (tox-tests/osbox): Zed
 # from Debian's library packages, without recommends (python3-cinder's
@@ -60,11 +62,16 @@ install() {
 	updated=1
 	apt-get install -y -qq "$1" "${missing[@]}" >/dev/null
 }
+# An sshd the machine already runs is how someone reaches it: leave it be,
+# and stop only the one this script installs.
+new_sshd=$(missing openssh-server)
 # With recommends: the suite was developed and measured with them.
 install --install-recommends "${packages[@]}"
 install --no-install-recommends "${osbox_packages[@]}"
 # Debian starts services on install; tests run their own instances.
-for svc in tgt rabbitmq-server mariadb; do
+services=(tgt rabbitmq-server mariadb)
+[[ -z $new_sshd ]] || services+=(ssh ssh.socket)
+for svc in "${services[@]}"; do
 	systemctl disable --now "$svc" >/dev/null 2>&1 || true
 done
 

@@ -29,7 +29,8 @@ type Host struct {
 	// Dir holds the host's private libvirt directories (etc, run, lib,
 	// log, cache), bind-mounted over /etc/libvirt, /run/libvirt, ... in
 	// its mount namespace, and readable from outside for tests; and its
-	// local storage, DIR/instances, mounted at InstancesPath.
+	// local storage, DIR/instances, mounted at InstancesPath; with
+	// Options.SSH, its /root/.ssh (DIR/ssh) and sshd (DIR/sshd).
 	Dir string
 
 	lab      *Lab
@@ -37,7 +38,7 @@ type Host struct {
 	libvirtd *Proc // nil while stopped
 }
 
-func (l *Lab) newHost(i int, hooks map[string][]byte) (*Host, error) {
+func (l *Lab) newHost(i int, opts Options) (*Host, error) {
 	name := string(rune('a' + i))
 	addr := netip.MustParsePrefix(Subnet).Addr()
 	for range i + 1 {
@@ -55,7 +56,7 @@ func (l *Lab) newHost(i int, hooks map[string][]byte) (*Host, error) {
 	if err := h.writeConfig(); err != nil {
 		return nil, err
 	}
-	for n, script := range hooks {
+	for n, script := range opts.Hooks {
 		if err := h.InstallHook(n, script); err != nil {
 			return nil, err
 		}
@@ -63,7 +64,7 @@ func (l *Lab) newHost(i int, hooks map[string][]byte) (*Host, error) {
 	if err := h.plugNetwork(); err != nil {
 		return nil, err
 	}
-	if err := h.startAnchor(); err != nil {
+	if err := h.startAnchor(opts.SSH); err != nil {
 		return nil, err
 	}
 	if err := l.record("hosts", h.Dir); err != nil {
@@ -207,12 +208,22 @@ echo ready
 exec sleep infinity
 `
 
-func (h *Host) startAnchor() error {
+func (h *Host) startAnchor(ssh bool) error {
 	args := []string{"netns", "exec", h.NetNS, "unshare", "--mount", "--uts", "--propagation", "private",
 		"--", "sh", "-c", anchorScript, "anchor", h.Hostname, h.Dir,
 		// The host's subdirectories and where libvirtd sees them.
 		"etc", "/etc/libvirt", "run", "/run/libvirt", "lib", "/var/lib/libvirt",
 		"log", "/var/log/libvirt", "cache", "/var/cache/libvirt", "instances", InstancesPath}
+	if ssh {
+		root, err := rootSSHDir()
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(h.sshDir(), 0o700); err != nil {
+			return err
+		}
+		args = append(args, "ssh", root)
+	}
 	p, err := h.spawn("anchor", exec.Command("ip", args...))
 	if err != nil {
 		return err

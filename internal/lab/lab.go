@@ -47,6 +47,10 @@ type Options struct {
 	// looks for hooks at start only). A hook tells hosts apart by
 	// `hostname`.
 	Hooks map[string][]byte
+	// SSH starts an sshd on every host and lets root on each reach the
+	// others with ssh and scp, non-interactively (ssh.go): what Nova's
+	// cold migration and resize need between computes.
+	SSH bool
 }
 
 // Lab is a running lab.
@@ -71,6 +75,9 @@ func Start(t testing.TB, opts Options) *Lab {
 	testenv.NeedRoot(t)
 	testenv.NeedCommands(t, "ip", "unshare", "nsenter", "libvirtd", "virsh", "qemu-system-x86_64",
 		"apt-get", "apt-cache", "dpkg-deb", "xz")
+	if opts.SSH {
+		testenv.NeedCommands(t, "sshd", "ssh", "scp", "ssh-keygen")
+	}
 	if opts.Hosts == 0 {
 		opts.Hosts = 2
 	}
@@ -107,7 +114,7 @@ func Start(t testing.TB, opts Options) *Lab {
 	}
 	ensureQEMUUser(t)
 	for i := range opts.Hosts {
-		h, err := l.newHost(i, opts.Hooks)
+		h, err := l.newHost(i, opts)
 		if err != nil {
 			t.Fatalf("lab: host %d: %v", i, err)
 		}
@@ -115,6 +122,11 @@ func Start(t testing.TB, opts Options) *Lab {
 	}
 	for _, h := range l.Hosts {
 		if err := h.StartLibvirtd(); err != nil {
+			t.Fatalf("lab: %v", err)
+		}
+	}
+	if opts.SSH {
+		if err := l.startSSH(); err != nil {
 			t.Fatalf("lab: %v", err)
 		}
 	}

@@ -1,7 +1,9 @@
 package lab
 
 import (
+	"bytes"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -48,5 +50,36 @@ func TestTwoHosts(t *testing.T) {
 	}
 	if err := p.Stop(time.Second); err != nil {
 		t.Fatalf("stopping an exited process: %v", err)
+	}
+}
+
+// TestSSH checks Options.SSH as Nova uses it between computes: root on
+// each host runs a command on the other with `ssh -o BatchMode=yes ADDR`
+// (no question, no password) and copies a file there with scp, which
+// lands in the other host's private view of the filesystem only.
+func TestSSH(t *testing.T) {
+	testenv.SkipIfShort(t)
+	l := Start(t, Options{SSH: true})
+	a, b := l.A(), l.B()
+	for _, pair := range [][2]*Host{{a, b}, {b, a}} {
+		from, to := pair[0], pair[1]
+		out, err := from.Command(t.Context(), "ssh", "-o", "BatchMode=yes", to.Addr.String(), "hostname").CombinedOutput()
+		if err != nil || string(out) != to.Hostname+"\n" {
+			t.Fatalf("ssh from %s to %s: %q, %v; want %s", from.Name, to.Name, out, err, to.Hostname)
+		}
+	}
+	const inside = "/var/lib/libvirt/ssh-probe" // DIR/lib of each host
+	data := []byte(randomHex(4096))
+	if err := os.WriteFile(filepath.Join(a.Dir, "lib", "ssh-probe"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := a.Command(t.Context(), "scp", inside, b.Addr.String()+":"+inside).CombinedOutput(); err != nil {
+		t.Fatalf("scp from a to b: %v: %s", err, out)
+	}
+	if got, err := os.ReadFile(filepath.Join(b.Dir, "lib", "ssh-probe")); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("b's copy: %d bytes (%v), want the %d scp sent", len(got), err, len(data))
+	}
+	if _, err := os.Stat(inside); !os.IsNotExist(err) {
+		t.Fatalf("the copy reached the machine's own %s: %v", inside, err)
 	}
 }
