@@ -42,6 +42,10 @@ const (
 	rootDataAt = 1 << 20
 	rootData   = 256 << 20
 	flavorDisk = 1 << 30
+	// bigFlavor has a bigger root disk, for a resize (Nova never shrinks
+	// one).
+	bigFlavor = "m1.shl.big"
+	bigDisk   = 2 << 30
 	// Image ids in the Glance stand-in.
 	kernelImage = "0e0e0e0e-0000-4000-8000-000000000001"
 	initrdImage = "0e0e0e0e-0000-4000-8000-000000000002"
@@ -58,19 +62,24 @@ type novaCloud struct {
 	root     []byte           // the root image's content
 	wrote    map[int64][]byte // runs written to the adopted disk besides the root image
 	compute  map[*node]*lab.Proc
+	// rootDisk is the adopted instance's root disk size, as its flavor
+	// says: a confirmed resize grows it.
+	rootDisk int64
 }
 
 // startNova brings up the lab, the osbox, both agents and both
-// nova-computes, registered and mapped, and a flavor.
+// nova-computes, registered and mapped, and the flavors. Root on each host
+// reaches the other with ssh (the lab's sshd), as Nova's cold migration
+// and resize need: they copy an instance's files with scp.
 func startNova(t *testing.T) *novaCloud {
 	t.Helper()
 	testenv.SkipIfShort(t)
 	testenv.NeedRoot(t)
 	testenv.NeedCommands(t, "openstack", "mariadb-install-db", "keystone-manage", "privsep-helper", "qemu-img", "qemu-io", "virt-admin")
 	work := t.TempDir()
-	c := &novaCloud{cloud: &cloud{}, osboxDir: filepath.Join(work, "osbox"), compute: map[*node]*lab.Proc{}}
+	c := &novaCloud{cloud: &cloud{}, osboxDir: filepath.Join(work, "osbox"), compute: map[*node]*lab.Proc{}, rootDisk: flavorDisk}
 	c.bin = buildShareless(t, work)
-	c.lab = lab.Start(t, lab.Options{Hooks: hooks(c.bin)})
+	c.lab = lab.Start(t, lab.Options{Hooks: hooks(c.bin), SSH: true})
 	images := c.writeImages(t, work)
 
 	start := time.Now()
@@ -130,6 +139,7 @@ interface = public
 		return err == nil && strings.Count(out, " up") == 2, out + fmt.Sprint(err)
 	})
 	c.openstack(t, "flavor", "create", "--ram", "128", "--disk", fmt.Sprint(flavorDisk>>30), "--vcpus", "1", flavor)
+	c.openstack(t, "flavor", "create", "--ram", "128", "--disk", fmt.Sprint(bigDisk>>30), "--vcpus", "1", bigFlavor)
 	t.Logf("real Nova with two libvirt computes ready in %v", time.Since(start).Round(time.Second))
 	return c
 }
@@ -185,6 +195,9 @@ my_ip = %s
 compute_driver = libvirt.LibvirtDriver
 # the tiny guest ignores ACPI: power it off at once on stop, rescue, shelve
 shutdown_timeout = 0
+# raw disks throughout: else a cold migration or resize turns the copied
+# raw file into qcow2 on the destination
+use_cow_images = false
 state_path = %s
 instances_path = %s
 [libvirt]
@@ -318,11 +331,33 @@ func waitCounter(t *testing.T, image string, after uint64, timeout time.Duration
 // migration job.
 func (c *novaCloud) novaMigrate(t *testing.T, inst *instance, dst *node) (runs, took time.Duration, job virt.JobStats) {
 	t.Helper()
+	start := time.Now()
+	landed := c.watchRuns(t, inst, dst, start)
+	_, err := c.tryOpenstack("server", "migrate", "--live-migration", "--host", dst.name, "--wait", inst.uuid)
+	took = time.Since(start)
+	runs = landed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := c.show(t, inst.uuid); s.Host != dst.name || s.Status != "ACTIVE" {
+		t.Fatalf("after the migration to %s: %+v", dst.name, s)
+	}
+	job, err = dst.conn.CompletedJobStats(t.Context(), c.domain(t, dst, inst))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return runs, took, job
+}
+
+// watchRuns watches for inst's domain running on dst; the function it
+// returns stops watching and says how long after start it ran there (zero
+// if it did not).
+func (c *novaCloud) watchRuns(t *testing.T, inst *instance, dst *node, start time.Time) func() time.Duration {
+	t.Helper()
 	u, err := virt.ParseUUID(inst.uuid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
 	landed := make(chan time.Duration, 1)
 	stop := make(chan struct{})
 	go func() {
@@ -341,21 +376,10 @@ func (c *novaCloud) novaMigrate(t *testing.T, inst *instance, dst *node) (runs, 
 			}
 		}
 	}()
-	_, err = c.tryOpenstack("server", "migrate", "--live-migration", "--host", dst.name, "--wait", inst.uuid)
-	took = time.Since(start)
-	close(stop)
-	runs = <-landed
-	if err != nil {
-		t.Fatal(err)
+	return func() time.Duration {
+		close(stop)
+		return <-landed
 	}
-	if s := c.show(t, inst.uuid); s.Host != dst.name || s.Status != "ACTIVE" {
-		t.Fatalf("after the migration to %s: %+v", dst.name, s)
-	}
-	job, err = dst.conn.CompletedJobStats(t.Context(), c.domain(t, dst, inst))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return runs, took, job
 }
 
 // adopt runs `shareless adopt --json NAME` on n, the server named through

@@ -443,24 +443,38 @@ const snapshotRefusal = "Can't retrieve root device path from instance libvirt c
 func (c *novaCloud) deleteFrees(t *testing.T, inst *instance) {
 	c.openstack(t, "server", "delete", "--wait", inst.uuid)
 	for _, n := range []*node{c.a, c.b} {
-		testenv.Eventually(t, 30*time.Second, n.name+" frees the instance's disk", func() (bool, string) {
-			d, ok := n.disk(inst)
-			_, err := os.Stat(filepath.Dir(n.image(inst)))
-			return !ok && os.IsNotExist(err), fmt.Sprintf("%+v, store entry: %v", d, err)
-		})
+		waitFreed(t, n, inst)
 	}
 	if _, err := os.Stat(c.a.outside(filepath.Join(statePath, "guard", inst.domain))); !os.IsNotExist(err) {
 		t.Errorf("the adoption guard after the delete: %v", err)
 	}
 }
 
-// handedBack checks that inst runs on n on Nova's file, which the agent
-// no longer serves, with the data and a new counter.
+// waitFreed waits until n's agent holds nothing of inst's disk: neither
+// the disk nor its store entry.
+func waitFreed(t *testing.T, n *node, inst *instance) {
+	t.Helper()
+	testenv.Eventually(t, 30*time.Second, n.name+" frees the instance's disk", func() (bool, string) {
+		d, ok := n.disk(inst)
+		_, err := os.Stat(filepath.Dir(n.image(inst)))
+		return !ok && os.IsNotExist(err), fmt.Sprintf("%+v, store entry: %v", d, err)
+	})
+}
+
+// handedBack checks that inst is ACTIVE on n and runs on Nova's file with
+// the data (onNovaFile).
 func (c *novaCloud) handedBack(t *testing.T, n *node, inst *instance) {
 	t.Helper()
 	if s := c.show(t, inst.uuid); s.Status != "ACTIVE" || s.Host != n.name {
 		t.Fatalf("%+v", s)
 	}
+	c.onNovaFile(t, n, inst, c.rootDisk)
+}
+
+// onNovaFile checks that inst runs on n on Nova's file, of size bytes,
+// which the agent does not serve, with the data and a new counter.
+func (c *novaCloud) onNovaFile(t *testing.T, n *node, inst *instance, size int64) {
+	t.Helper()
 	if d, ok := n.disk(inst); ok {
 		t.Fatalf("the agent still serves the disk: %+v", d)
 	}
@@ -472,8 +486,8 @@ func (c *novaCloud) handedBack(t *testing.T, n *node, inst *instance) {
 		t.Fatalf("the domain does not run on Nova's file:\n%s", live)
 	}
 	last := waitCounter(t, c.novaFile(n, inst), 0, 90*time.Second)
-	c.sameDisk(t, c.novaFile(n, inst), c.wrote, last)
-	t.Logf("handed back: the guest runs on Nova's file on %s with its data", n.name)
+	c.sameDiskOf(t, c.novaFile(n, inst), size, c.wrote, last)
+	t.Logf("the guest runs on Nova's file on %s with its data", n.name)
 }
 
 // adoptAgain adopts inst on compute1 again, by link.
@@ -683,10 +697,17 @@ func (c *novaCloud) scribble(t *testing.T, n *node, inst *instance, count int64)
 	return runs
 }
 
-// sameDisk checks a 1 GiB image of the root disk: the root image's data,
-// zeroes after it, the runs in wrote, and in sector 0 the guest's counter,
-// at least last.
+// sameDisk checks an image of the adopted instance's root disk, of its
+// flavor's size (sameDiskOf).
 func (c *novaCloud) sameDisk(t *testing.T, image string, wrote map[int64][]byte, last uint64) {
+	t.Helper()
+	c.sameDiskOf(t, image, c.rootDisk, wrote, last)
+}
+
+// sameDiskOf checks an image of the root disk of size bytes: the root
+// image's data, zeroes after it, the runs in wrote, and in sector 0 the
+// guest's counter, at least last.
+func (c *novaCloud) sameDiskOf(t *testing.T, image string, size int64, wrote map[int64][]byte, last uint64) {
 	t.Helper()
 	if n, err := lab.ReadCounter(image); err != nil || n < last {
 		t.Errorf("%s: counter %d (%v); the guest had counted to %d", image, n, err, last)
@@ -696,12 +717,12 @@ func (c *novaCloud) sameDisk(t *testing.T, image string, wrote map[int64][]byte,
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || fi.Size() != flavorDisk {
-		t.Fatalf("%s: %v bytes (%v), want %d", image, fi.Size(), err, flavorDisk)
+	if fi, err := f.Stat(); err != nil || fi.Size() != size {
+		t.Fatalf("%s: %v bytes (%v), want %d", image, fi.Size(), err, size)
 	}
 	const step = 1 << 20
 	got, want := make([]byte, step), make([]byte, step)
-	for off := int64(0); off < flavorDisk; off += step {
+	for off := int64(0); off < size; off += step {
 		if _, err := io.ReadFull(f, got); err != nil {
 			t.Fatal(err)
 		}
