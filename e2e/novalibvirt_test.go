@@ -61,6 +61,9 @@ func TestNovaLibvirt(t *testing.T) {
 		{"rescue", func(t *testing.T) { c.rescue(t, adopted) }},
 		{"snapshot", func(t *testing.T) { c.snapshot(t, adopted) }},
 		{"shelve", func(t *testing.T) { c.shelve(t, adopted) }},
+		{"cold migrate", func(t *testing.T) { c.coldMigrate(t, adopted) }},
+		{"resize revert", func(t *testing.T) { c.resizeRevert(t, adopted) }},
+		{"resize", func(t *testing.T) { c.resize(t, adopted) }},
 		{"hard reboot while copying", func(t *testing.T) { c.rebootWhileCopying(t, adopted) }},
 		{"delete", func(t *testing.T) { c.deleteFrees(t, adopted) }},
 	} {

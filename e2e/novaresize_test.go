@@ -17,15 +17,21 @@ import (
 // destination with ssh and scp (the lab's sshd); the destination starts
 // the instance on its copy, VERIFY_RESIZE. A confirm deletes the source's
 // files; a revert deletes the destination's and starts the instance again
-// on the source's. Each step starts and ends with the instance on
-// compute1, where the test list adopts it again.
+// on the source's. Each step starts with the instance adopted on compute1
+// and ends with it there, adopted again. The adopted domain's persistent
+// definition names Nova's file (agent/persistent.go), which holds the
+// managed disk's data (one inode): that is what Nova copies. Nova's file
+// on the destination is a plain file disk; the source's agent frees the
+// managed disk once the move is confirmed, and hands it back to Nova when
+// a revert starts the instance again on the source's file.
 
 // coldMigrate: `openstack server migrate --host compute2 --wait`, then
 // `openstack server resize confirm`: the instance runs on compute2 on
 // Nova's file with every byte the guest wrote, and compute1 keeps nothing
 // of it (no agent store entry, no instance directory). Then the same
-// back to compute1.
+// back to compute1, where it is adopted again.
 func (c *novaCloud) coldMigrate(t *testing.T, inst *instance) {
+	c.persistentOnFile(t, c.a, inst)
 	runs, took := c.coldMove(t, inst, c.b, "migrate", "--host", c.b.name)
 	c.onNovaFile(t, c.b, inst, c.rootDisk)
 	confirm := c.confirm(t, inst, c.a)
@@ -37,14 +43,17 @@ func (c *novaCloud) coldMigrate(t *testing.T, inst *instance) {
 	c.handedBack(t, c.a, inst)
 	testenv.Report(t, "nova cold migration back compute2->compute1: runs on compute1 after %.2f s (openstack --wait %.2f s), confirm %.2f s",
 		runs.Seconds(), took.Seconds(), confirm.Seconds())
+	c.adoptAgain(t, inst)
 }
 
 // resizeRevert: `openstack server resize --flavor BIG --wait` moves the
 // instance to compute2 (Nova resizes on another host), where it runs on
 // Nova's copy grown to the bigger root disk, with the data; `openstack
 // server resize revert` starts it again on compute1 on its own file, the
-// old size, with the data, and compute2 keeps nothing of it.
+// old size, with the data (the agent hands the disk back to Nova), and
+// compute2 keeps nothing of it; it is adopted again.
 func (c *novaCloud) resizeRevert(t *testing.T, inst *instance) {
+	c.persistentOnFile(t, c.a, inst)
 	runs, took := c.coldMove(t, inst, c.b, "resize", "--flavor", bigFlavor)
 	c.onNovaFile(t, c.b, inst, bigDisk)
 	start := time.Now()
@@ -55,21 +64,26 @@ func (c *novaCloud) resizeRevert(t *testing.T, inst *instance) {
 	c.leftNothing(t, c.b, inst)
 	testenv.Report(t, "nova resize %d->%d MiB root disk, compute1->compute2 (scp): runs on compute2 after %.2f s (openstack --wait %.2f s), revert to compute1 %.2f s",
 		c.rootDisk>>20, bigDisk>>20, runs.Seconds(), took.Seconds(), revert.Seconds())
+	c.adoptAgain(t, inst)
 }
 
 // resize: as resizeRevert, confirmed: the instance stays on compute2 with
 // the bigger root disk (which later steps see), and compute1 keeps nothing
-// of it; then it is cold-migrated back to compute1.
+// of it; then it is cold-migrated back to compute1 and adopted again.
 func (c *novaCloud) resize(t *testing.T, inst *instance) {
+	c.persistentOnFile(t, c.a, inst)
 	runs, took := c.coldMove(t, inst, c.b, "resize", "--flavor", bigFlavor)
 	confirm := c.confirm(t, inst, c.a)
 	c.rootDisk = bigDisk
 	c.handedBack(t, c.b, inst)
 	testenv.Report(t, "nova resize %d->%d MiB root disk, compute1->compute2 (scp): runs on compute2 after %.2f s (openstack --wait %.2f s), confirm %.2f s",
 		flavorDisk>>20, bigDisk>>20, runs.Seconds(), took.Seconds(), confirm.Seconds())
-	c.coldMove(t, inst, c.a, "migrate", "--host", c.a.name)
-	c.confirm(t, inst, c.b)
+	runs, took = c.coldMove(t, inst, c.a, "migrate", "--host", c.a.name)
+	confirm = c.confirm(t, inst, c.b)
 	c.handedBack(t, c.a, inst)
+	testenv.Report(t, "nova cold migration back compute2->compute1 of the resized %d MiB raw disk (scp): runs on compute1 after %.2f s (openstack --wait %.2f s), confirm %.2f s",
+		bigDisk>>20, runs.Seconds(), took.Seconds(), confirm.Seconds())
+	c.adoptAgain(t, inst)
 }
 
 // coldMove runs `openstack server ARGS... --wait INSTANCE` (a cold
