@@ -448,7 +448,9 @@ func (c *novaCloud) rebootWhileCopying(t *testing.T, inst *instance) {
 	if out, err := exec.Command(c.bin, "copy-now", "--socket", c.b.outside(socketPath), inst.uuid).CombinedOutput(); err != nil {
 		t.Fatalf("shareless copy-now: %v\n%s", err, out)
 	}
-	waitCopied(t, inst, c.a, c.b, 3*time.Minute)
+	// After a resize the disk is bigger, and all of it allocated (Nova's
+	// scp wrote its zeroes): twice its time at the bandwidth limit.
+	waitCopied(t, inst, c.a, c.b, max(3*time.Minute, 2*time.Duration(c.rootDisk/novaBandwidth)*time.Second))
 	sameInode(t, c.novaFile(c.b, inst), c.b.image(inst))
 	c.openstack(t, "server", "reboot", "--hard", "--wait", inst.uuid)
 	c.waitStatus(t, inst, "ACTIVE")

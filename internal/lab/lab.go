@@ -3,17 +3,19 @@
 // private mount and UTS namespace (its own /etc/libvirt, /run/libvirt,
 // /var/{lib,log,cache}/libvirt, hostname and host_uuid), so that libvirt
 // treats two of them as two machines and live-migrates between them, peer
-// to peer over TCP. It also builds (and caches) a tiny TCG guest and serves
-// iSCSI LUNs with tgtd inside the namespaces.
+// to peer over TCP. It also builds (and caches) a tiny TCG guest, serves
+// iSCSI LUNs with tgtd inside the namespaces, and on request (Options.SSH)
+// runs an sshd on each host through which root on one host reaches the
+// others with ssh and scp, as Nova's cold migration and resize do.
 //
 // The hosts share one bridge in a third namespace, on Subnet, an address
 // range that exists only inside the lab's namespaces (it never appears on
 // the machine's own interfaces or routes, so it cannot collide with a real
 // network). Names carry a random run id, so concurrent runs do not collide.
 // Everything the lab starts is stopped by PID in t.Cleanup, in dependency
-// order: domains, iSCSI targets, libvirtd, leftover QEMU, namespaces. A
-// run killed before its cleanup (go test -timeout) is cleaned up by the
-// next lab (RunDir).
+// order: domains, iSCSI targets and sshd, libvirtd, leftover QEMU,
+// namespaces. A run killed before its cleanup (go test -timeout) is
+// cleaned up by the next lab (RunDir).
 package lab
 
 import (
