@@ -33,18 +33,19 @@ import (
 // its instance directory when the instance leaves the host; the store's
 // name keeps the data. On the host it moves to, the agent links the disk
 // into Nova's new directory once the copy is complete (linkForNova), and
-// on the way back likewise. A start of the domain on Nova's file XML (Nova
-// writes it again on hard reboot, power on, rescue, unshelve, resize, cold
-// migration) is allowed when that file is the complete, writable disk: the
-// agent hands the disk back to Nova (startOnFiles) and the instance is no
-// longer adopted; anything else is refused by the prepare hook, so a VM
-// never boots stale or missing data. Nova's snapshot and shelve read the
-// root disk's path from the live XML, which is a network disk: Nova fails
-// them ("Can't retrieve root device path from instance libvirt
-// configuration") before anything changes. Not handled: Nova's cold
-// migration and resize copy only file disks, so an adopted instance would
-// start on the destination on a fresh disk made from its image (its data
-// stays in the source's store); release it first.
+// on the way back likewise. The domain's persistent definition names
+// Nova's files again (persistent.go): Nova's operations that power the
+// instance off and read its disks from the domain (cold migration,
+// resize, shelve, the snapshot of a stopped instance) read the file. A
+// start of the domain on Nova's file XML (Nova writes it again on hard
+// reboot, power on, rescue, unshelve, resize, cold migration) is allowed
+// when that file is the complete, writable disk: the agent hands the disk
+// back to Nova (startOnFiles) and the instance is no longer adopted;
+// anything else is refused by the prepare hook, so a VM never boots stale
+// or missing data. A live snapshot of a running adopted instance reads
+// the root disk's path from the live XML, which is a network disk: Nova
+// fails it ("Can't retrieve root device path from instance libvirt
+// configuration") before anything changes; stop the instance first.
 //
 // Any other file disk (qcow2, or a store on another mount) is copied: the
 // file stays as it was at the pivot and is never used again while the
@@ -266,6 +267,8 @@ func (a *Agent) adopt(ctx context.Context, server string, progress func(localapi
 			return ad, a.abandonAdoption(ad, refs, i, fmt.Errorf("disk %s: %w", ds.Target, err))
 		}
 	}
+	// The pivots wrote the LUNs into the persistent definition too.
+	a.persistNovaFiles(ctx, c, d)
 	log.Info("adopted", "disks", len(ad.Disks))
 	return ad, nil
 }

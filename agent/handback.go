@@ -46,6 +46,11 @@ func (a *Agent) startOnFiles(log *slog.Logger, domain, inst string, files []stri
 		if ref, err := NewDiskRef(inst, filepath.Base(f)); err == nil {
 			dk = a.disks.get(ref)
 		}
+		if dk != nil && a.outdatedBy(dk, f) {
+			log.Info("Nova brought a file of its own for a disk that moved away from here (cold migration, resize): the sealed image here is dropped", "file", f, "disk", dk.ref)
+			back = append(back, dk)
+			continue
+		}
 		var err error
 		if dk != nil {
 			err = a.canHandBack(dk, f)
@@ -69,7 +74,7 @@ func (a *Agent) startOnFiles(log *slog.Logger, domain, inst string, files []stri
 		if err := a.removeDisk(dk.ref); err != nil {
 			return fmt.Errorf("%s: handing disk %s back to Nova: %w", domain, dk.ref, err)
 		}
-		log.Info("managed disk handed back to Nova: the instance starts on its file", "disk", dk.ref)
+		log.Info("managed disk removed: the instance starts on Nova's file", "disk", dk.ref)
 		kept := ad.Disks[:0]
 		for _, d := range ad.Disks {
 			if d.Disk != dk.ref.Disk {
@@ -91,6 +96,23 @@ func (a *Agent) startOnFiles(log *slog.Logger, domain, inst string, files []stri
 		}
 	}
 	return nil
+}
+
+// outdatedBy says whether file, Nova's file of dk, replaces dk: dk is
+// sealed (the instance left this host, and Nova then removed its files
+// here), so a file Nova has here again is one it made or copied since,
+// the instance's data as Nova means it.
+func (a *Agent) outdatedBy(dk *disk, file string) bool {
+	if !dk.rep.Stats().Sealed {
+		return false
+	}
+	img, err := a.store.ImagePath(dk.ref.storeName())
+	if err != nil {
+		return false
+	}
+	fi, ferr := os.Stat(file)
+	ii, ierr := os.Stat(img)
+	return ferr == nil && ierr == nil && !os.SameFile(fi, ii)
 }
 
 // canHandBack says why dk, named by Nova's file, cannot become that file
@@ -174,44 +196,100 @@ func (a *Agent) linkForNova(ds []*disk) {
 	}
 }
 
-// EventDeleteEnd is Nova's notification that an instance is deleted, sent
-// by the compute host that deleted it once its files are gone.
-const EventDeleteEnd = "instance.delete.end"
+// Nova's notifications after which an instance's data is no longer in any
+// agent's store here: every agent hears them, whichever host sent them.
+const (
+	// EventDeleteEnd: the instance is deleted, its files are gone.
+	EventDeleteEnd = "instance.delete.end"
+	// EventResizeConfirmEnd: a cold migration or resize is confirmed; the
+	// instance runs on payload.host on the file Nova copied there (the
+	// source's persistent definition named Nova's file, persistent.go),
+	// and the source removed its copy.
+	EventResizeConfirmEnd = "instance.resize_confirm.end"
+	// EventShelveOffloadEnd: the instance is shelved into its snapshot
+	// image (made from Nova's file) and has no host.
+	EventShelveOffloadEnd = "instance.shelve_offload.end"
+)
 
-// instanceDeleted frees what this host keeps of a deleted instance (every
-// agent hears instance.delete.end, whichever host sent it): its managed
-// disks, served or sealed, and its adoption guard. The data of a deleted
-// instance is never needed again.
-func (a *Agent) instanceDeleted(inst string) error {
+// EventSnapshotStart: Nova starts a snapshot (openstack server image
+// create) of an instance.
+const EventSnapshotStart = "instance.snapshot.start"
+
+// snapshotStarts tells the operator why Nova's snapshot of a running
+// instance that runs on managed disks here will fail, and what works.
+func (a *Agent) snapshotStarts(inst, state string) {
+	if state != "active" {
+		return
+	}
+	for _, dk := range a.disks.all() {
+		if dk.ref.Instance == inst && !dk.rep.Stats().Sealed {
+			a.log.Error("Nova cannot snapshot a running instance whose disks are shareless managed disks (its live XML names an iSCSI LUN): the snapshot fails and the instance keeps running unchanged. Stop the instance and snapshot it then (Nova reads its file), or `shareless release` it first",
+				"instance", inst, "disk", dk.ref)
+			return
+		}
+	}
+}
+
+// instanceGone frees what this host keeps of instance inst after one of
+// the events above: its managed disks, served or sealed, and its adoption
+// guard. After a resize confirmed to this very host the instance runs
+// here on Nova's file and nothing is left to free. A disk adopted by copy
+// (Nova's file was stale, and Nova copied that file) is kept, with an
+// error that says where its data is: it is the only copy.
+func (a *Agent) instanceGone(event, inst, host string) error {
 	if err := checkInstance(inst); err != nil {
 		return err
 	}
+	if event == EventResizeConfirmEnd && host == a.cfg.Default.Host {
+		return nil
+	}
 	a.adoptMu.Lock()
 	defer a.adoptMu.Unlock()
+	guards, err := os.ReadDir(filepath.Join(a.cfg.Default.StatePath, "guard"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
 	var errs []error
+	byCopy := map[string]string{} // disk name -> domain, of disks adopted by copy
+	var domains []string
+	for _, g := range guards {
+		ad, err := a.readGuard(g.Name())
+		if err != nil || ad.Instance != inst {
+			continue
+		}
+		domains = append(domains, g.Name())
+		for _, ds := range ad.Disks {
+			if !ds.Linked {
+				byCopy[ds.Disk] = g.Name()
+			}
+		}
+	}
 	names, err := a.store.List()
 	if err != nil {
 		return err
 	}
+	kept := 0
 	for _, name := range names {
 		ref, err := parseStoreName(name)
 		if err != nil || ref.Instance != inst {
+			continue
+		}
+		if dk := a.disks.get(ref); event != EventDeleteEnd && dk != nil && !dk.rep.Stats().Sealed && byCopy[ref.Disk] != "" {
+			img, _ := a.store.ImagePath(ref.storeName())
+			a.log.Error("Nova moved an instance whose disk was adopted by copy: Nova took its stale file, the data is only in this host's managed disk; it is kept",
+				"event", event, "disk", ref, "image", img)
+			kept++
 			continue
 		}
 		if err := a.removeDisk(ref); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		a.log.Info("instance deleted: its managed disk is removed from the store", "disk", ref)
+		a.log.Info("the instance's data left the store: its managed disk is removed", "event", event, "disk", ref)
 	}
-	guards, err := os.ReadDir(filepath.Join(a.cfg.Default.StatePath, "guard"))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, err)
-	}
-	for _, g := range guards {
-		ad, err := a.readGuard(g.Name())
-		if err == nil && ad.Instance == inst {
-			errs = append(errs, a.removeGuard(g.Name()))
+	if kept == 0 {
+		for _, d := range domains {
+			errs = append(errs, a.removeGuard(d))
 		}
 	}
 	return errors.Join(errs...)

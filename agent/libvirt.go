@@ -60,11 +60,18 @@ func (a *Agent) runLibvirt(ctx context.Context) error {
 			a.libvirt.mu.Lock()
 			a.libvirt.conn = c
 			a.libvirt.mu.Unlock()
+			kept := make(chan struct{})
+			go func() {
+				defer close(kept)
+				a.keepNovaFiles(ctx, c)
+			}()
 			<-ctx.Done()
 			a.libvirt.mu.Lock()
 			a.libvirt.conn = nil
 			a.libvirt.mu.Unlock()
-			return c.Close()
+			err := c.Close()
+			<-kept
+			return err
 		}
 		a.log.Warn("libvirtd not ready; retrying", "uri", a.cfg.Libvirt.URI, "in", wait, "err", err)
 		select {

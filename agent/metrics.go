@@ -22,10 +22,13 @@ type metrics struct {
 type countingHandler struct{ a *Agent }
 
 func (h countingHandler) HandleNotification(ctx context.Context, n novahook.Notification) (novahook.Outcome, error) {
-	if n.EventType == EventDeleteEnd {
-		if err := h.a.instanceDeleted(n.Payload.InstanceUUID); err != nil {
-			h.a.log.Warn("freeing a deleted instance's disks", "instance", n.Payload.InstanceUUID, "err", err)
+	switch n.EventType {
+	case EventDeleteEnd, EventResizeConfirmEnd, EventShelveOffloadEnd:
+		if err := h.a.instanceGone(n.EventType, n.Payload.InstanceUUID, n.Payload.Host); err != nil {
+			h.a.log.Warn("freeing the disks of an instance that left", "event", n.EventType, "instance", n.Payload.InstanceUUID, "err", err)
 		}
+	case EventSnapshotStart:
+		h.a.snapshotStarts(n.Payload.InstanceUUID, n.Payload.State)
 	}
 	o, err := h.a.node.HandleNotification(ctx, n)
 	if err == nil && o >= novahook.Ignored && o <= novahook.Duplicate {

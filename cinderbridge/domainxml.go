@@ -1,14 +1,12 @@
 package cinderbridge
 
 import (
-	"bytes"
-	"encoding/xml"
 	"errors"
 	"fmt"
-	"io"
-	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/shareless/shareless/domainxml"
 )
 
 // ISCSIDisk says how one volume's disk is to be reached on the
@@ -87,28 +85,6 @@ func (d ISCSIDisk) ident() string {
 	return d.DevicePath
 }
 
-// span is a byte range [start, end) of the input.
-type span struct{ start, end int64 }
-
-// diskElem is what the scan learns about one /domain/devices/disk.
-type diskElem struct {
-	tag        span // the start tag
-	typ        string
-	device     string
-	targetDev  string
-	serial     string
-	hasSerial  bool
-	sourceDev  string
-	sourceProt string
-	sourceName string
-	source     span
-	hasSource  bool
-	indent     string // white space before the disk's start tag, after its last newline
-	srcIndent  string
-	srcPretty  bool   // the source element starts a line of its own
-	auths      []span // disk-level <auth>, with the white space before it
-}
-
 // DiskRef describes one disk of a domain, as a hook needs it to decide
 // which disks are Cinder volumes and how to match them.
 type DiskRef struct {
@@ -124,14 +100,14 @@ type DiskRef struct {
 // ListDisks returns the /domain/devices/disk elements of a domain XML in
 // document order.
 func ListDisks(domain []byte) ([]DiskRef, error) {
-	elems, err := scanDisks(domain)
+	elems, err := domainxml.Disks(domain)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]DiskRef, len(elems))
 	for i, e := range elems {
-		out[i] = DiskRef{Type: e.typ, Device: e.device, Serial: strings.TrimSpace(e.serial),
-			SourceDev: e.sourceDev, SourceProtocol: e.sourceProt, SourceName: e.sourceName, TargetDev: e.targetDev}
+		out[i] = DiskRef{Type: e.Type, Device: e.Device, Serial: strings.TrimSpace(e.Serial),
+			SourceDev: e.SourceDev, SourceProtocol: e.SourceProtocol, SourceName: e.SourceName, TargetDev: e.TargetDev}
 	}
 	return out, nil
 }
@@ -164,24 +140,20 @@ func RewriteDomainXML(domain []byte, disks []ISCSIDisk) ([]byte, error) {
 			}
 		}
 	}
-	elems, err := scanDisks(domain)
+	elems, err := domainxml.Disks(domain)
 	if err != nil {
 		return nil, err
 	}
-	type edit struct {
-		span
-		text []byte
-	}
-	var edits []edit
+	var edits []domainxml.Edit
 	taken := map[int]string{} // disk element -> the request that took it
 	for _, d := range disks {
 		var match []int
 		for i, e := range elems {
-			if e.hasSerial && d.VolumeID != "" && strings.TrimSpace(e.serial) == d.VolumeID ||
-				d.DevicePath != "" && e.sourceDev == d.DevicePath ||
+			if e.HasSerial && d.VolumeID != "" && strings.TrimSpace(e.Serial) == d.VolumeID ||
+				d.DevicePath != "" && e.SourceDev == d.DevicePath ||
 				// Already rewritten to this LUN: a hook that runs twice
 				// finds a device-path-matched disk again.
-				e.sourceProt == "iscsi" && e.sourceName == iscsiName(d.Conn) {
+				e.SourceProtocol == "iscsi" && e.SourceName == iscsiName(d.Conn) {
 				match = append(match, i)
 			}
 		}
@@ -198,33 +170,24 @@ func RewriteDomainXML(domain []byte, disks []ISCSIDisk) ([]byte, error) {
 		taken[match[0]] = d.ident()
 		e := elems[match[0]]
 		switch {
-		case e.typ == "block":
-		case e.typ == "network" && e.sourceProt == "iscsi": // rewritten before: rewrite again
+		case e.Type == "block":
+		case e.Type == "network" && e.SourceProtocol == "iscsi": // rewritten before: rewrite again
 		default:
-			return nil, &DiskError{Disk: d.ident(), Problem: DiskUnsupported, Detail: fmt.Sprintf("disk type %q (protocol %q); only block disks become iSCSI", e.typ, e.sourceProt)}
+			return nil, &DiskError{Disk: d.ident(), Problem: DiskUnsupported, Detail: fmt.Sprintf("disk type %q (protocol %q); only block disks become iSCSI", e.Type, e.SourceProtocol)}
 		}
-		if !e.hasSource {
+		if !e.HasSource {
 			return nil, &DiskError{Disk: d.ident(), Problem: DiskUnsupported, Detail: "the disk has no <source>"}
 		}
-		tag, err := setAttr(domain[e.tag.start:e.tag.end], "type", "network")
+		tag, err := domainxml.SetAttr(domain[e.Tag.Start:e.Tag.End], "type", "network")
 		if err != nil {
 			return nil, &DiskError{Disk: d.ident(), Problem: DiskUnsupported, Detail: err.Error()}
 		}
-		edits = append(edits, edit{e.tag, tag}, edit{e.source, sourceXML(d, e, quoteOf(tag))})
-		for _, a := range e.auths {
-			edits = append(edits, edit{a, nil})
+		edits = append(edits, domainxml.Edit{Span: e.Tag, Text: tag}, domainxml.Edit{Span: e.Source, Text: sourceXML(d, e, domainxml.QuoteOf(tag))})
+		for _, a := range e.Auths {
+			edits = append(edits, domainxml.Edit{Span: a})
 		}
 	}
-	slices.SortFunc(edits, func(a, b edit) int { return int(a.start - b.start) })
-	var out bytes.Buffer
-	var at int64
-	for _, e := range edits {
-		out.Write(domain[at:e.start])
-		out.Write(e.text)
-		at = e.end
-	}
-	out.Write(domain[at:])
-	return out.Bytes(), nil
+	return domainxml.Apply(domain, edits), nil
 }
 
 func checkRequest(d ISCSIDisk) error {
@@ -268,165 +231,6 @@ func checkRequest(d ISCSIDisk) error {
 	return nil
 }
 
-// scanDisks walks the document once with encoding/xml, which also checks
-// that it is well formed, and records the byte ranges of what a rewrite
-// may touch in each /domain/devices/disk.
-func scanDisks(domain []byte) ([]diskElem, error) {
-	dec := xml.NewDecoder(bytes.NewReader(domain))
-	var (
-		stack    []string
-		out      []diskElem
-		cur      *diskElem
-		child    string // name of the disk's child being read
-		childAt  int64
-		lastWS   span // the last character data, if it was only white space
-		inSerial bool
-	)
-	for {
-		start := dec.InputOffset()
-		tok, err := dec.Token()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("domain XML: %w", err)
-		}
-		end := dec.InputOffset()
-		switch t := tok.(type) {
-		case xml.StartElement:
-			stack = append(stack, t.Name.Local)
-			ws := span{start, start}
-			if lastWS.end == start {
-				ws = lastWS
-			}
-			switch {
-			case len(stack) == 3 && t.Name.Space == "" && stack[0] == "domain" && stack[1] == "devices" && stack[2] == "disk":
-				cur = &diskElem{tag: span{start, end}, typ: attr(t, "type"), device: attr(t, "device"), indent: indentOf(domain[ws.start:ws.end])}
-			case cur != nil && len(stack) == 4:
-				child, childAt = t.Name.Local, start
-				if t.Name.Space != "" {
-					child = ""
-				}
-				switch child {
-				case "source":
-					cur.sourceDev, cur.sourceProt, cur.sourceName = attr(t, "dev"), attr(t, "protocol"), attr(t, "name")
-					cur.srcIndent = indentOf(domain[ws.start:ws.end])
-					cur.srcPretty = bytes.ContainsAny(domain[ws.start:ws.end], "\n")
-				case "serial":
-					cur.hasSerial, inSerial = true, true
-				case "target":
-					cur.targetDev = attr(t, "dev")
-				case "auth":
-					childAt = ws.start
-				}
-			}
-		case xml.EndElement:
-			if cur != nil && len(stack) == 4 {
-				switch child {
-				case "source":
-					cur.source, cur.hasSource = span{childAt, end}, true
-				case "auth":
-					cur.auths = append(cur.auths, span{childAt, end})
-				}
-				child, inSerial = "", false
-			}
-			if cur != nil && len(stack) == 3 {
-				out = append(out, *cur)
-				cur = nil
-			}
-			stack = stack[:len(stack)-1]
-		case xml.CharData:
-			if inSerial && len(stack) == 4 {
-				cur.serial += string(t)
-			}
-			if len(bytes.TrimSpace(t)) == 0 {
-				lastWS = span{start, end}
-			}
-		}
-	}
-	return out, nil
-}
-
-func attr(t xml.StartElement, name string) string {
-	for _, a := range t.Attr {
-		if a.Name.Space == "" && a.Name.Local == name {
-			return a.Value
-		}
-	}
-	return ""
-}
-
-// indentOf returns the white space after the last newline of ws.
-func indentOf(ws []byte) string {
-	if i := bytes.LastIndexByte(ws, '\n'); i >= 0 {
-		ws = ws[i+1:]
-	}
-	return string(bytes.TrimLeft(ws, "\r"))
-}
-
-// setAttr rewrites the value of one unprefixed attribute in a raw start
-// tag (already checked well formed by the decoder), keeping every other
-// byte, the quoting and the attribute order.
-func setAttr(tag []byte, name, value string) ([]byte, error) {
-	i := 1 // after '<'
-	for i < len(tag) && !isXMLSpace(tag[i]) && tag[i] != '>' && tag[i] != '/' {
-		i++
-	}
-	for i < len(tag) {
-		for i < len(tag) && isXMLSpace(tag[i]) {
-			i++
-		}
-		if i >= len(tag) || tag[i] == '>' || tag[i] == '/' {
-			break
-		}
-		nameStart := i
-		for i < len(tag) && tag[i] != '=' && !isXMLSpace(tag[i]) {
-			i++
-		}
-		attrName := string(tag[nameStart:i])
-		for i < len(tag) && (isXMLSpace(tag[i]) || tag[i] == '=') {
-			i++
-		}
-		if i >= len(tag) {
-			break
-		}
-		q := tag[i]
-		valStart := i + 1
-		valEnd := bytes.IndexByte(tag[valStart:], q)
-		if valEnd < 0 {
-			break
-		}
-		valEnd += valStart
-		if attrName == name {
-			var b bytes.Buffer
-			b.Write(tag[:valStart])
-			b.WriteString(escapeAttr(value))
-			b.Write(tag[valEnd:])
-			return b.Bytes(), nil
-		}
-		i = valEnd + 1
-	}
-	return nil, fmt.Errorf("start tag %q has no %s attribute", tag, name)
-}
-
-func isXMLSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
-
-// quoteOf returns the quote character the tag's first attribute uses, so
-// the new source element quotes the way the document does; libvirt writes
-// single quotes.
-func quoteOf(tag []byte) byte {
-	if i := bytes.IndexAny(tag, `'"`); i >= 0 {
-		return tag[i]
-	}
-	return '\''
-}
-
-func escapeAttr(s string) string {
-	var b strings.Builder
-	_ = xml.EscapeText(&b, []byte(s)) // writes to a strings.Builder cannot fail
-	return b.String()
-}
-
 // iscsiName is libvirt's source name for an iSCSI LUN: "IQN/LUN", with
 // the LUN number as libiscsi must send it (WireLUN).
 func iscsiName(c *ISCSI) string {
@@ -437,18 +241,18 @@ func iscsiName(c *ISCSI) string {
 // sourceXML writes the network source element, indented like the
 // document: one level deeper than <source> for its children, a level being
 // the difference between the source's and the disk's indentation.
-func sourceXML(d ISCSIDisk, e diskElem, q byte) []byte {
+func sourceXML(d ISCSIDisk, e domainxml.Disk, q byte) []byte {
 	t := d.Conn.Targets[0]
 	nl, in1, in2 := "", "", ""
-	if e.srcPretty {
+	if e.SourcePretty {
 		unit := "  "
-		if len(e.srcIndent) > len(e.indent) && strings.HasPrefix(e.srcIndent, e.indent) {
-			unit = e.srcIndent[len(e.indent):]
+		if len(e.SourceIndent) > len(e.Indent) && strings.HasPrefix(e.SourceIndent, e.Indent) {
+			unit = e.SourceIndent[len(e.Indent):]
 		}
-		nl, in1, in2 = "\n", e.srcIndent+unit, e.srcIndent+unit+unit
+		nl, in1, in2 = "\n", e.SourceIndent+unit, e.SourceIndent+unit+unit
 	}
 	a := func(name, value string) string {
-		return " " + name + "=" + string(q) + escapeAttr(value) + string(q)
+		return " " + name + "=" + string(q) + domainxml.EscapeAttr(value) + string(q)
 	}
 	var b strings.Builder
 	b.WriteString("<source" + a("protocol", "iscsi") + a("name", iscsiName(d.Conn)) + ">" + nl)
@@ -464,7 +268,7 @@ func sourceXML(d ISCSIDisk, e diskElem, q byte) []byte {
 		b.WriteString(in1 + "</initiator>" + nl)
 	}
 	if nl != "" {
-		b.WriteString(e.srcIndent)
+		b.WriteString(e.SourceIndent)
 	}
 	b.WriteString("</source>")
 	return []byte(b.String())
@@ -504,10 +308,10 @@ func SecretXML(usage, description string) ([]byte, error) {
 	var b strings.Builder
 	b.WriteString("<secret ephemeral='no' private='yes'>\n")
 	if description != "" {
-		b.WriteString("  <description>" + escapeAttr(description) + "</description>\n")
+		b.WriteString("  <description>" + domainxml.EscapeAttr(description) + "</description>\n")
 	}
 	b.WriteString("  <usage type='iscsi'>\n")
-	b.WriteString("    <target>" + escapeAttr(usage) + "</target>\n")
+	b.WriteString("    <target>" + domainxml.EscapeAttr(usage) + "</target>\n")
 	b.WriteString("  </usage>\n")
 	b.WriteString("</secret>\n")
 	return []byte(b.String()), nil

@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"flag"
+	"github.com/shareless/shareless/domainxml"
 	"github.com/shareless/shareless/internal/secret"
 	"github.com/shareless/shareless/internal/testenv"
 	"io"
@@ -115,10 +116,10 @@ func checkWellFormed(t *testing.T, b []byte) {
 }
 
 // diskRanges returns the byte ranges of the /domain/devices/disk elements.
-func diskRanges(t *testing.T, b []byte) []span {
+func diskRanges(t *testing.T, b []byte) []domainxml.Span {
 	t.Helper()
 	d := xml.NewDecoder(bytes.NewReader(b))
-	var out []span
+	var out []domainxml.Span
 	depth := 0
 	var at int64
 	for {
@@ -138,7 +139,7 @@ func diskRanges(t *testing.T, b []byte) []span {
 			}
 		case xml.EndElement:
 			if depth == 3 && tk.Name.Local == "disk" {
-				out = append(out, span{at, d.InputOffset()})
+				out = append(out, domainxml.Span{Start: at, End: d.InputOffset()})
 			}
 			depth--
 		}
@@ -157,13 +158,13 @@ func checkOnlyDisksChanged(t *testing.T, in, out []byte, n int) {
 	var atIn, atOut int64
 	changed := 0
 	for i := range ri {
-		di, do := in[ri[i].start:ri[i].end], out[ro[i].start:ro[i].end]
+		di, do := in[ri[i].Start:ri[i].End], out[ro[i].Start:ro[i].End]
 		if !bytes.Equal(di, do) {
 			changed++
 		}
-		restIn = append(restIn, in[atIn:ri[i].start]...)
-		restOut = append(restOut, out[atOut:ro[i].start]...)
-		atIn, atOut = ri[i].end, ro[i].end
+		restIn = append(restIn, in[atIn:ri[i].Start]...)
+		restOut = append(restOut, out[atOut:ro[i].Start]...)
+		atIn, atOut = ri[i].End, ro[i].End
 	}
 	restIn, restOut = append(restIn, in[atIn:]...), append(restOut, out[atOut:]...)
 	if !bytes.Equal(restIn, restOut) {

@@ -70,7 +70,8 @@ const (
 	// graphics consoles; needs a read-write connection.
 	XMLSecure = XMLFlags(libvirt.DomainXMLSecure)
 	// XMLInactive returns the persistent definition, which is what the
-	// domain boots from next time (Nova's file disks come back from here).
+	// domain boots from next time, and what libvirt describes while the
+	// domain is off.
 	XMLInactive = XMLFlags(libvirt.DomainXMLInactive)
 	// XMLMigratable returns XML fit to be edited into a migration's
 	// destination XML, as Nova's get_xml_desc(dump_migratable=True).
@@ -159,4 +160,13 @@ func (c *Conn) UndefineDomain(ctx context.Context, d Domain) error {
 	return do(ctx, c, fmt.Sprintf("undefine %q", d.Name), notIdempotent, func(l *libvirt.Libvirt) error {
 		return l.DomainUndefineFlags(d.raw(), 0)
 	})
+}
+
+// DomainPersistent says whether the domain has a persistent definition
+// (a transient one vanishes when it stops).
+func (c *Conn) DomainPersistent(ctx context.Context, d Domain) (bool, error) {
+	p, err := call(ctx, c, fmt.Sprintf("is %q persistent", d.Name), idempotent, func(l *libvirt.Libvirt) (int32, error) {
+		return l.DomainIsPersistent(d.raw())
+	})
+	return p == 1, err
 }

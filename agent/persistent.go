@@ -1,0 +1,139 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/shareless/shareless/domainxml"
+	"github.com/shareless/shareless/virt"
+)
+
+// What Nova reads of an adopted instance's domain. The live definition
+// names the managed disks' LUNs: that is what makes Nova's live migration
+// move RAM only. The persistent definition (what the domain boots from
+// next, and what libvirt reports while it is off) names Nova's files
+// instead: <[store] instances_path>/<instance>/<disk name>, raw, which is
+// the managed disk's image itself (linked by adoption or by linkForNova).
+// Nova's operations that power the instance off and then read its disks
+// from the domain (cold migration and resize copy them to the destination,
+// shelve and the snapshot of a stopped instance read them into an image)
+// then find the files, with the current data; a disk whose copy to this
+// host is not complete has no file yet, and Nova fails such an operation
+// before it copies anything. Libvirt writes a block copy's pivot and an
+// incoming migration's XML into the persistent definition too, so the
+// agent rewrites it whenever a domain is defined.
+//
+// A disk adopted by copy (Nova's file is stale) keeps its LUN there.
+
+// keepNovaFiles follows libvirt's domain events until ctx ends and keeps
+// the persistent definitions naming Nova's files (persistNovaFiles): for
+// every domain at first and after each reconnection, and for a domain
+// each time it is defined or started (a start on managed disks that the
+// prepare hook took back from Nova's files, as unrescue does, is defined
+// before the hook runs).
+func (a *Agent) keepNovaFiles(ctx context.Context, c *virt.Conn) {
+	if a.cfg.Store.InstancesPath == "" {
+		return
+	}
+	events, err := c.LifecycleEvents(ctx)
+	if err != nil {
+		a.log.Warn("not following libvirt's domain events: persistent definitions are rewritten only at adoption", "err", err)
+		return
+	}
+	all := func() {
+		ds, err := c.Domains(ctx)
+		if err != nil {
+			a.log.Warn("listing domains", "err", err)
+			return
+		}
+		for _, d := range ds {
+			a.persistNovaFiles(ctx, c, d)
+		}
+	}
+	all()
+	for e := range events {
+		switch {
+		case e.Resync:
+			all()
+		case e.Type == virt.EventDefined || e.Type == virt.EventStarted:
+			a.persistNovaFiles(ctx, c, e.Domain)
+		}
+	}
+}
+
+// persistNovaFiles rewrites d's persistent definition so that each of its
+// managed disks served here, except those adopted by copy, is Nova's file.
+// Errors are logged: the guest is not affected, only what Nova would read
+// after powering it off.
+func (a *Agent) persistNovaFiles(ctx context.Context, c *virt.Conn, d virt.Domain) {
+	inst := d.UUID.String()
+	log := a.log.With("domain", d.Name, "instance", inst)
+	// Of a transient domain this is the live definition, which is never
+	// redefined: libvirt would make the domain persistent.
+	x, err := c.DomainXML(ctx, d, virt.XMLInactive|virt.XMLSecure)
+	if err != nil {
+		if !errors.Is(err, virt.ErrNoDomain) {
+			log.Warn("reading the domain's persistent definition", "err", err)
+		}
+		return
+	}
+	files := a.novaFiles(d.Name, inst, []byte(x))
+	if len(files) == 0 {
+		return
+	}
+	out, n, err := domainxml.NetworkToFiles([]byte(x), files)
+	if err != nil || n == 0 {
+		if err != nil {
+			log.Warn("rewriting the domain's persistent definition", "err", err)
+		}
+		return
+	}
+	if ok, err := c.DomainPersistent(ctx, d); err != nil || !ok {
+		return
+	}
+	if _, err := c.DefineDomain(ctx, string(out)); err != nil {
+		log.Warn("redefining the domain on Nova's files", "err", err)
+		return
+	}
+	log.Info("persistent definition names Nova's files", "disks", n)
+}
+
+// novaFiles maps the source names of the managed disks in domain XML x
+// (of instance inst) that persistNovaFiles rewrites to Nova's files.
+func (a *Agent) novaFiles(domain, inst string, x []byte) map[string]string {
+	disks, err := domainxml.Disks(x)
+	if err != nil {
+		return nil
+	}
+	ad, gerr := a.readGuard(domain)
+	byCopy := map[string]bool{}
+	if gerr == nil {
+		for _, ds := range ad.Disks {
+			byCopy[ds.Disk] = !ds.Linked
+		}
+	}
+	files := map[string]string{}
+	for _, dx := range disks {
+		iqn, ok := strings.CutSuffix(dx.SourceName, "/0")
+		if dx.Type != "network" || dx.SourceProtocol != "iscsi" || !ok {
+			continue
+		}
+		name, ok := strings.CutPrefix(iqn, iqnPrefix+inst+".")
+		if !ok {
+			continue
+		}
+		ref, err := NewDiskRef(inst, name)
+		if err != nil || a.disks.get(ref) == nil || byCopy[name] {
+			continue
+		}
+		if gerr != nil && !errors.Is(gerr, os.ErrNotExist) {
+			// Whether it was adopted by copy is unknown: leave it.
+			continue
+		}
+		files[dx.SourceName] = filepath.Join(a.cfg.Store.InstancesPath, inst, name)
+	}
+	return files
+}
