@@ -122,6 +122,9 @@ interface = public
 	}
 	t.Cleanup(func() {
 		for _, n := range []*node{c.a, c.b} {
+			if t.Failed() {
+				t.Logf("agent on %s:\n%s", n.name, tailFile(n.agent.Log, 60))
+			}
 			n.stopAgent()
 		}
 	})

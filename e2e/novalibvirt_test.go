@@ -44,7 +44,8 @@ func TestNovaLibvirt(t *testing.T) {
 	sameInode(t, c.novaFile(c.a, adopted), c.a.image(adopted))
 	n := waitCounter(t, c.a.image(adopted), 0, 30*time.Second)
 	waitCounter(t, c.novaFile(c.a, adopted), n, 30*time.Second)
-	t.Logf("adopted: the guest counts on its managed disk, which is Nova's file (one inode)")
+	c.persistentOnFile(t, c.a, adopted)
+	t.Logf("adopted: the guest counts on its managed disk, which is Nova's file (one inode); the domain's persistent definition names that file")
 
 	// Each step starts where the previous one left the instances.
 	for _, step := range []struct {
@@ -116,6 +117,28 @@ func (c *novaCloud) there(t *testing.T, adopted, plain *instance) {
 	last := waitCounter(t, c.b.image(adopted), 0, 30*time.Second)
 	c.sameDisk(t, c.b.image(adopted), nil, last)
 	sameInode(t, c.novaFile(c.b, adopted), c.b.image(adopted))
+	c.persistentOnFile(t, c.b, adopted)
+}
+
+// persistentOnFile waits until inst's domain on n runs on its managed
+// disk while its persistent definition, what Nova reads once it has
+// powered the instance off, names Nova's file.
+func (c *novaCloud) persistentOnFile(t *testing.T, n *node, inst *instance) {
+	t.Helper()
+	d := c.domain(t, n, inst)
+	testenv.Eventually(t, 30*time.Second, "the persistent definition names Nova's file", func() (bool, string) {
+		live, err := n.conn.DomainXML(t.Context(), d, 0)
+		if err != nil {
+			return false, err.Error()
+		}
+		inactive, err := n.conn.DomainXML(t.Context(), d, virt.XMLInactive)
+		if err != nil {
+			return false, err.Error()
+		}
+		return strings.Contains(live, "name='"+inst.ref.IQN()+"/0'") &&
+				strings.Contains(inactive, "<source file='"+novaInstances+"/"+inst.uuid+"/disk'/>"),
+			fmt.Sprintf("live:\n%s\npersistent:\n%s", live, inactive)
+	})
 }
 
 // notSafe: while compute2 copies inst's disk from compute1, `shareless
