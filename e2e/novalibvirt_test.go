@@ -367,13 +367,7 @@ func checkManaged(t *testing.T, c *novaCloud, inst *instance) {
 // disk back, and it is adopted again.
 func (c *novaCloud) snapshot(t *testing.T, inst *instance) {
 	c.liveSnapshotRefused(t, inst)
-	inactive, err := c.a.conn.DomainXML(t.Context(), c.domain(t, c.a, inst), virt.XMLInactive)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(inactive, "<source file='"+novaInstances+"/"+inst.uuid+"/disk'") {
-		t.Fatalf("the persistent definition does not name Nova's file:\n%s", inactive)
-	}
+	c.persistentOnFile(t, c.a, inst)
 	c.openstack(t, "server", "stop", inst.uuid)
 	c.waitStatus(t, inst, "SHUTOFF")
 	last, err := lab.ReadCounter(c.a.image(inst))
