@@ -50,6 +50,7 @@ type Agent struct {
 	libvirt  libvirtLink
 	volumes  *cinderbridge.TransportMap // [cinder] transport_map; nil: Method A off
 	adoptMu  sync.Mutex                 // one adoption or release at a time (adopt.go)
+	readopts readopter                  // [libvirt] readopt (readopt.go)
 
 	apiLn, metricsLn, localLn net.Listener
 	unlock                    func() error // releases the state directory

@@ -83,6 +83,9 @@ func (a *Agent) startOnFiles(log *slog.Logger, domain, inst string, files []stri
 		}
 		ad.Disks = kept
 	}
+	if len(back) > 0 && a.cfg.Libvirt.Readopt {
+		a.readopts.handedBack(domain)
+	}
 	switch {
 	case len(back) == 0 || !guarded:
 		// No guard to update: nothing handed back, a guard unreadable

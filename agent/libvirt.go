@@ -63,7 +63,7 @@ func (a *Agent) runLibvirt(ctx context.Context) error {
 			kept := make(chan struct{})
 			go func() {
 				defer close(kept)
-				a.keepNovaFiles(ctx, c)
+				a.followDomains(ctx, c)
 			}()
 			<-ctx.Done()
 			a.libvirt.mu.Lock()

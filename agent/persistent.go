@@ -28,19 +28,17 @@ import (
 //
 // A disk adopted by copy (Nova's file is stale) keeps its LUN there.
 
-// keepNovaFiles follows libvirt's domain events until ctx ends and keeps
+// followDomains follows libvirt's domain events until ctx ends. It keeps
 // the persistent definitions naming Nova's files (persistNovaFiles): for
 // every domain at first and after each reconnection, and for a domain
 // each time it is defined or started (a start on managed disks that the
-// prepare hook took back from Nova's files, as unrescue does, is defined
-// before the hook runs).
-func (a *Agent) keepNovaFiles(ctx context.Context, c *virt.Conn) {
-	if a.cfg.Store.InstancesPath == "" {
-		return
-	}
+// prepare hook took back from Nova's files is defined before the hook
+// runs). And it adopts again the domains whose disks were handed back to
+// Nova for a start, once they run (readopt).
+func (a *Agent) followDomains(ctx context.Context, c *virt.Conn) {
 	events, err := c.LifecycleEvents(ctx)
 	if err != nil {
-		a.log.Warn("not following libvirt's domain events: persistent definitions are rewritten only at adoption", "err", err)
+		a.log.Warn("not following libvirt's domain events: persistent definitions are rewritten only at adoption, and instances Nova starts on their files are not adopted again", "err", err)
 		return
 	}
 	all := func() {
@@ -58,8 +56,11 @@ func (a *Agent) keepNovaFiles(ctx context.Context, c *virt.Conn) {
 		switch {
 		case e.Resync:
 			all()
-		case e.Type == virt.EventDefined || e.Type == virt.EventStarted:
+		case e.Type == virt.EventDefined:
 			a.persistNovaFiles(ctx, c, e.Domain)
+		case e.Type == virt.EventStarted || e.Type == virt.EventResumed:
+			a.persistNovaFiles(ctx, c, e.Domain)
+			a.readopt(ctx, c, e.Domain)
 		}
 	}
 }
@@ -69,6 +70,9 @@ func (a *Agent) keepNovaFiles(ctx context.Context, c *virt.Conn) {
 // Errors are logged: the guest is not affected, only what Nova would read
 // after powering it off.
 func (a *Agent) persistNovaFiles(ctx context.Context, c *virt.Conn, d virt.Domain) {
+	if a.cfg.Store.InstancesPath == "" {
+		return
+	}
 	inst := d.UUID.String()
 	log := a.log.With("domain", d.Name, "instance", inst)
 	// Of a transient domain this is the live definition, which is never

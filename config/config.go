@@ -74,7 +74,8 @@ type Store struct {
 
 // Libvirt is the [libvirt] section.
 type Libvirt struct {
-	URI string `ini:"uri" default:"qemu:///system" help:"libvirt connection URI of the local libvirtd. Empty: this host runs no libvirtd\n(Nova's compute_driver is not libvirt, such as the fake driver of a test\ncloud); the agent then replicates on Nova's notifications alone, and adopts\ndisk files (shareless adopt --file) instead of running domains."`
+	URI     string `ini:"uri" default:"qemu:///system" help:"libvirt connection URI of the local libvirtd. Empty: this host runs no libvirtd\n(Nova's compute_driver is not libvirt, such as the fake driver of a test\ncloud); the agent then replicates on Nova's notifications alone, and adopts\ndisk files (shareless adopt --file) instead of running domains."`
+	Readopt bool   `ini:"readopt" default:"true" help:"When Nova starts an adopted instance again on its files (hard reboot, stop and\nstart, unrescue, a reverted resize), the agent hands the disks back to Nova for\nthe start and, when this is true, adopts the instance again as soon as it runs.\nfalse: it stays on its files until shareless adopt."`
 }
 
 // OpenStack is the [openstack] section.

@@ -88,6 +88,10 @@ func (p Publisher) String() string { return p.Binary + ":" + p.Host }
 type Payload struct {
 	Name    string // nova_object.name, e.g. InstanceActionPayload
 	Version string // nova_object.version, e.g. 1.9
+	// Unread is set for a payload the agent does not read, at a major
+	// version other than 1 (Zed's InstanceUpdatePayload and
+	// InstanceExistsPayload are at 2.x): only Name and Version are set.
+	Unread bool
 
 	// InstanceUUID is uuid (instance payloads) or instance_uuid (ComputeTaskPayload).
 	InstanceUUID string
@@ -292,7 +296,7 @@ func parseMessage(b []byte) (Notification, error) {
 	if n.Payload, err = parsePayload(*m.Payload); err != nil {
 		return Notification{}, err
 	}
-	if strings.HasPrefix(n.EventType, "instance.") && n.Payload.InstanceUUID == "" {
+	if strings.HasPrefix(n.EventType, "instance.") && n.Payload.InstanceUUID == "" && !n.Payload.Unread {
 		return Notification{}, &ParseError{Kind: ErrMissing, Field: "payload.nova_object.data.uuid"}
 	}
 	return n, nil
@@ -309,6 +313,11 @@ func parsePayload(raw json.RawMessage) (Payload, error) {
 		return Payload{}, &ParseError{Kind: ErrMissing, Field: "payload.nova_object.data"}
 	}
 	if major, _, _ := strings.Cut(obj.Version, "."); major != "1" {
+		if !strings.HasPrefix(obj.Name, "InstanceAction") && obj.Name != "ComputeTaskPayload" {
+			// Not a payload of the events the agent acts on: passed on
+			// to be ignored, not set aside as unparseable.
+			return Payload{Name: obj.Name, Version: obj.Version, Unread: true}, nil
+		}
 		// Every payload the agent reads is at major version 1; a new major
 		// version may change the meaning of the keys read here.
 		return Payload{}, &ParseError{Kind: ErrInvalid, Field: "payload.nova_object.version", Err: fmt.Errorf("%s %q, want 1.x", obj.Name, obj.Version)}

@@ -166,6 +166,27 @@ func TestParseZedPayload(t *testing.T) {
 	}
 }
 
+// TestParseUnreadPayload: Zed sends instance.update with
+// InstanceUpdatePayload 2.0; the agent does not read it, so it parses as
+// Unread (and is then ignored) rather than failing, while the payloads the
+// agent does read at a major version other than 1 still fail
+// (TestParseMalformed).
+func TestParseUnreadPayload(t *testing.T) {
+	msg := sample(t, "instance-live_migration_pre-start", func(m map[string]any) {
+		m["event_type"] = "instance.update"
+		p := m["payload"].(map[string]any)
+		p["nova_object.name"], p["nova_object.version"] = "InstanceUpdatePayload", "2.0"
+		p["nova_object.data"] = map[string]any{"uuid": 7, "state_update": map[string]any{}}
+	})
+	n, err := Parse(wireV2(t, msg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !n.Payload.Unread || n.Payload.Name != "InstanceUpdatePayload" || n.Payload.Version != "2.0" || n.Payload.InstanceUUID != "" || n.EventType != "instance.update" {
+		t.Fatalf("%+v", n)
+	}
+}
+
 func TestParsePythonTime(t *testing.T) {
 	for _, tt := range []struct {
 		in   string
@@ -270,8 +291,11 @@ func FuzzParse(f *testing.F) {
 		if n.MessageID == "" || n.EventType == "" || n.Priority == "" || n.Timestamp.IsZero() || n.Payload.Name == "" {
 			t.Fatalf("accepted an incomplete notification: %+v", n)
 		}
-		if strings.HasPrefix(n.EventType, "instance.") && n.Payload.InstanceUUID == "" {
+		if strings.HasPrefix(n.EventType, "instance.") && n.Payload.InstanceUUID == "" && !n.Payload.Unread {
 			t.Fatalf("instance event without uuid: %+v", n)
+		}
+		if n.Payload.Unread && (strings.HasPrefix(n.Payload.Name, "InstanceAction") || n.Payload.InstanceUUID != "") {
+			t.Fatalf("a payload the agent reads was passed unread: %+v", n)
 		}
 	})
 }
