@@ -277,6 +277,7 @@ func (c *novaCloud) openstack(t *testing.T, args ...string) string {
 // server is a Nova server's fields the tests use.
 type server struct {
 	ID           string `json:"id"`
+	Name         string `json:"name"`
 	Status       string `json:"status"`
 	Host         string `json:"OS-EXT-SRV-ATTR:host"`
 	InstanceName string `json:"OS-EXT-SRV-ATTR:instance_name"`

@@ -357,19 +357,54 @@ func checkManaged(t *testing.T, c *novaCloud, inst *instance) {
 	}
 }
 
-// snapshot: `openstack server image create` of the adopted instance.
-// Nova's libvirt driver reads the root disk's path from the live XML,
-// which names the managed disk (a network disk), and fails the snapshot
-// before it changes anything: the instance stays ACTIVE on its managed
-// disk, with its data.
+// snapshot: `openstack server image create` of the adopted instance while
+// it runs is refused (liveSnapshotRefused). Stopped, it is snapshotted
+// cold: Nova reads the root disk's path from the domain's persistent
+// definition, which names Nova's file, the managed disk's image (one
+// inode), and the image (its data as the Glance stand-in stored it) holds
+// every byte the guest wrote. `openstack server start` then hands the disk
+// back, and it is adopted again.
 func (c *novaCloud) snapshot(t *testing.T, inst *instance) {
-	out, err := c.tryOpenstack("server", "image", "create", "--name", "snap-"+inst.uuid[:8], "--wait", inst.uuid)
-	t.Logf("openstack server image create: %v\n%s", err, out)
+	c.liveSnapshotRefused(t, inst)
+	c.persistentOnFile(t, c.a, inst)
+	c.openstack(t, "server", "stop", inst.uuid)
+	c.waitStatus(t, inst, "SHUTOFF")
+	last, err := lab.ReadCounter(c.a.image(inst))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	out := c.openstack(t, "server", "image", "create", "--name", "snap-"+inst.uuid[:8], "--wait", "-f", "value", "-c", "id", inst.uuid)
+	took := time.Since(start)
+	// --wait prints its progress before the id.
+	id := out[strings.LastIndexAny(out, "\r\n")+1:]
+	c.waitStatus(t, inst, "SHUTOFF")
+	file := c.standInData(id)
+	if n, err := lab.ReadCounter(file); err != nil || n != last {
+		t.Errorf("the snapshot's counter: %d (%v); the stopped guest's disk holds %d", n, err, last)
+	}
+	c.sameDisk(t, file, c.wrote, last)
+	testenv.Report(t, "nova: cold snapshot of the stopped adopted instance (%d MiB disk) from Nova's file: image active after %.2f s (openstack server image create --wait), equal to what the guest wrote",
+		flavorDisk>>20, took.Seconds())
+	c.openstack(t, "image", "delete", id)
+	if _, err := os.Stat(file); !os.IsNotExist(err) {
+		t.Errorf("the Glance stand-in keeps the deleted image's data: %v", err)
+	}
+	c.startHandsBack(t, inst)
+}
+
+// liveSnapshotRefused: `openstack server image create` of the running
+// adopted instance. Nova's libvirt driver reads the root disk's path from
+// the live XML, which names the managed disk (a network disk), and fails
+// the snapshot before it changes anything, deleting the image it created;
+// compute1's agent logs why and what works. The instance stays ACTIVE on
+// its managed disk, with its data.
+func (c *novaCloud) liveSnapshotRefused(t *testing.T, inst *instance) {
+	name := "live-" + inst.uuid[:8]
+	if out, err := c.tryOpenstack("server", "image", "create", "--name", name, "--wait", inst.uuid); err == nil {
+		t.Fatalf("the live snapshot of the adopted instance succeeded:\n%s", out)
+	}
 	c.waitStatus(t, inst, "ACTIVE")
-	testenv.Eventually(t, time.Minute, "the snapshot task ends", func() (bool, string) {
-		s := c.show(t, inst.uuid)
-		return s.TaskState == "", fmt.Sprintf("%+v", s)
-	})
 	log, err := os.ReadFile(c.compute[c.a].Log)
 	if err != nil {
 		t.Fatal(err)
@@ -377,39 +412,98 @@ func (c *novaCloud) snapshot(t *testing.T, inst *instance) {
 	if !bytes.Contains(log, []byte(snapshotRefusal)) {
 		t.Errorf("nova-compute on compute1 did not refuse the snapshot with %q", snapshotRefusal)
 	}
-	if d, ok := c.a.disk(inst); !ok || d.State != "complete" || d.Sealed {
-		t.Fatalf("the managed disk after the snapshot: %+v", d)
+	if log, err = os.ReadFile(c.a.agent.Log); err != nil || !bytes.Contains(log, []byte(liveSnapshotAdvice)) {
+		t.Errorf("compute1's agent did not log %q (%v)", liveSnapshotAdvice, err)
 	}
+	if images := c.openstack(t, "image", "list", "-f", "value", "-c", "Name"); slices.Contains(strings.Fields(images), name) {
+		t.Errorf("Nova kept the image of the refused snapshot: %s", images)
+	}
+	t.Logf("the live snapshot was refused (%q), the agent said why (%q)", snapshotRefusal, liveSnapshotAdvice)
+	if d, ok := c.a.disk(inst); !ok || d.State != "complete" || d.Sealed {
+		t.Fatalf("the managed disk after the refused snapshot: %+v", d)
+	}
+	checkManaged(t, c, inst)
 	n := waitCounter(t, c.a.image(inst), 0, 10*time.Second)
 	c.sameDisk(t, c.a.image(inst), c.wrote, n)
 }
 
-// shelve: `openstack server shelve` powers the instance off and takes a
-// snapshot, which Nova's libvirt driver refuses as above (the domain names
-// the managed disk): the instance is left powered off, not shelved, its
-// disk managed and whole. `openstack server start` hands the disk back
-// (as stop/start) with the data, and it is adopted again.
+// shelve: `openstack server shelve` powers the adopted instance off,
+// snapshots it cold from Nova's file as above and offloads it
+// (shelved_offload_time 0): Nova removes the domain and its files, and on
+// instance.shelve_offload.end every agent frees the instance's managed
+// disks and its adoption guard; the shelved image holds every byte the
+// guest wrote. `openstack server unshelve` boots it from that image on
+// compute1 (this openstackclient has no --host, Nova's microversion 2.91:
+// compute2's nova-compute is disabled meanwhile), on Nova's file with the
+// data, and Nova deletes the image. It is adopted again.
 func (c *novaCloud) shelve(t *testing.T, inst *instance) {
-	log, err := os.ReadFile(c.compute[c.a].Log)
+	last := waitCounter(t, c.a.image(inst), 0, 10*time.Second)
+	start := time.Now()
+	c.openstack(t, "server", "shelve", inst.uuid)
+	c.waitStatus(t, inst, "SHELVED_OFFLOADED")
+	shelved := time.Since(start)
+	c.freed(t, inst)
+	if _, err := os.Stat(c.novaFile(c.a, inst)); !os.IsNotExist(err) {
+		t.Errorf("Nova's file after the offload: %v", err)
+	}
+	image := c.standInData(c.shelvedImage(t, inst))
+	c.sameDisk(t, image, c.wrote, last)
+
+	c.openstack(t, "compute", "service", "set", "--disable", "--disable-reason", "the unshelve goes to compute1", c.b.name, "nova-compute")
+	start = time.Now()
+	_, err := c.tryOpenstack("server", "unshelve", "--wait", inst.uuid)
+	unshelved := time.Since(start)
+	c.openstack(t, "compute", "service", "set", "--enable", c.b.name, "nova-compute")
 	if err != nil {
 		t.Fatal(err)
 	}
-	refusals := bytes.Count(log, []byte(snapshotRefusal))
-	c.openstack(t, "server", "shelve", inst.uuid)
-	testenv.Eventually(t, 3*time.Minute, "the shelve ends", func() (bool, string) {
-		s := c.show(t, inst.uuid)
-		return s.TaskState == "" && s.Status != "ACTIVE", fmt.Sprintf("%+v", s)
+	c.waitStatus(t, inst, "ACTIVE")
+	c.handedBack(t, c.a, inst)
+	testenv.Eventually(t, time.Minute, "Nova deletes the shelved image", func() (bool, string) {
+		_, err := os.Stat(image)
+		return os.IsNotExist(err), fmt.Sprint(err)
 	})
-	if s := c.show(t, inst.uuid); s.Status != "SHUTOFF" {
-		t.Fatalf("after the shelve: %+v; want SHUTOFF (the snapshot refused)", s)
+	testenv.Report(t, "nova: shelve of the adopted instance (%d MiB disk, cold snapshot of Nova's file, offloaded, store freed) %.2f s; unshelve onto compute1 from the image %.2f s (openstack --wait), every byte the guest wrote there",
+		flavorDisk>>20, shelved.Seconds(), unshelved.Seconds())
+	c.adoptAgain(t, inst)
+}
+
+// shelvedImage is the id of the image Nova shelved inst into, checked to
+// be inst's: "<server name>-shelved", with its instance_uuid.
+func (c *novaCloud) shelvedImage(t *testing.T, inst *instance) string {
+	t.Helper()
+	var images []struct {
+		ID   string `json:"ID"`
+		Name string `json:"Name"`
 	}
-	if log, err = os.ReadFile(c.compute[c.a].Log); err != nil || bytes.Count(log, []byte(snapshotRefusal)) <= refusals {
-		t.Errorf("nova-compute on compute1 did not refuse the shelve's snapshot with %q (%v)", snapshotRefusal, err)
+	if err := json.Unmarshal([]byte(c.openstack(t, "image", "list", "-f", "json")), &images); err != nil {
+		t.Fatal(err)
 	}
-	if d, ok := c.a.disk(inst); !ok || d.State != "complete" || d.Sealed {
-		t.Fatalf("the managed disk after the shelve: %+v", d)
+	want := c.show(t, inst.uuid).Name + "-shelved"
+	for _, im := range images {
+		if im.Name != want {
+			continue
+		}
+		var shown struct {
+			Status     string         `json:"status"`
+			Properties map[string]any `json:"properties"`
+		}
+		if err := json.Unmarshal([]byte(c.openstack(t, "image", "show", "-f", "json", im.ID)), &shown); err != nil {
+			t.Fatal(err)
+		}
+		if shown.Status != "active" || shown.Properties["instance_uuid"] != inst.uuid {
+			t.Fatalf("the shelved image %s: %+v", im.ID, shown)
+		}
+		return im.ID
 	}
-	c.startHandsBack(t, inst)
+	t.Fatalf("no image %q: %+v", want, images)
+	return ""
+}
+
+// standInData is where the osbox's Glance stand-in keeps an uploaded
+// image's data.
+func (c *novaCloud) standInData(id string) string {
+	return filepath.Join(c.osboxDir, "images", id)
 }
 
 // rebootWhileCopying: after a live migration to compute2, while compute2
@@ -458,30 +552,39 @@ func (c *novaCloud) rebootWhileCopying(t *testing.T, inst *instance) {
 }
 
 // snapshotRefusal is how Nova's libvirt driver fails a snapshot of a
-// domain whose root disk is a network disk other than RBD.
-const snapshotRefusal = "Can't retrieve root device path from instance libvirt configuration"
+// domain whose root disk is a network disk other than RBD;
+// liveSnapshotAdvice, how the agent explains it.
+const (
+	snapshotRefusal    = "Can't retrieve root device path from instance libvirt configuration"
+	liveSnapshotAdvice = "Nova cannot snapshot a running instance whose disks are shareless managed disks"
+)
 
 // deleteFrees: `openstack server delete` frees the instance's managed
-// disks in every agent's store (compute2 kept the sealed image of the way
-// back) and its adoption guard.
+// disks in every agent's store (compute1 kept the sealed image of the
+// migration to compute2) and its adoption guard.
 func (c *novaCloud) deleteFrees(t *testing.T, inst *instance) {
 	c.openstack(t, "server", "delete", "--wait", inst.uuid)
+	c.freed(t, inst)
+}
+
+// freed waits until every agent has removed inst's managed disk from its
+// store and its adoption guard.
+func (c *novaCloud) freed(t *testing.T, inst *instance) {
+	t.Helper()
 	for _, n := range []*node{c.a, c.b} {
 		waitFreed(t, n, inst)
 	}
-	if _, err := os.Stat(c.a.outside(filepath.Join(statePath, "guard", inst.domain))); !os.IsNotExist(err) {
-		t.Errorf("the adoption guard after the delete: %v", err)
-	}
 }
 
-// waitFreed waits until n's agent holds nothing of inst's disk: neither
-// the disk nor its store entry.
+// waitFreed waits until n's agent holds nothing of inst: neither its
+// managed disk nor the disk's store entry nor its adoption guard.
 func waitFreed(t *testing.T, n *node, inst *instance) {
 	t.Helper()
-	testenv.Eventually(t, 30*time.Second, n.name+" frees the instance's disk", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, n.name+" frees the instance's disk and guard", func() (bool, string) {
 		d, ok := n.disk(inst)
 		_, err := os.Stat(filepath.Dir(n.image(inst)))
-		return !ok && os.IsNotExist(err), fmt.Sprintf("%+v, store entry: %v", d, err)
+		_, gerr := os.Stat(n.outside(filepath.Join(statePath, "guard", inst.domain)))
+		return !ok && os.IsNotExist(err) && os.IsNotExist(gerr), fmt.Sprintf("%+v, store entry: %v, guard: %v", d, err, gerr)
 	})
 }
 

@@ -4,7 +4,7 @@
 # Placement, Nova (API, conductor, scheduler and N nova-compute with the
 # virt driver fake.FakeLiveMigrateDriver, hosts compute1..N), Cinder (API,
 # scheduler, volume; the fake volume driver by default) and a stand-in for
-# Glance and Neutron (stand_in.py), which nothing here tests. Real Nova
+# Glance and Neutron (stand_in.py, a test stand-in). Real Nova
 # sends its real versioned notifications on the osbox's RabbitMQ.
 #
 # Run as root; scripts/deps.sh installs the packages. It stops an osbox
@@ -53,6 +53,8 @@
 #                       scheduler maps new computes to the cell within 5 s)
 #   etc/nova/nova-db.conf, etc/nova/computeN.conf, etc/cinder/cinder.conf
 #   logs/<service>.log, pids/<service>.pid
+#   images/<id>         the data of the images uploaded to the Glance
+#                       stand-in (a server's snapshot), until deleted
 #
 # Ports inside the netns: MariaDB 3306 (127.0.0.1), RabbitMQ 5672 (guest/
 # guest), Keystone 5000 (admin/admin), Nova 8774, Placement 8778, Cinder
@@ -100,8 +102,8 @@ failed() {
 trap failed ERR
 
 OSBOX_DIR=$B OSBOX_NETNS=$OSBOX_NETNS "$here/down.sh" >/dev/null
-rm -rf "${B:?}"/{mysql,rabbitmq,state,logs,pids,etc}
-mkdir -p "$B"/{mysql,rabbitmq/home,rabbitmq/mnesia,rabbitmq/log,state/nova,state/cinder,logs,pids} \
+rm -rf "${B:?}"/{mysql,rabbitmq,state,logs,pids,etc,images}
+mkdir -p "$B"/{mysql,rabbitmq/home,rabbitmq/mnesia,rabbitmq/log,state/nova,state/cinder,logs,pids,images} \
 	"$B"/etc/{keystone,placement,nova,cinder}
 
 ip netns add "$OSBOX_NETNS"
@@ -428,7 +430,7 @@ ts "placement, nova${p_cinder:+, cinder} schemas ready"
 
 wait_port rabbitmq "$IP" 5672 120
 ts "rabbitmq up"
-start stand-in "$PY" "$here/stand_in.py" "$IP" 9292
+start stand-in "$PY" "$here/stand_in.py" "$IP" 9292 "$B/images"
 start placement env OS_PLACEMENT_CONFIG_DIR="$B/etc/placement" "$PY" "$here/service.py" wsgi placement "$IP" 8778
 for s in nova-api nova-conductor nova-scheduler; do
 	start "$s" "$PY" "$here/service.py" "$s" "${nova_db[@]}"
