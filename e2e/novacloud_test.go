@@ -107,13 +107,8 @@ func startNova(t *testing.T) *novaCloud {
 		n.name = fmt.Sprintf("compute%d", i+1)
 		n.instancesPath = novaInstances
 		n.bandwidth = novaBandwidth
-		// shareless adopt finds a server by name through Nova. The steps
-		// check each hand-back to Nova and then adopt again themselves
-		// (the agent's own readopt is agent.TestAdoptRelease's).
+		// shareless adopt finds a server by name through Nova.
 		n.extraConf = fmt.Sprintf(`
-[libvirt]
-readopt = false
-
 [openstack]
 auth_url = http://%s:5000/v3
 username = admin

@@ -293,11 +293,12 @@ func (c *novaCloud) abort(t *testing.T, inst *instance) {
 // Nova destroys the domain and starts it on XML it writes again from its
 // instance directory, naming its file; that file is the managed disk, so
 // the prepare hook hands the disk back to Nova and the guest boots on it
-// with every byte it wrote. `shareless adopt` adopts it again, by link.
+// with every byte it wrote; once it runs the agent adopts it again
+// ([libvirt] readopt), by link.
 func (c *novaCloud) hardReboot(t *testing.T, inst *instance) {
+	readopts := c.readopts(t, c.a)
 	c.openstack(t, "server", "reboot", "--hard", "--wait", inst.uuid)
-	c.handedBack(t, c.a, inst)
-	c.adoptAgain(t, inst)
+	c.readopted(t, c.a, inst, readopts)
 }
 
 // stopStart: `openstack server stop`, then `start`: Nova powers the domain
@@ -311,24 +312,25 @@ func (c *novaCloud) stopStart(t *testing.T, inst *instance) {
 
 // startHandsBack: the instance is off on compute1 with its managed disk
 // whole; `openstack server start` writes the domain's XML again from
-// Nova's files, so the disk is handed back with the data, and it is
-// adopted again.
+// Nova's files, so the disk is handed back with the data, and the agent
+// adopts it again once it runs.
 func (c *novaCloud) startHandsBack(t *testing.T, inst *instance) {
 	c.sameDisk(t, c.a.image(inst), c.wrote, 0)
+	readopts := c.readopts(t, c.a)
 	c.openstack(t, "server", "start", inst.uuid)
 	c.waitStatus(t, inst, "ACTIVE")
-	c.handedBack(t, c.a, inst)
-	c.adoptAgain(t, inst)
+	c.readopted(t, c.a, inst, readopts)
 }
 
 // rescue: `openstack server rescue` powers the instance off and saves
 // its domain's XML for unrescue: the persistent definition, which names
 // Nova's file. The rescue domain starts from a fresh root (disk.rescue)
 // with the instance's own file as its second disk: the prepare hook hands
-// the disk back, and the rescue guest sees it with its data. `openstack
-// server unrescue` starts the saved XML, on the file, with the data; it
-// is adopted again.
+// the disk back, and the rescue guest sees it with its data; the agent
+// does not adopt a rescue domain. `openstack server unrescue` starts the
+// saved XML, on the file, with the data; the agent adopts it again.
 func (c *novaCloud) rescue(t *testing.T, inst *instance) {
+	readopts := c.readopts(t, c.a)
 	c.openstack(t, "server", "rescue", inst.uuid)
 	c.waitStatus(t, inst, "RESCUE")
 	if d, ok := c.a.disk(inst); ok {
@@ -337,11 +339,12 @@ func (c *novaCloud) rescue(t *testing.T, inst *instance) {
 	// The rescue guest counts on both its disks, the instance's too.
 	n := waitCounter(t, c.novaFile(c.a, inst), 0, 90*time.Second)
 	c.sameDisk(t, c.novaFile(c.a, inst), c.wrote, n)
+	if d, ok := c.a.disk(inst); ok {
+		t.Fatalf("the agent adopted the rescue domain: %+v", d)
+	}
 	c.openstack(t, "server", "unrescue", inst.uuid)
 	c.waitStatus(t, inst, "ACTIVE")
-	c.handedBack(t, c.a, inst)
-	c.adoptAgain(t, inst)
-	checkManaged(t, c, inst)
+	c.readopted(t, c.a, inst, readopts)
 }
 
 // checkManaged fails the test unless inst's live domain on compute1 runs
@@ -546,9 +549,10 @@ func (c *novaCloud) rebootWhileCopying(t *testing.T, inst *instance) {
 	// scp wrote its zeroes): twice its time at the bandwidth limit.
 	waitCopied(t, inst, c.a, c.b, max(3*time.Minute, 2*time.Duration(c.rootDisk/novaBandwidth)*time.Second))
 	sameInode(t, c.novaFile(c.b, inst), c.b.image(inst))
+	readopts := c.readopts(t, c.b)
 	c.openstack(t, "server", "reboot", "--hard", "--wait", inst.uuid)
 	c.waitStatus(t, inst, "ACTIVE")
-	c.handedBack(t, c.b, inst)
+	c.readopted(t, c.b, inst, readopts)
 }
 
 // snapshotRefusal is how Nova's libvirt driver fails a snapshot of a
@@ -615,6 +619,40 @@ func (c *novaCloud) onNovaFile(t *testing.T, n *node, inst *instance, size int64
 	last := waitCounter(t, c.novaFile(n, inst), 0, 90*time.Second)
 	c.sameDiskOf(t, c.novaFile(n, inst), size, c.wrote, last)
 	t.Logf("the guest runs on Nova's file on %s with its data", n.name)
+}
+
+// readoptMsg is how an agent logs that it adopted an instance again after
+// Nova started it on its files.
+const readoptMsg = "adopted again after Nova's start"
+
+// readopts counts n's agent's adoptions after Nova's starts so far.
+func (c *novaCloud) readopts(t *testing.T, n *node) int {
+	t.Helper()
+	b, err := os.ReadFile(n.agent.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Count(b, []byte(readoptMsg))
+}
+
+// readopted checks that inst is ACTIVE on n, where Nova started it on its
+// file: the agent handed the disk back for the start and, once the guest
+// ran, adopted it again by link (one more readopt than before): the guest
+// counts on the managed disk, Nova's file, with every byte it wrote.
+func (c *novaCloud) readopted(t *testing.T, n *node, inst *instance, before int) {
+	t.Helper()
+	if s := c.show(t, inst.uuid); s.Status != "ACTIVE" || s.Host != n.name {
+		t.Fatalf("%+v", s)
+	}
+	testenv.Eventually(t, time.Minute, n.name+"'s agent adopts the instance again", func() (bool, string) {
+		d, ok := n.disk(inst)
+		return c.readopts(t, n) > before && ok && d.State == "complete", fmt.Sprintf("%+v", d)
+	})
+	c.persistentOnFile(t, n, inst)
+	sameInode(t, c.novaFile(n, inst), n.image(inst))
+	last := waitCounter(t, n.image(inst), 0, 30*time.Second)
+	c.sameDisk(t, n.image(inst), c.wrote, last)
+	t.Logf("%s: Nova's start handed the disk back, the agent adopted it again; the guest counts on it with its data", n.name)
 }
 
 // adoptAgain adopts inst on compute1 again, by link.

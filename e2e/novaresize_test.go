@@ -23,7 +23,8 @@ import (
 // managed disk's data (one inode): that is what Nova copies. Nova's file
 // on the destination is a plain file disk; the source's agent frees the
 // managed disk once the move is confirmed, and hands it back to Nova when
-// a revert starts the instance again on the source's file.
+// a revert starts the instance again on the source's file, then adopts it
+// again ([libvirt] readopt).
 
 // coldMigrate: `openstack server migrate --host compute2 --wait`, then
 // `openstack server resize confirm`: the instance runs on compute2 on
@@ -50,21 +51,22 @@ func (c *novaCloud) coldMigrate(t *testing.T, inst *instance) {
 // instance to compute2 (Nova resizes on another host), where it runs on
 // Nova's copy grown to the bigger root disk, with the data; `openstack
 // server resize revert` starts it again on compute1 on its own file, the
-// old size, with the data (the agent hands the disk back to Nova), and
-// compute2 keeps nothing of it; it is adopted again.
+// old size, with the data (the agent hands the disk back to Nova for the
+// start and adopts it again once it runs), and compute2 keeps nothing of
+// it.
 func (c *novaCloud) resizeRevert(t *testing.T, inst *instance) {
 	c.persistentOnFile(t, c.a, inst)
 	runs, took := c.coldMove(t, inst, c.b, "resize", "--flavor", bigFlavor)
 	c.onNovaFile(t, c.b, inst, bigDisk)
+	readopts := c.readopts(t, c.a)
 	start := time.Now()
 	c.openstack(t, "server", "resize", "revert", inst.uuid)
 	c.waitStatus(t, inst, "ACTIVE")
 	revert := time.Since(start)
-	c.handedBack(t, c.a, inst)
+	c.readopted(t, c.a, inst, readopts)
 	c.leftNothing(t, c.b, inst)
 	testenv.Report(t, "nova resize %d->%d MiB root disk, compute1->compute2 (scp): runs on compute2 after %.2f s (openstack --wait %.2f s), revert to compute1 %.2f s",
 		c.rootDisk>>20, bigDisk>>20, runs.Seconds(), took.Seconds(), revert.Seconds())
-	c.adoptAgain(t, inst)
 }
 
 // resize: as resizeRevert, confirmed: the instance stays on compute2 with
