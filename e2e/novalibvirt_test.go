@@ -511,28 +511,52 @@ func (c *novaCloud) standInData(id string) string {
 
 // rebootWhileCopying: after a live migration to compute2, while compute2
 // does not hold the whole disk yet (its agent under [replicator] method =
-// remote, so that the copy waits for the operator), `openstack server
-// reboot --hard`: Nova destroys the domain and, to start it again from its
-// files, looks for the disk file, which compute2's agent links into Nova's
-// directory only once the disk is whole: Nova fails the reboot before it
-// starts anything, the server goes to ERROR, and the data stays whole.
+// remote, so that the copy waits for the operator), Nova's operations that
+// read the disk's file find none: compute2's agent links it into Nova's
+// directory only once the disk is whole, and the domain's persistent
+// definition names that file. `openstack server migrate --host compute1`
+// (cold) powers the instance off and fails before it copies anything: the
+// server goes to ERROR on compute2. `openstack server reboot --hard`:
+// Nova destroys the domain and, to start it again from its files, looks
+// for the file: it fails before it starts anything. The data stays whole.
 // `shareless copy-now` copies the rest; then a hard reboot starts: the
 // agent linked the disk as Nova's file there and hands it back, and the
-// guest boots with every byte.
+// guest boots with every byte; the agent adopts it again.
 func (c *novaCloud) rebootWhileCopying(t *testing.T, inst *instance) {
 	setMethod(t, c.b, "remote")
 	c.novaMigrate(t, inst, c.b)
 	if d, ok := c.b.disk(inst); !ok || d.BytesRemaining == 0 || d.Mode != "remote" {
 		t.Fatalf("compute2 holds the whole disk already: %+v", d)
 	}
-	out, err := c.tryOpenstack("server", "reboot", "--hard", "--wait", inst.uuid)
+	c.persistentOnFile(t, c.b, inst)
+	missing := []byte("No such file or directory: '" + novaInstances + "/" + inst.uuid + "/disk'")
+	log, err := os.ReadFile(c.compute[c.b].Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := bytes.Count(log, missing)
+	out, err := c.tryOpenstack("server", "migrate", "--host", c.a.name, "--wait", inst.uuid)
+	t.Logf("openstack server migrate --host %s (cold) while compute2 copies: %v\n%s", c.a.name, err, out)
+	testenv.Eventually(t, 2*time.Minute, "the failed cold migration ends", func() (bool, string) {
+		s := c.show(t, inst.uuid)
+		return s.TaskState == "" && s.Status == "ERROR" && s.Host == c.b.name, fmt.Sprintf("%+v", s)
+	})
+	if log, err = os.ReadFile(c.compute[c.b].Log); err != nil || bytes.Count(log, missing) <= before {
+		t.Errorf("nova-compute on compute2 did not fail the cold migration on %q (%v)", missing, err)
+	}
+	if _, err := os.Stat(c.novaFile(c.a, inst)); !os.IsNotExist(err) {
+		t.Errorf("compute1 has a disk file of the instance after the failed cold migration: %v", err)
+	}
+	if d, ok := c.b.disk(inst); !ok || d.State == "complete" {
+		t.Fatalf("compute2's disk after the failed cold migration: %+v", d)
+	}
+	out, err = c.tryOpenstack("server", "reboot", "--hard", "--wait", inst.uuid)
 	t.Logf("openstack server reboot --hard while compute2 copies: %v\n%s", err, out)
 	testenv.Eventually(t, 2*time.Minute, "the refused reboot ends", func() (bool, string) {
 		s := c.show(t, inst.uuid)
 		return s.TaskState == "" && s.Status == "ERROR", fmt.Sprintf("%+v", s)
 	})
-	log, err := os.ReadFile(c.compute[c.b].Log)
-	if err != nil {
+	if log, err = os.ReadFile(c.compute[c.b].Log); err != nil {
 		t.Fatal(err)
 	}
 	refusal := []byte("Cannot reboot instance: [Errno 2] No such file or directory: '" + novaInstances + "/" + inst.uuid + "/disk'")
