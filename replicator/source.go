@@ -125,55 +125,67 @@ func (b *boundedSource) allocation(ctx context.Context, off int64) (mapped bool,
 	if down := b.since(); !down.IsZero() {
 		bound = min(bound, maxBackoff)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	type answer struct {
+	type extent struct {
 		mapped bool
 		n      int64
-		err    error
 	}
-	done := make(chan answer, 1)
-	go func() {
+	e, err := within(ctx, b.clock, bound, func(ctx context.Context) (extent, error) {
 		mapped, n, err := al.Allocation(ctx, off)
-		done <- answer{mapped, n, err}
-	}()
-	select {
-	case a := <-done:
-		if a.err != nil || a.n <= 0 {
-			b.log.Debug("source allocation unknown, reading", "off", off, "err", a.err)
-			return true, 0, false
-		}
-		return a.mapped, a.n, true
-	case <-b.clock.After(bound):
+		return extent{mapped, n}, err
+	})
+	switch {
+	case err == nil && e.n > 0:
+		return e.mapped, e.n, true
+	case errors.Is(err, errAttemptTimeout):
 		b.log.Debug("source allocation unanswered, reading", "off", off, "within", bound)
-	case <-ctx.Done():
+	case ctx.Err() == nil:
+		b.log.Debug("source allocation unknown, reading", "off", off, "err", err)
 	}
 	return true, 0, false
 }
 
 func (b *boundedSource) attempt(ctx context.Context, p []byte, off int64, deadline time.Time, owned bool) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	buf := p
 	if !owned {
 		buf = make([]byte, len(p))
 	}
-	done := make(chan error, 1)
-	go func() { done <- b.src.ReadAt(ctx, buf, off) }()
+	_, err := within(ctx, b.clock, deadline.Sub(b.clock.Now()), func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, b.src.ReadAt(ctx, buf, off)
+	})
+	if err != nil {
+		return err
+	}
+	if !owned {
+		copy(p, buf)
+	}
+	b.bytes.Add(int64(len(p)))
+	return nil
+}
+
+// within runs f and waits for it at most bound, then fails with
+// errAttemptTimeout, or until ctx ends. f's context is cancelled when
+// within returns, so that a call it abandons stops as soon as the source
+// lets it; f must not touch memory the caller reuses (see readOwned).
+func within[T any](ctx context.Context, clock Clock, bound time.Duration, f func(context.Context) (T, error)) (T, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := f(ctx)
+		done <- result{v, err}
+	}()
+	var zero T
 	select {
-	case err := <-done:
-		if err != nil {
-			return err
-		}
-		if !owned {
-			copy(p, buf)
-		}
-		b.bytes.Add(int64(len(p)))
-		return nil
-	case <-b.clock.After(deadline.Sub(b.clock.Now())):
-		return errAttemptTimeout
+	case r := <-done:
+		return r.v, r.err
+	case <-clock.After(bound):
+		return zero, errAttemptTimeout
 	case <-ctx.Done():
-		return ctx.Err()
+		return zero, ctx.Err()
 	}
 }
 
