@@ -15,6 +15,14 @@ func TestDiskNames(t *testing.T) {
 	if err != nil || back != ref {
 		t.Errorf("store name %q parses to %+v, %v", ref.storeName(), back, err)
 	}
+	if back, err := parseIQN(ref.IQN()); err != nil || back != ref {
+		t.Errorf("IQN %q parses to %+v, %v", ref.IQN(), back, err)
+	}
+	for _, bad := range []string{"iqn.2008-11.org.linux-kvm:" + inst + ".disk", initiatorName("compute1"), "iqn.2026-11.io.shareless:" + inst} {
+		if ref, err := parseIQN(bad); err == nil {
+			t.Errorf("parseIQN(%q) = %+v", bad, ref)
+		}
+	}
 	for _, bad := range [][2]string{
 		{"0D1C8E5E-7B1A-4F57-9F5D-1A2B3C4D5E6F", "disk"}, // Nova's UUIDs are lower case
 		{"not-a-uuid", "disk"},

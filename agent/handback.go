@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/shareless/shareless/localapi"
@@ -109,13 +108,8 @@ func (a *Agent) outdatedBy(dk *disk, file string) bool {
 	if !dk.rep.Stats().Sealed {
 		return false
 	}
-	img, err := a.store.ImagePath(dk.ref.storeName())
-	if err != nil {
-		return false
-	}
-	fi, ferr := os.Stat(file)
-	ii, ierr := os.Stat(img)
-	return ferr == nil && ierr == nil && !os.SameFile(fi, ii)
+	same, err := a.isImage(dk.ref, file)
+	return err == nil && !same
 }
 
 // canHandBack says why dk, named by Nova's file, cannot become that file
@@ -138,22 +132,31 @@ func (a *Agent) canHandBack(dk *disk, file string) error {
 	case st.Sealed:
 		return errors.New("it is sealed: the instance has moved to another host")
 	}
-	img, err := a.store.ImagePath(dk.ref.storeName())
-	if err != nil {
+	same, err := a.isImage(dk.ref, file)
+	switch {
+	case err != nil:
 		return err
-	}
-	fi, err := os.Stat(file)
-	if err != nil {
-		return fmt.Errorf("Nova's file: %w", err)
-	}
-	ii, err := os.Stat(img)
-	if err != nil {
-		return err
-	}
-	if !os.SameFile(fi, ii) {
+	case !same:
 		return errNotLinked
 	}
 	return nil
+}
+
+// isImage says whether file is ref's image in the store (the same inode).
+func (a *Agent) isImage(ref DiskRef, file string) (bool, error) {
+	img, err := a.store.ImagePath(ref.storeName())
+	if err != nil {
+		return false, err
+	}
+	fi, err := os.Stat(file)
+	if err != nil {
+		return false, fmt.Errorf("Nova's file: %w", err)
+	}
+	ii, err := os.Stat(img)
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(fi, ii), nil
 }
 
 // errNotLinked: Nova's file is not the managed disk's image.
@@ -187,10 +190,8 @@ func (a *Agent) linkForNova(ds []*disk) {
 		case err == nil:
 			log.Info("disk linked into Nova's instance directory", "file", file)
 		case errors.Is(err, os.ErrExist):
-			if fi, ierr := os.Stat(img); ierr == nil {
-				if ff, ferr := os.Stat(file); ferr == nil && os.SameFile(fi, ff) {
-					continue
-				}
+			if same, _ := a.isImage(dk.ref, file); same {
+				continue
 			}
 			log.Warn("Nova's instance directory has a file of its own for the disk: not linked, and a start on it is refused", "file", file)
 		default:
@@ -253,7 +254,7 @@ func (a *Agent) instanceGone(event, inst, host string) error {
 		return err
 	}
 	var errs []error
-	byCopy := map[string]string{} // disk name -> domain, of disks adopted by copy
+	byCopy := map[string]bool{} // disk names adopted by copy
 	var domains []string
 	for _, g := range guards {
 		ad, err := a.readGuard(g.Name())
@@ -262,26 +263,24 @@ func (a *Agent) instanceGone(event, inst, host string) error {
 		}
 		domains = append(domains, g.Name())
 		for _, ds := range ad.Disks {
-			if !ds.Linked {
-				byCopy[ds.Disk] = g.Name()
-			}
+			byCopy[ds.Disk] = byCopy[ds.Disk] || !ds.Linked
 		}
 	}
 	names, err := a.store.List()
 	if err != nil {
 		return err
 	}
-	kept := 0
+	kept := false
 	for _, name := range names {
 		ref, err := parseStoreName(name)
 		if err != nil || ref.Instance != inst {
 			continue
 		}
-		if dk := a.disks.get(ref); event != EventDeleteEnd && dk != nil && !dk.rep.Stats().Sealed && byCopy[ref.Disk] != "" {
+		if dk := a.disks.get(ref); event != EventDeleteEnd && dk != nil && !dk.rep.Stats().Sealed && byCopy[ref.Disk] {
 			img, _ := a.store.ImagePath(ref.storeName())
 			a.log.Error("Nova moved an instance whose disk was adopted by copy: Nova took its stale file, the data is only in this host's managed disk; it is kept",
 				"event", event, "disk", ref, "image", img)
-			kept++
+			kept = true
 			continue
 		}
 		if err := a.removeDisk(ref); err != nil {
@@ -290,7 +289,7 @@ func (a *Agent) instanceGone(event, inst, host string) error {
 		}
 		a.log.Info("the instance's data left the store: its managed disk is removed", "event", event, "disk", ref)
 	}
-	if kept == 0 {
+	if !kept {
 		for _, d := range domains {
 			errs = append(errs, a.removeGuard(d))
 		}
@@ -320,15 +319,11 @@ func (a *Agent) startOnManaged(ctx context.Context, log *slog.Logger, domain, in
 	}
 	added := 0
 	for target, iqn := range disks {
-		name, ok := strings.CutPrefix(iqn, iqnPrefix+inst+".")
-		if !ok {
+		ref, err := parseIQN(iqn)
+		if err != nil || ref.Instance != inst || a.disks.get(ref) != nil {
 			continue
 		}
-		ref, err := NewDiskRef(inst, name)
-		if err != nil || a.disks.get(ref) != nil {
-			continue
-		}
-		file := filepath.Join(a.cfg.Store.InstancesPath, inst, name)
+		file := filepath.Join(a.cfg.Store.InstancesPath, inst, ref.Disk)
 		if _, err := os.Stat(file); err != nil {
 			continue
 		}
@@ -339,7 +334,7 @@ func (a *Agent) startOnManaged(ctx context.Context, log *slog.Logger, domain, in
 		if err := a.disks.export(ref, rep, nil); err != nil {
 			return errors.Join(err, rep.Close(), a.store.Remove(ref.storeName()))
 		}
-		ad.Disks = append(ad.Disks, localapi.AdoptedDisk{Target: target, File: file, Format: "raw", Disk: name,
+		ad.Disks = append(ad.Disks, localapi.AdoptedDisk{Target: target, File: file, Format: "raw", Disk: ref.Disk,
 			IQN: iqn, Size: rep.Size(), Linked: true})
 		added++
 		log.Info("Nova's file is the managed disk again (linked): the instance is adopted again", "disk", ref, "file", file)

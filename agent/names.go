@@ -50,6 +50,15 @@ func checkInstance(s string) error {
 // IQN is the disk's iSCSI target name; the disk is its LUN 0.
 func (r DiskRef) IQN() string { return iqnPrefix + r.storeName() }
 
+// parseIQN is the inverse of DiskRef.IQN.
+func parseIQN(iqn string) (DiskRef, error) {
+	name, ok := strings.CutPrefix(iqn, iqnPrefix)
+	if !ok {
+		return DiskRef{}, fmt.Errorf("target %q is not a managed disk's", iqn)
+	}
+	return parseStoreName(name)
+}
+
 // storeName is the disk's directory in the store. The UUID has a fixed
 // length, so the first '.' after it separates the disk name unambiguously.
 func (r DiskRef) storeName() string { return r.Instance + "." + r.Disk }

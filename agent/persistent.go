@@ -112,12 +112,14 @@ func (a *Agent) novaFiles(domain, inst string, x []byte) map[string]string {
 	if err != nil {
 		return nil
 	}
-	ad, gerr := a.readGuard(domain)
+	ad, err := a.readGuard(domain)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		// Which disks were adopted by copy is unknown: leave them all.
+		return nil
+	}
 	byCopy := map[string]bool{}
-	if gerr == nil {
-		for _, ds := range ad.Disks {
-			byCopy[ds.Disk] = !ds.Linked
-		}
+	for _, ds := range ad.Disks {
+		byCopy[ds.Disk] = !ds.Linked
 	}
 	files := map[string]string{}
 	for _, dx := range disks {
@@ -125,19 +127,11 @@ func (a *Agent) novaFiles(domain, inst string, x []byte) map[string]string {
 		if dx.Type != "network" || dx.SourceProtocol != "iscsi" || !ok {
 			continue
 		}
-		name, ok := strings.CutPrefix(iqn, iqnPrefix+inst+".")
-		if !ok {
+		ref, err := parseIQN(iqn)
+		if err != nil || ref.Instance != inst || a.disks.get(ref) == nil || byCopy[ref.Disk] {
 			continue
 		}
-		ref, err := NewDiskRef(inst, name)
-		if err != nil || a.disks.get(ref) == nil || byCopy[name] {
-			continue
-		}
-		if gerr != nil && !errors.Is(gerr, os.ErrNotExist) {
-			// Whether it was adopted by copy is unknown: leave it.
-			continue
-		}
-		files[dx.SourceName] = filepath.Join(a.cfg.Store.InstancesPath, inst, name)
+		files[dx.SourceName] = filepath.Join(a.cfg.Store.InstancesPath, inst, ref.Disk)
 	}
 	return files
 }

@@ -29,6 +29,13 @@ func (r *readopter) handedBack(domain string) {
 	r.domains[domain] = true
 }
 
+// pending says whether domain is recorded.
+func (r *readopter) pending(domain string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.domains[domain]
+}
+
 // take forgets domain and says whether it was recorded.
 func (r *readopter) take(domain string) bool {
 	r.mu.Lock()
@@ -43,6 +50,10 @@ func (r *readopter) take(domain string) bool {
 // the started and resumed events both come here). A rescue domain, which
 // boots from Nova's disk.rescue, is not adopted: the unrescue's start is.
 func (a *Agent) readopt(ctx context.Context, c *virt.Conn, d virt.Domain) {
+	// Most starts are not Nova's after a hand-back: ask libvirt nothing.
+	if !a.readopts.pending(d.Name) {
+		return
+	}
 	if st, err := c.DomainState(ctx, d); err != nil || st != virt.StateRunning {
 		return
 	}
