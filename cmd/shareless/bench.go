@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/shareless/shareless/blockdev"
-	"github.com/shareless/shareless/iscsi/initiator"
 	"github.com/shareless/shareless/replicator"
 )
 
@@ -267,18 +266,8 @@ func (b *replicaBench) run(ctx context.Context) error {
 			return err
 		}
 		var wire wireCount
-		cfg, err := b.initiatorConfig(away.addr)
+		t, err := b.countedWayBack(ctx, home, away, &wire)
 		if err != nil {
-			return err
-		}
-		cfg.Dial = wire.dial
-		back, err := initiator.Dial(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		login := wire.dataIn.Load()
-		t, err := b.goBack(ctx, home, away, back)
-		if err := errors.Join(err, back.Close(), wire.wait()); err != nil {
 			return err
 		}
 		moved := wire.readIn
@@ -286,7 +275,7 @@ func (b *replicaBench) run(ctx context.Context) error {
 		b.result(name+"-time", "s", t.elapsed.Seconds(), full.Seconds())
 		b.result(name+"-bytes", "MiB", float64(moved)/(1<<20), float64(b.size)/(1<<20))
 		b.note("%d scattered 4 KiB writes in distinct %s blocks; modified set %s, READ data on the wire %s, GET LBA STATUS answers %d bytes (plan %s)",
-			n, human(replicator.DefaultGrain), human(t.delta.Modified.Count()*t.delta.Grain), human(moved), wire.dataIn.Load()-login-moved, t.plan)
+			n, human(replicator.DefaultGrain), human(t.delta.Modified.Count()*t.delta.Grain), human(moved), wire.dataIn.Load()-moved, t.plan)
 		home, away = away, home
 	}
 	return errors.Join(a.disk.Close(), h.disk.Close())

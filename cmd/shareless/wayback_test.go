@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/shareless/shareless/internal/testenv"
-	"github.com/shareless/shareless/iscsi/initiator"
 	"github.com/shareless/shareless/replicator"
 )
 
@@ -71,23 +70,10 @@ func TestWayBackWire(t *testing.T) {
 			t.Fatal(err)
 		}
 		var wire wireCount
-		cfg, err := d.initiatorConfig(away.addr)
+		back, err := d.countedWayBack(ctx, home, away, &wire)
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg.Dial = wire.dial
-		src, err := initiator.Dial(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// What the login and the geometry took is not the way back's.
-		loginData, loginBytes := wire.dataIn.Load(), wire.bytes.Load()
-		back, err := d.goBack(ctx, home, away, src)
-		if err := errors.Join(err, src.Close(), wire.wait()); err != nil {
-			t.Fatal(err)
-		}
-		wire.dataIn.Add(-loginData)
-		wire.bytes.Add(-loginBytes)
 		set := back.delta.Modified.Count() * back.delta.Grain
 		alloc := wire.dataIn.Load() - wire.readIn // the GET LBA STATUS answers
 		t.Logf("%s: %d blocks modified on %s; the way back to %s (plan %s) received %d bytes of READ data, %d of allocation, %d bytes on TCP; the modified set is %d bytes",

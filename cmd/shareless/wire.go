@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/shareless/shareless/blockdev"
+	"github.com/shareless/shareless/iscsi/initiator"
 	"github.com/shareless/shareless/iscsi/pdu"
 	"github.com/shareless/shareless/iscsi/scsi"
 )
@@ -34,6 +35,27 @@ type wireCount struct {
 	// two streams are decoded apart, so they are matched in wait.
 	byTag map[uint32]int64
 	reads map[uint32]bool
+}
+
+// countedWayBack brings the disk home from away (goBack) through a session
+// whose traffic w counts; what the login and the geometry Dial reads took
+// is taken off w's counts, so that they are the way back's alone.
+func (d *demo) countedWayBack(ctx context.Context, home, away *host, w *wireCount) (trip, error) {
+	cfg, err := d.initiatorConfig(away.addr)
+	if err != nil {
+		return trip{}, err
+	}
+	cfg.Dial = w.dial
+	src, err := initiator.Dial(ctx, cfg)
+	if err != nil {
+		return trip{}, err
+	}
+	loginData, loginBytes := w.dataIn.Load(), w.bytes.Load()
+	t, err := d.goBack(ctx, home, away, src)
+	err = errors.Join(err, src.Close(), w.wait())
+	w.dataIn.Add(-loginData)
+	w.bytes.Add(-loginBytes)
+	return t, err
 }
 
 func (w *wireCount) dial(ctx context.Context, network, addr string) (net.Conn, error) {
