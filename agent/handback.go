@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,7 +8,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/shareless/shareless/localapi"
 	"github.com/shareless/shareless/novahook"
 	"github.com/shareless/shareless/replicator"
 )
@@ -24,8 +22,8 @@ import (
 // writable here and the instance is not migrating, the agent hands it back
 // to Nova: it stops serving it and drops it from the store (the file keeps
 // the data) and from the adoption guard, and the start goes on, on the
-// file. The instance is no longer adopted; `shareless adopt` adopts it
-// again. Every other file of a managed disk or of an adopted instance
+// file. The agent adopts the instance again once it runs ([libvirt]
+// readopt, readopt.go), or `shareless adopt` does. Every other file of a managed disk or of an adopted instance
 // would boot stale or missing data: refused, with the reason.
 func (a *Agent) startOnFiles(log *slog.Logger, domain, inst string, files []string) error {
 	a.adoptMu.Lock()
@@ -295,52 +293,4 @@ func (a *Agent) instanceGone(event, inst, host string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// startOnManaged prepares a start of domain (instance inst) on managed
-// disks (target -> IQN) that this host does not serve: XML that Nova kept
-// from before a hand-back (unrescue starts the XML it saved at rescue) or
-// an operator's. Where Nova's file of the disk, <[store] instances_path>/
-// <instance>/<disk name>, exists and is raw, it becomes the managed disk
-// again, by hard link as in adoption, and the instance is adopted again;
-// otherwise QEMU finds no such target and libvirt says so.
-func (a *Agent) startOnManaged(ctx context.Context, log *slog.Logger, domain, inst string, disks map[string]string) error {
-	if a.cfg.Store.InstancesPath == "" || checkInstance(inst) != nil {
-		return nil
-	}
-	a.adoptMu.Lock()
-	defer a.adoptMu.Unlock()
-	ad, err := a.readGuard(domain)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		ad = localapi.Adoption{Instance: inst, Domain: domain}
-	case err != nil:
-		return err
-	}
-	added := 0
-	for target, iqn := range disks {
-		ref, err := parseIQN(iqn)
-		if err != nil || ref.Instance != inst || a.disks.get(ref) != nil {
-			continue
-		}
-		file := filepath.Join(a.cfg.Store.InstancesPath, inst, ref.Disk)
-		if _, err := os.Stat(file); err != nil {
-			continue
-		}
-		rep, err := a.store.Import(ctx, ref.storeName(), file)
-		if err != nil {
-			return fmt.Errorf("%s: taking Nova's file %s back as managed disk %s: %w", domain, file, ref, err)
-		}
-		if err := a.disks.export(ref, rep, nil); err != nil {
-			return errors.Join(err, rep.Close(), a.store.Remove(ref.storeName()))
-		}
-		ad.Disks = append(ad.Disks, localapi.AdoptedDisk{Target: target, File: file, Format: "raw", Disk: ref.Disk,
-			IQN: iqn, Size: rep.Size(), Linked: true})
-		added++
-		log.Info("Nova's file is the managed disk again (linked): the instance is adopted again", "disk", ref, "file", file)
-	}
-	if added == 0 {
-		return nil
-	}
-	return a.writeGuard(ad)
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -61,13 +60,8 @@ func (b localBackend) Hook(ctx context.Context, req localapi.HookRequest) (local
 		Disks []struct {
 			Type   string `xml:"type,attr"`
 			Source struct {
-				File     string `xml:"file,attr"`
-				Protocol string `xml:"protocol,attr"`
-				Name     string `xml:"name,attr"`
+				File string `xml:"file,attr"`
 			} `xml:"source"`
-			Target struct {
-				Dev string `xml:"dev,attr"`
-			} `xml:"target"`
 		} `xml:"devices>disk"`
 	}
 	if err := xml.Unmarshal([]byte(req.XML), &dom); err != nil {
@@ -100,22 +94,13 @@ func (b localBackend) Hook(ctx context.Context, req localapi.HookRequest) (local
 		return localapi.HookResponse{}, a.hookCall(ctx, log, novahook.HookReleased, dom.UUID, a.cfg.Replicator.HookWait)
 	case req.Op == "prepare" || req.Op == "start":
 		var files []string
-		managed := map[string]string{} // target -> managed disk's IQN
 		for _, d := range dom.Disks {
-			switch {
-			case d.Type == "file":
+			if d.Type == "file" {
 				files = append(files, d.Source.File)
-			case d.Type == "network" && d.Source.Protocol == "iscsi":
-				managed[d.Target.Dev] = strings.TrimSuffix(d.Source.Name, "/0")
 			}
 		}
 		if len(files) > 0 {
-			if err := a.startOnFiles(log, req.Domain, dom.UUID, files); err != nil {
-				return localapi.HookResponse{}, err
-			}
-		}
-		if len(managed) > 0 {
-			return localapi.HookResponse{}, a.startOnManaged(ctx, log, req.Domain, dom.UUID, managed)
+			return localapi.HookResponse{}, a.startOnFiles(log, req.Domain, dom.UUID, files)
 		}
 	}
 	return localapi.HookResponse{}, nil

@@ -31,10 +31,8 @@ import (
 // followDomains follows libvirt's domain events until ctx ends. It keeps
 // the persistent definitions naming Nova's files (persistNovaFiles): for
 // every domain at first and after each reconnection, and for a domain
-// each time it is defined or started (a start on managed disks that the
-// prepare hook took back from Nova's files is defined before the hook
-// runs). And it adopts again the domains whose disks were handed back to
-// Nova for a start, once they run (readopt).
+// each time it is defined. And it adopts again the domains whose disks
+// were handed back to Nova for a start, once they run (readopt).
 func (a *Agent) followDomains(ctx context.Context, c *virt.Conn) {
 	events, err := c.LifecycleEvents(ctx)
 	if err != nil {
@@ -59,7 +57,6 @@ func (a *Agent) followDomains(ctx context.Context, c *virt.Conn) {
 		case e.Type == virt.EventDefined:
 			a.persistNovaFiles(ctx, c, e.Domain)
 		case e.Type == virt.EventStarted || e.Type == virt.EventResumed:
-			a.persistNovaFiles(ctx, c, e.Domain)
 			a.readopt(ctx, c, e.Domain)
 		}
 	}
